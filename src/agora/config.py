@@ -1,0 +1,410 @@
+"""Every setting Agora knows, its default, its environment variable and its flag.
+
+Precedence, lowest first: the defaults below < the TOML file (``--config``, else
+``DATA_DIR/agora.toml``) < ``AGORA_*`` environment variables < command-line flags.
+
+The setting ``section.key`` is ``[section] key = ...`` in TOML, ``AGORA_SECTION_KEY`` in
+the environment and ``--section-key`` on the command line; top-level settings have no
+section. Everything is validated once, at start; the first bad value stops start-up
+with a :class:`ConfigError` naming the key (the CLI turns it into exit code 2).
+
+Services add their own sections here: limits are named in one place so that the README
+reference (``agora config reference``) documents all of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping
+
+ENV_PREFIX = "AGORA_"
+
+# Environment variables that start with AGORA_ but are not server settings: the
+# command-line client's and the test suite's own. They are never warned about.
+CLIENT_ENV = {"AGORA_URL", "AGORA_TOKEN", "AGORA_CONFIG", "AGORA_CREDENTIALS"}
+
+
+class ConfigError(Exception):
+    """A setting is unknown or its value is invalid; the message names the key."""
+
+
+# -- value parsers: each takes the raw value (TOML-typed or a string) -----------------
+
+Parser = Callable[[Any], Any]
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if lo is not None and number < lo:
+            raise ValueError(f"must be at least {lo}")
+        if hi is not None and number > hi:
+            raise ValueError(f"must be at most {hi}")
+        return number
+
+    return parse
+
+
+def _port(value: Any) -> int | None:
+    """A TCP port, 0 for "pick a free one", or ``off`` to disable the listener."""
+    if isinstance(value, str) and value.strip().lower() in {"off", "false", "disabled"}:
+        return None
+    if value is False:
+        return None
+    try:
+        return _int(0, 65535)(value)
+    except ValueError:
+        raise ValueError("expected a port number 0-65535 or 'off'") from None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4,
+               "tb": 1024**4, "tib": 1024**4}
+
+
+def _size(value: Any) -> int:
+    """Bytes, as an integer or with a binary unit: ``512K``, ``10MiB``, ``1G``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = value, ""
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError("expected a size such as 1048576, 512K, 10M or 1G")
+        number, unit = int(match.group(1)), match.group(2).lower()
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number * _SIZE_UNITS[unit]
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> float:
+    """Seconds, as a number or with a unit: ``500ms``, ``30s``, ``5m``, ``12h``, ``7d``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(value).lower())
+        if not match or match.group(2) not in _DURATION_UNITS:
+            raise ValueError("expected a duration such as 30, 30s, 5m, 12h or 7d")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return text
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a path")
+    return value
+
+
+def _address(value: Any) -> str:
+    text = str(value).strip()
+    if text in {"localhost", ""}:
+        return "127.0.0.1" if text == "localhost" else text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("expected an IP address such as 127.0.0.1, 0.0.0.0 or ::") from None
+    return text
+
+
+def _list(value: Any) -> list[str]:
+    """A list: TOML array, JSON array, or comma-separated string."""
+    if isinstance(value, list):
+        items = value
+    else:
+        text = str(value).strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("expected a JSON array or comma-separated values") from None
+            if not isinstance(items, list):
+                raise ValueError("expected a JSON array or comma-separated values")
+        else:
+            items = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError("expected a list of strings")
+    return list(items)
+
+
+def _networks(value: Any) -> list[str]:
+    items = _list(value)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return items
+
+
+def _database_url(value: Any) -> str:
+    text = _text(value).strip()
+    if text and not re.match(r"^(postgresql|postgres|sqlite)(\+\w+)?://", text):
+        raise ValueError("expected postgresql://user@host/db (or empty for SQLite in the data dir)")
+    return text
+
+
+# -- the settings --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    parse: Parser
+    default: Any
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace(".", "-").replace("_", "-")
+
+
+SETTINGS: list[Setting] = [
+    # top level
+    Setting("data_dir", _path, "./agora-data", "Where Agora keeps its database, certificate, files and mail."),
+    Setting("bind", _address, "127.0.0.1", "Address every listener binds; 0.0.0.0 or :: listens on all interfaces."),
+    Setting("log_format", _choice("human", "json"), "human", "Log lines on stderr: human-readable or one JSON object per line."),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
+    Setting("shutdown_timeout", _duration, 10.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish."),
+    # storage
+    Setting("database.url", _database_url, "", "Metadata database; empty means SQLite at DATA_DIR/agora.db, else postgresql://user:pass@host/db."),
+    Setting("database.pool_size", _int(1, 200), 10, "Connections kept open to the metadata database."),
+    Setting("database.busy_timeout", _duration, 10.0, "SQLite: how long a writer waits for the database lock."),
+    # TLS
+    Setting("tls.cert", _path, "", "PEM certificate chain; empty means a self-signed one in DATA_DIR/tls/."),
+    Setting("tls.key", _path, "", "PEM private key for tls.cert."),
+    Setting("tls.hostnames", _list, ["localhost"], "Names the self-signed certificate is made for (plus 127.0.0.1 and ::1)."),
+    # first start
+    Setting("admin.name", _text, "admin", "Name of the admin account created on first start."),
+    Setting("admin.password", _text, "", "Its password; empty means one is generated and printed once."),
+    # identity
+    Setting("identity.default_quota", _size, 1024**3, "Storage quota of a new user, in bytes (suffixes K, M, G)."),
+    Setting("identity.session_lifetime", _duration, 12 * 3600.0, "How long a web login lasts without activity."),
+    Setting("identity.login_free_failures", _int(0, 1000), 5, "Wrong passwords allowed for one user from one client address before backoff starts."),
+    Setting("identity.login_free_failures_per_address", _int(0, 100000), 20, "Wrong passwords allowed from one client address, whatever the user names, before backoff starts."),
+    Setting("identity.login_backoff_base", _duration, 1.0, "First backoff after the free failures; it doubles with each further failure."),
+    Setting("identity.login_backoff_max", _duration, 900.0, "Longest backoff."),
+    Setting("identity.argon2_time_cost", _int(1, 20), 3, "argon2id passes (RFC 9106 second recommendation: 3)."),
+    Setting("identity.argon2_memory_kib", _int(8, 4 * 1024 * 1024), 65536, "argon2id memory per hash, in KiB."),
+    Setting("identity.argon2_parallelism", _int(1, 64), 4, "argon2id lanes."),
+    Setting("identity.max_concurrent_hashes", _int(1, 256), 2, "Password hashes computed at once; the rest queue, so a login flood cannot take every core."),
+    Setting("identity.allow_plaintext_remote", _bool, False, "Accept passwords over unencrypted connections from non-loopback clients."),
+    # HTTP and the web UI
+    Setting("web.enabled", _bool, True, "Serve the HTTP API and web UI."),
+    Setting("http.port", _port, 8080, "Plain HTTP listener (0 = any free port, off = disabled)."),
+    Setting("https.port", _port, 8443, "HTTPS listener (0 = any free port, off = disabled)."),
+    Setting("http.max_json_body", _size, 1024 * 1024, "Largest JSON request body the API accepts (413 beyond)."),
+    Setting("http.trusted_proxies", _networks, [], "Proxies whose X-Forwarded-For is believed; empty trusts none."),
+    Setting("http.metrics", _bool, True, "Serve Prometheus metrics at /metrics."),
+    Setting("http.keepalive_timeout", _duration, 5.0, "Idle keep-alive connections are closed after this long."),
+    Setting("http.max_connections", _int(1, 1_000_000), 2048, "Concurrent HTTP connections per listener; beyond this new ones get 503."),
+]
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
+
+# Listener names (keys of ports.json) and the setting that holds each port.
+LISTENERS: dict[str, str] = {"http": "http.port", "https": "https.port"}
+
+
+class Config:
+    """Validated settings. ``config.http.port``; top-level ones as ``config.data_dir``."""
+
+    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str] | None = None):
+        self.values = dict(values)
+        self.sources = dict(sources or {})
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in self.values.items():
+            if "." in key:
+                section, name = key.split(".", 1)
+                sections.setdefault(section, {})[name] = value
+            else:
+                setattr(self, key, value)
+        for section, items in sections.items():
+            setattr(self, section, SimpleNamespace(**items))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def port(self, listener: str) -> int | None:
+        return self.values[LISTENERS[listener]]
+
+    def with_overrides(self, **overrides: Any) -> "Config":
+        """A copy with some values replaced (keys with dots given as ``section__key``)."""
+        values = dict(self.values)
+        for name, value in overrides.items():
+            values[name.replace("__", ".")] = value
+        return Config(values, self.sources)
+
+
+def _parse(setting: Setting, value: Any, source: str) -> Any:
+    try:
+        return setting.parse(value)
+    except ValueError as error:
+        raise ConfigError(f"{setting.key} ({source}): {error}; got {value!r}") from None
+
+
+def _flatten_toml(data: Mapping[str, Any], path: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and name not in BY_KEY:
+            for sub, subvalue in value.items():
+                flat[f"{name}.{sub}"] = subvalue
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    return _flatten_toml(data, str(path))
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Build the validated configuration from defaults, a TOML file, env and flags.
+
+    ``flags`` maps setting keys to raw values (unset flags must be left out).
+    """
+    flags = dict(flags or {})
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+    sources: dict[str, str] = {s.key: "default" for s in SETTINGS}
+
+    for key in flags:
+        if key not in BY_KEY:
+            raise ConfigError(f"{key}: unknown setting")
+
+    # Find the file: --config, else AGORA_CONFIG, else DATA_DIR/agora.toml (where the
+    # data dir itself comes from flags, env or the default, as a file inside it cannot
+    # say where it is).
+    path: Path | None = None
+    if config_file:
+        path = Path(config_file)
+    elif environ.get("AGORA_CONFIG"):
+        path = Path(environ["AGORA_CONFIG"])
+    else:
+        data_dir = flags.get("data_dir") or environ.get("AGORA_DATA_DIR") or BY_KEY["data_dir"].default
+        candidate = Path(str(data_dir)).expanduser() / "agora.toml"
+        if candidate.is_file():
+            path = candidate
+    if path is not None:
+        source = f"file {path}"
+        for key, raw in read_toml(path).items():
+            setting = BY_KEY.get(key)
+            if setting is None:
+                raise ConfigError(f"{key} ({source}): unknown setting")
+            values[key] = _parse(setting, raw, source)
+            sources[key] = source
+
+    for name, raw in environ.items():
+        setting = BY_ENV.get(name)
+        if setting is not None:
+            values[setting.key] = _parse(setting, raw, f"env {name}")
+            sources[setting.key] = f"env {name}"
+
+    for key, raw in flags.items():
+        setting = BY_KEY[key]
+        values[key] = _parse(setting, raw, f"flag {setting.flag}")
+        sources[key] = f"flag {setting.flag}"
+
+    if bool(values["tls.cert"]) != bool(values["tls.key"]):
+        raise ConfigError("tls.cert/tls.key: set both or neither")
+    for key in ("tls.cert", "tls.key"):
+        if values[key] and not Path(values[key]).expanduser().is_file():
+            raise ConfigError(f"{key} ({sources[key]}): no such file {values[key]!r}")
+    return Config(values, sources)
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """AGORA_* variables that name no setting: most likely typos, worth a warning."""
+    environ = os.environ if environ is None else environ
+    return sorted(
+        name for name in environ
+        if name.startswith(ENV_PREFIX) and name not in BY_ENV and name not in CLIENT_ENV
+        and not name.startswith("AGORA_TEST_")
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return json.dumps(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if value is None:
+        return "off"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def reference_markdown() -> str:
+    """The configuration reference table for the README, generated from SETTINGS."""
+    lines = [
+        "| key | environment | flag | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        lines.append(f"| `{s.key}` | `{s.env}` | `{s.flag}` | `{_show(s.default)}` | {s.doc} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,152 @@
+"""The metadata database: SQLite in the data dir by default, PostgreSQL when configured.
+
+One schema for both, SQLAlchemy 2 Core (async), Alembic migrations applied at start.
+Callers open a transaction with ``db.read()`` or ``db.write()``; the difference matters
+on SQLite, where a writer takes the write lock up front (``BEGIN IMMEDIATE``) so two
+writers queue on the busy timeout instead of one failing half-way with "database is
+locked" when it upgrades a read lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("agora.database")
+
+# Taken by whichever node migrates first, so several nodes starting at once against
+# one PostgreSQL do not run the same migration twice.
+_MIGRATION_LOCK_ID = 0x61676F7261  # "agora"
+
+MIGRATIONS = "agora.core:migrations"
+
+
+class DatabaseError(Exception):
+    """The database cannot be used: unreachable, or its schema is not one we know."""
+
+
+class SchemaTooNew(DatabaseError):
+    pass
+
+
+def engine_url(url: str, data_dir: Path) -> str:
+    """The SQLAlchemy URL for a configured ``database.url`` (empty: SQLite in data_dir)."""
+    if not url:
+        return f"sqlite+aiosqlite:///{data_dir / 'agora.db'}"
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, busy_timeout: float = 10.0):
+        self.url = url
+        self.engine: AsyncEngine = self._create_engine(url, pool_size, busy_timeout)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _create_engine(self, url: str, pool_size: int, busy_timeout: float) -> AsyncEngine:
+        if make_url(url).get_backend_name() == "sqlite":
+            engine = create_async_engine(url, pool_size=pool_size, max_overflow=0,
+                                         pool_timeout=busy_timeout + 5)
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _sqlite_setup(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+                # We issue BEGIN ourselves (below); the driver must not.
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                # FULL: every commit is fsynced before it returns, so "acknowledged"
+                # means on disk (NORMAL would lose the last commits on power loss).
+                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                cursor.close()
+
+            @event.listens_for(engine.sync_engine, "begin")
+            def _sqlite_begin(conn: Connection) -> None:
+                write = conn.get_execution_options().get("agora_write", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+            return engine
+        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                                   pool_pre_ping=True)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that will write: committed (and durable) when the block ends."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(agora_write=True)
+            async with conn.begin():
+                yield conn
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- migrations -----------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Bring the schema to the newest revision this code knows; return the heads.
+
+        Raises SchemaTooNew when the database was migrated by a newer Agora.
+        """
+        try:
+            async with self.write() as conn:
+                return await conn.run_sync(_migrate)
+        except DatabaseError:
+            raise
+        except OSError as error:
+            raise DatabaseError(f"cannot reach the metadata database: {error}") from None
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _migrate(connection: Connection) -> list[str]:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+    cfg = _alembic_config(connection)
+    script = ScriptDirectory.from_config(cfg)
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    known = {rev.revision for rev in script.walk_revisions()}
+    unknown = sorted(current - known)
+    if unknown:
+        raise SchemaTooNew(
+            f"the database schema is at revision {', '.join(unknown)}, which this version of "
+            "Agora does not know: it was upgraded by a newer Agora; run that version (or restore a backup)"
+        )
+    heads = set(script.get_heads())
+    if current != heads:
+        log.info("migrating the metadata database from %s to %s",
+                 ", ".join(sorted(current)) or "empty", ", ".join(sorted(heads)))
+        command.upgrade(cfg, "heads")
+    return sorted(heads)

@@ -1,0 +1,75 @@
+"""Exponential backoff after failed logins.
+
+Failures are counted per client address and per (user, client address). Not per user
+alone: then anyone could lock a user out by flooding wrong passwords from elsewhere. A
+blocked attempt is refused before the password is hashed, so a flood costs no argon2.
+
+State is in memory, per process: a restart forgets it, and each node of a scale-out
+counts for itself (an attacker's budget grows with the node count, not without bound).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+# Entries kept at most; the least recently touched go first, so memory stays bounded
+# whatever addresses and names an attacker makes up.
+MAX_ENTRIES = 100_000
+
+
+@dataclass
+class _Entry:
+    failures: int = 0
+    blocked_until: float = 0.0
+    last_failure: float = 0.0
+
+
+class LoginLimiter:
+    def __init__(self, *, free_failures: int = 5, free_failures_per_address: int = 20,
+                 base: float = 1.0, maximum: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.free_failures = free_failures
+        self.free_failures_per_address = free_failures_per_address
+        self.base = base
+        self.maximum = maximum
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, ...], _Entry] = OrderedDict()
+
+    def _keys(self, name: str, address: str) -> list[tuple[tuple[str, ...], int]]:
+        return [(("addr", address), self.free_failures_per_address),
+                (("user", name, address), self.free_failures)]
+
+    def retry_after(self, name: str, address: str) -> float:
+        """Seconds until an attempt for ``name`` from ``address`` is allowed (0: now)."""
+        now = self.clock()
+        wait = 0.0
+        for key, _free in self._keys(name, address):
+            entry = self._entries.get(key)
+            if entry is not None:
+                wait = max(wait, entry.blocked_until - now)
+        return wait
+
+    def failed(self, name: str, address: str) -> None:
+        now = self.clock()
+        for key, free in self._keys(name, address):
+            entry = self._entries.pop(key, None) or _Entry()
+            # A quiet period as long as the longest backoff forgives old failures.
+            if now - entry.last_failure > self.maximum:
+                entry = _Entry()
+            entry.failures += 1
+            entry.last_failure = now
+            excess = entry.failures - free
+            if excess > 0:
+                delay = min(self.maximum, self.base * 2 ** min(excess - 1, 40))
+                entry.blocked_until = now + delay
+            self._entries[key] = entry
+        while len(self._entries) > MAX_ENTRIES:
+            self._entries.popitem(last=False)
+
+    def succeeded(self, name: str, address: str) -> None:
+        # Only the (user, address) pair is forgiven: one good login from a shared
+        # address must not wipe the record of a flood against other names from it.
+        self._entries.pop(("user", name, address), None)

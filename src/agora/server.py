@@ -1,0 +1,126 @@
+"""Compose the enabled services, bind their listeners, run until told to stop.
+
+Start-up order: validate config (done by the caller), bind every listener (so a port in
+use fails fast, before anything is written), open storage, start services, write
+``run/ports.json`` and log ``ready``. SIGTERM/SIGINT: services stop accepting and finish
+in-flight work within ``shutdown_timeout``, storage closes, ports.json goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import signal
+import socket
+import time
+
+from agora.config import LISTENERS, Config, ConfigError
+from agora.core.fsutil import write_atomically
+from agora.core.runtime import Runtime
+from agora.core.service import Service
+
+log = logging.getLogger("agora")
+
+
+def enabled_services(config: Config) -> list[type[Service]]:
+    """Every service this configuration runs; each new service adds one line here.
+
+    Imported only when enabled, so a disabled service costs no start-up time.
+    """
+    services: list[type[Service]] = []
+    if config.web.enabled:
+        from agora.web.service import WebService
+        services.append(WebService)
+    return services
+
+
+def _bind(name: str, address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and address == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        key = LISTENERS[name]
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{key}: port {port} on {address} is already in use ({name} listener)") from None
+        if error.errno == errno.EACCES:
+            raise ConfigError(f"{key}: not allowed to bind port {port} on {address} ({name} listener)") from None
+        raise ConfigError(f"{key}: cannot listen on {address}:{port} ({name} listener): {error.strerror}") from None
+    return sock
+
+
+def bind_listeners(config: Config, names: list[str]) -> dict[str, socket.socket]:
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for name in names:
+            port = config.port(name)
+            if port is not None:
+                sockets[name] = _bind(name, config.bind, port)
+    except ConfigError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
+async def serve(config: Config) -> int:
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    classes = enabled_services(config)
+    # Bound before anything is written, so that a port in use stops a first start
+    # before it has created (and printed the password of) the admin account.
+    sockets = bind_listeners(config, [name for cls in classes for name in cls.listeners])
+    try:
+        runtime = await Runtime.open(config, serving=True)
+    except BaseException:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    services = [cls(runtime) for cls in classes]
+    ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+    ports_file = runtime.data_dir / "run" / "ports.json"
+    running: list[Service] = []
+    try:
+        for service in services:
+            await service.start({n: s for n, s in sockets.items() if n in service.listeners})
+            running.append(service)
+        write_atomically(ports_file, json.dumps(ports, indent=2).encode() + b"\n")
+        log.info("ready in %.2f s: %s (data dir %s)", time.monotonic() - started,
+                 ", ".join(f"{name} {config.bind}:{port}" for name, port in ports.items()) or "no listeners",
+                 runtime.data_dir, extra={"ports": ports})
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests (at most %.0f s)", config.shutdown_timeout)
+    finally:
+        await asyncio.gather(*(service.stop(config.shutdown_timeout) for service in running),
+                             return_exceptions=True)
+        for sock in sockets.values():
+            sock.close()
+        ports_file.unlink(missing_ok=True)
+        await runtime.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+def run(config: Config) -> int:
+    """Run the server on uvloop where available; returns the exit code."""
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config))

@@ -1,0 +1,56 @@
+"""The ASGI app: every service's JSON routes and pages, health, metrics, static assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from agora import __version__
+from agora.core.metrics import CONTENT_TYPE
+from agora.core.runtime import Runtime
+from agora.web import api, pages, problems
+from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, SecurityHeadersMiddleware
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="Agora",
+        version=__version__,
+        description="Web, files, mail, bank and hosted SQL behind one user directory.",
+        openapi_url="/api/openapi.json",
+        docs_url=None,  # served by pages.py from our own copy of Swagger UI (no CDN)
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    problems.install(app, html=pages.render_error)
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    # Each service adds its routers here: app.include_router(<service>.api.router) ...
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", tags=["health"], responses={503: {"description": "Storage is unreachable"}})
+    async def healthz(request: Request) -> JSONResponse:
+        """Liveness and storage: 200 when the metadata database answers."""
+        try:
+            await runtime.db.ping()
+        except Exception as error:  # any failure of storage is "unhealthy", not a crash
+            return JSONResponse({"status": "unhealthy", "checks": {"database": str(error)[:200]}}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__, "checks": {"database": "ok"}})
+
+    if runtime.config.http.metrics:
+        @app.get("/metrics", tags=["health"], response_class=Response,
+                 responses={200: {"content": {"text/plain": {}}}})
+        async def metrics() -> Response:
+            """Prometheus metrics: requests, latencies, connections per listener, logins."""
+            return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(BodyLimitMiddleware, limit=runtime.config.http.max_json_body)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(ObserveMiddleware, metrics=runtime.metrics)
+    return app

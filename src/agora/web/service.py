@@ -1,0 +1,63 @@
+"""The web service: the HTTP and HTTPS listeners, served by uvicorn on our event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+
+import uvicorn
+
+from agora.core.runtime import Runtime
+from agora.core.tls import server_context
+from agora.web.app import create_app
+
+
+class WebService:
+    name = "web"
+    listeners = ("http", "https")
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.app = create_app(runtime)
+        self.servers: list[uvicorn.Server] = []
+
+    def _server(self, listener: str) -> uvicorn.Server:
+        config = self.runtime.config
+        trusted = config.http.trusted_proxies
+        uv_config = uvicorn.Config(
+            self.app,
+            lifespan="off",  # two listeners share one app; the runtime owns start-up
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            ws="none",
+            # X-Forwarded-For is believed only from configured proxies; uvicorn's
+            # default would trust 127.0.0.1, letting any local client pick its address
+            # and so dodge the login rate limit.
+            proxy_headers=bool(trusted),
+            forwarded_allow_ips=trusted or "",
+            timeout_keep_alive=max(1, math.ceil(config.http.keepalive_timeout)),
+            limit_concurrency=config.http.max_connections,
+            timeout_graceful_shutdown=max(1, math.ceil(config.shutdown_timeout)),
+        )
+        uv_config.load()
+        if listener == "https":
+            assert self.runtime.tls is not None
+            uv_config.ssl = server_context(self.runtime.tls)
+        server = uvicorn.Server(uv_config)
+        server.lifespan = uv_config.lifespan_class(uv_config)
+        return server
+
+    async def start(self, sockets: dict[str, socket.socket]) -> None:
+        for listener, sock in sockets.items():
+            server = self._server(listener)
+            await server.startup(sockets=[sock])
+            self.servers.append(server)
+            state = server.server_state
+            self.runtime.metrics.count_connections(listener, lambda state=state: len(state.connections))
+
+    async def stop(self, timeout: float) -> None:
+        # uvicorn's shutdown stops accepting, lets responses in flight finish (bounded by
+        # timeout_graceful_shutdown) and then cancels what is left.
+        await asyncio.gather(*(server.shutdown() for server in self.servers))
