@@ -14,9 +14,11 @@ import json
 import logging
 import signal
 import socket
+import sys
 import time
 
 from agora.config import LISTENERS, Config, ConfigError
+from agora.core.database import DatabaseError, SchemaTooNew
 from agora.core.fsutil import write_atomically
 from agora.core.runtime import Runtime
 from agora.core.service import Service
@@ -116,11 +118,19 @@ async def serve(config: Config) -> int:
 
 
 def run(config: Config) -> int:
-    """Run the server on uvloop where available; returns the exit code."""
+    """Run the server on uvloop where available; returns the exit code.
+
+    A schema newer than this code exits 2 like a bad setting (the installation is
+    wrong, retrying will not help); unreachable storage exits 1.
+    """
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - platforms without uvloop
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config))
+        try:
+            return runner.run(serve(config))
+        except DatabaseError as error:
+            print(f"agora: {error}", file=sys.stderr, flush=True)
+            return 2 if isinstance(error, SchemaTooNew) else 1
