@@ -261,8 +261,9 @@ class Identity:
         wait = self.limiter.retry_after(key, client.address)
         if wait > 0:
             self._observe(client.protocol, "rate_limited")
-            await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
-                                    protocol=client.protocol, client_addr=client.address)
+            if self.limiter.first_refusal(key, client.address):
+                await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
+                                        protocol=client.protocol, client_addr=client.address)
             raise RateLimited(wait)
         row = None
         if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:

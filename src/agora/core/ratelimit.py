@@ -25,6 +25,7 @@ class _Entry:
     failures: int = 0
     blocked_until: float = 0.0
     last_failure: float = 0.0
+    reported_block: float = 0.0
 
 
 class LoginLimiter:
@@ -51,6 +52,17 @@ class LoginLimiter:
             if entry is not None:
                 wait = max(wait, entry.blocked_until - now)
         return wait
+
+    def first_refusal(self, name: str, address: str) -> bool:
+        """True once per backoff step while blocked: a flood is recorded (audited) once
+        per step, not once per try, so it cannot fill the audit log."""
+        now = self.clock()
+        for key, _free in self._keys(name, address):
+            entry = self._entries.get(key)
+            if entry is not None and entry.blocked_until > now and entry.reported_block != entry.blocked_until:
+                entry.reported_block = entry.blocked_until
+                return True
+        return False
 
     def failed(self, name: str, address: str) -> None:
         now = self.clock()

@@ -11,11 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from agora.core.audit import MAX_PAGE, AuditEntry
 from agora.core.errors import AuthenticationFailed, Forbidden
 from agora.core.identity import MAX_NAME_LENGTH, MAX_TOKEN_NAME_LENGTH, Token, User
-from agora.core.passwords import MAX_PASSWORD_LENGTH
+from agora.core.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from agora.core.tables import utcnow
 from agora.web.auth import api_admin, api_user, client_info, identity
 
 router = APIRouter(prefix="/api/v1")
+
+# The schema's approximation of identity.validate_name (JSON Schema regexes have no
+# lookahead); the domain check is the exact one.
+NAME_PATTERN = r"^[a-z][a-z0-9._-]*$"
 
 # Ten years: long enough for any real use, short enough to stay a valid datetime.
 MAX_TOKEN_LIFETIME = 10 * 365 * 86400
@@ -74,18 +78,19 @@ class TokenRequest(Strict):
 
 class PasswordChange(Strict):
     current_password: str = Field(max_length=MAX_PASSWORD_LENGTH)
-    new_password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+    new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)
 
 
 class UserCreate(Strict):
-    name: str = Field(max_length=MAX_NAME_LENGTH)
-    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN,
+                      description="Lowercase letters, digits, '-', '_' and single inner dots; starts with a letter")
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)
     role: Literal["admin", "user"] = "user"
     quota_bytes: int | None = Field(None, ge=0, le=2**62)
 
 
 class UserPatch(Strict):
-    password: str | None = Field(None, max_length=MAX_PASSWORD_LENGTH)
+    password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)
     role: Literal["admin", "user"] | None = None
     disabled: bool | None = None
     quota_bytes: int | None = Field(None, ge=0, le=2**62)
