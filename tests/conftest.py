@@ -8,6 +8,7 @@ fresh from that URL and dropped afterwards, so tests never see each other's user
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import secrets
@@ -39,7 +40,9 @@ def _pg(url: str, statement: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    # In a thread of its own, so that it works from inside a running event loop too.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def create_pg_database() -> str:
