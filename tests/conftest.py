@@ -102,12 +102,10 @@ class AgoraServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agora serve exited with {self.proc.returncode}:\n{self.log()}")
-            if ports_file.exists():
-                try:
-                    self.ports = json.loads(ports_file.read_text())
-                    return self
-                except json.JSONDecodeError:
-                    pass  # written atomically, but be patient anyway
+            # The contract: ports.json is written, then a line containing "ready" logged.
+            if ports_file.exists() and "ready" in self.log():
+                self.ports = json.loads(ports_file.read_text())
+                return self
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"agora serve did not become ready:\n{self.log()}")

@@ -218,3 +218,10 @@ def test_healthz_and_metrics(server: AgoraServer):
     assert "agora_http_request_duration_seconds_bucket" in text
     assert 'agora_connections{listener="http"}' in text
     assert 'agora_logins_total{outcome="failed",protocol="http"}' in text
+
+
+def test_a_service_can_be_disabled(make_server):
+    server = make_server(args=("--web-enabled", "false"))
+    assert server.ports == {}
+    assert "no listeners" in server.log()
+    assert server.stop() == 0

@@ -1,0 +1,39 @@
+"""Several nodes on one PostgreSQL: one user directory, whichever node a client reaches."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import create_pg_database
+
+
+def test_two_nodes_share_one_directory(make_server, backend):
+    if backend != "postgresql":
+        pytest.skip("scale-out needs the PostgreSQL backend (SQLite is one node's own file)")
+    url = create_pg_database()
+    make_server.databases.append(url)
+    nodes = [make_server(start=False, database_url=url) for _ in range(2)]
+    # Started together: the migration lock lets exactly one of them migrate.
+    threads = [threading.Thread(target=node.start) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    a, b = nodes
+    assert a.ports and b.ports, a.log() + b.log()
+    name, password = a.create_user()
+    token = b.login(name, password)  # created on a, logs in on b
+    with a.client(token) as http:
+        assert http.get("/api/v1/me").json()["name"] == name
+        token_id = http.get("/api/v1/tokens").json()[0]["id"]
+        assert http.delete(f"/api/v1/tokens/{token_id}").status_code == 204
+    with b.client(token) as http:
+        assert http.get("/api/v1/me").status_code == 401  # revoked on a, refused on b
+    with b.admin() as http:
+        assert http.patch(f"/api/v1/users/{name}", json={"disabled": True}).status_code == 200
+    with a.client() as http:
+        refused = http.post("/api/v1/tokens", json={"username": name, "password": password})
+    assert refused.status_code == 401
+    assert a.stop() == 0 and b.stop() == 0
