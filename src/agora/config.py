@@ -279,13 +279,6 @@ class Config:
     def port(self, listener: str) -> int | None:
         return self.values[LISTENERS[listener]]
 
-    def with_overrides(self, **overrides: Any) -> "Config":
-        """A copy with some values replaced (keys with dots given as ``section__key``)."""
-        values = dict(self.values)
-        for name, value in overrides.items():
-            values[name.replace("__", ".")] = value
-        return Config(values, self.sources)
-
 
 def _parse(setting: Setting, value: Any, source: str) -> Any:
     try:

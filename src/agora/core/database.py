@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger("agora.database")
@@ -120,8 +121,10 @@ class Database:
                 return await conn.run_sync(_migrate)
         except DatabaseError:
             raise
-        except OSError as error:
-            raise DatabaseError(f"cannot reach the metadata database: {error}") from None
+        except (OSError, SQLAlchemyError) as error:
+            # Unreachable, refused credentials, unwritable file: one line, not a traceback.
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            raise DatabaseError(f"cannot use the metadata database ({type(error).__name__}): {reason}") from None
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
