@@ -466,3 +466,25 @@ def test_error_pages_are_html_in_the_layout(server: AgoraServer):
         assert response.status_code == 404
         assert response.headers["content-type"].startswith("text/html")
         assert "<header" in response.text and "404" in response.text
+
+
+def test_a_service_card_links_to_its_home_once_the_app_serves_it():
+    # The one check that needs no server: which cards light up depends only on the routes
+    # of the app, and no service but web has pages yet.
+    from fastapi import APIRouter, FastAPI
+    from starlette.requests import Request
+
+    from agora.web import pages
+
+    files = APIRouter()
+
+    @files.get("/files", name="files.home")
+    async def files_home() -> dict:
+        return {}
+
+    app = FastAPI()
+    app.include_router(pages.router)
+    app.include_router(files)
+    request = Request({"type": "http", "app": app, "headers": []})
+    homes = {card.name: pages._home(request, card) for card in pages.CARDS}
+    assert homes == {"files": "/files", "mail": None, "bank": None, "sql": None}
