@@ -49,8 +49,14 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int, *phrases
         assert phrase in lines[0]
 
 
+# Logins expected to fail come from an address of their own, so that they never count
+# towards the rate limit of 127.0.0.1, which every other test logs in from.
+PROBE_ADDRESS = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+
+
 def can_login(server, name: str, password: str) -> bool:
-    response = httpx.post(f"{server.url}/api/v1/tokens", json={"username": name, "password": password})
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=PROBE_ADDRESS)) as http:
+        response = http.post(f"{server.url}/api/v1/tokens", json={"username": name, "password": password})
     assert response.status_code in (201, 401), response.text
     return response.status_code == 201
 
@@ -92,6 +98,23 @@ def test_login_whoami_logout(server, tmp_path):
         with pytest.raises(Unauthorized):
             client.me()  # revoked on the server, not only forgotten here
     one_line_error(agora("whoami", home=tmp_path), 1, "not logged in")
+
+
+def test_login_replaces_a_damaged_file_and_revokes_the_old_token(server, tmp_path):
+    name, password = server.create_user(unique())
+    file = credentials_file(tmp_path)
+    file.parent.mkdir(parents=True)
+    file.write_text("{not json")
+    one_line_error(agora("whoami", home=tmp_path), 2, "damaged")
+    login = lambda: agora("login", server.url, "--user", name, "--password-stdin", home=tmp_path,  # noqa: E731
+                          input=password + "\n")
+    assert login().returncode == 0
+    first = json.loads(file.read_text())["token"]
+    assert login().returncode == 0
+    assert json.loads(file.read_text())["token"] != first
+    with Client(server.url, first) as client:
+        with pytest.raises(Unauthorized):
+            client.me()  # the token the second login replaced is not left active
 
 
 def test_login_wrong_password_is_one_line(server, tmp_path):

@@ -267,3 +267,15 @@ def test_async_client(server, account):
                 await client.login(name, "wrong-password")
 
     asyncio.run(scenario())
+
+
+def test_errors_survive_pickling(server):
+    import pickle
+
+    with Client(server.url) as client:
+        with pytest.raises(Unauthorized) as refused:
+            client.me()
+    copy = pickle.loads(pickle.dumps(refused.value))
+    assert type(copy) is Unauthorized
+    assert (copy.status, copy.detail, copy.problem, str(copy)) == (401, refused.value.detail, refused.value.problem,
+                                                                   str(refused.value))

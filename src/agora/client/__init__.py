@@ -1,0 +1,23 @@
+"""Python client for Agora's HTTP API, blocking (:class:`Client`) and asyncio
+(:class:`AsyncClient`)::
+
+    from agora.client import Client, Unauthorized
+
+    with Client("https://agora.example", verify="ca.pem") as agora:
+        agora.login("alice", password)
+        print(agora.me().role)
+"""
+
+from agora.client.aio import AsyncClient
+from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidden, InvalidRequest,
+                                 NotFound, RateLimited, ServerError, TooLarge, Unauthorized,
+                                 UnexpectedResponse)
+from agora.client.models import AuditEntry, AuditPage, Health, NewToken, Token, User
+from agora.client.sync import Client
+
+__all__ = [
+    "Client", "AsyncClient",
+    "User", "Token", "NewToken", "AuditEntry", "AuditPage", "Health",
+    "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
+    "Forbidden", "NotFound", "Conflict", "TooLarge", "RateLimited", "ServerError",
+]

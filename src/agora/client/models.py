@@ -1,0 +1,111 @@
+"""The API's JSON documents as frozen dataclasses, timestamps parsed to aware datetimes.
+
+Fields the server adds later are ignored, so an older client keeps working against a
+newer server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from typing import Any, TypeVar
+
+M = TypeVar("M")
+
+
+@cache
+def _datetime_fields(cls: type) -> frozenset[str]:
+    names = set()
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if datetime in args:
+            names.add(name)
+    return frozenset(names)
+
+
+def parse_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    # The server always sends UTC; a bare timestamp from elsewhere is taken as UTC too,
+    # so that comparisons with aware datetimes never raise.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def from_json(cls: type[M], data: Any) -> M:
+    """Build dataclass ``cls`` from a decoded JSON object."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    stamps = _datetime_fields(cls)
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init or f.name not in data:
+            continue
+        value = data[f.name]
+        values[f.name] = parse_datetime(value) if f.name in stamps and isinstance(value, str) else value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    disabled: bool
+    quota_bytes: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class NewToken(Token):
+    """A token just created: the only time its secret is known."""
+
+    # Kept out of repr so that logging the object does not leak the secret.
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    action: str
+    outcome: str
+    actor: str | None = None
+    target: str | None = None
+    protocol: str | None = None
+    client_addr: str | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditEntry]
+    next: int | None
+    """Pass as ``before`` to get the next (older) page; None on the last page."""
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    checks: dict[str, str] = field(default_factory=dict)
+    version: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
