@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 
-import pytest
 
 from conftest import AgoraServer
 

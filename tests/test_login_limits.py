@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from agora.core.ratelimit import LoginLimiter
 from conftest import AgoraServer

@@ -85,18 +85,19 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, 
                "tb": 1024**4, "tib": 1024**4}
 
 
-def _size(value: Any) -> int:
-    """Bytes, as an integer or with a binary unit: ``512K``, ``10MiB``, ``1G``."""
+def parse_size(value: Any) -> int:
+    """Bytes, as an integer or with a binary unit: ``512K``, ``10MiB``, ``1.5G``."""
     if isinstance(value, int) and not isinstance(value, bool):
-        number, unit = value, ""
+        number: float = value
+        unit = ""
     else:
-        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+        match = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{1,6})?)\s*([a-zA-Z]{0,3})\s*", str(value))
         if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError("expected a size such as 1048576, 512K, 10M or 1G")
-        number, unit = int(match.group(1)), match.group(2).lower()
+            raise ValueError("expected a size such as 1048576, 512K, 10M or 1.5G")
+        number, unit = float(match.group(1)), match.group(2).lower()
     if number < 0:
         raise ValueError("must not be negative")
-    return number * _SIZE_UNITS[unit]
+    return int(number * _SIZE_UNITS[unit])
 
 
 _DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -224,7 +225,7 @@ SETTINGS: list[Setting] = [
     Setting("admin.name", _text, "admin", "Name of the admin account created on first start."),
     Setting("admin.password", _text, "", "Its password; empty means one is generated and printed once."),
     # identity
-    Setting("identity.default_quota", _size, 1024**3, "Storage quota of a new user, in bytes (suffixes K, M, G)."),
+    Setting("identity.default_quota", parse_size, 1024**3, "Storage quota of a new user, in bytes (suffixes K, M, G)."),
     Setting("identity.session_lifetime", _duration, 12 * 3600.0, "How long a web login lasts without activity."),
     Setting("identity.login_free_failures", _int(0, 1000), 5, "Wrong passwords allowed for one user from one client address before backoff starts."),
     Setting("identity.login_free_failures_per_address", _int(0, 100000), 20, "Wrong passwords allowed from one client address, whatever the user names, before backoff starts."),
@@ -239,7 +240,7 @@ SETTINGS: list[Setting] = [
     Setting("web.enabled", _bool, True, "Serve the HTTP API and web UI."),
     Setting("http.port", _port, 8080, "Plain HTTP listener (0 = any free port, off = disabled)."),
     Setting("https.port", _port, 8443, "HTTPS listener (0 = any free port, off = disabled)."),
-    Setting("http.max_json_body", _size, 1024 * 1024, "Largest JSON request body the API accepts (413 beyond)."),
+    Setting("http.max_json_body", parse_size, 1024 * 1024, "Largest JSON request body the API accepts (413 beyond)."),
     Setting("http.trusted_proxies", _networks, [], "Proxies whose X-Forwarded-For is believed; empty trusts none."),
     Setting("http.metrics", _bool, True, "Serve Prometheus metrics at /metrics."),
     Setting("http.keepalive_timeout", _duration, 5.0, "Idle keep-alive connections are closed after this long."),

@@ -23,9 +23,16 @@ class PasswordHasher:
                                              parallelism=parallelism, type=argon2.Type.ID)
         self._max_concurrent = max_concurrent
         self._semaphore: asyncio.Semaphore | None = None
+        self._dummy: str | None = None
+
+    @property
+    def _dummy_hash(self) -> str:
         # Verified when the user does not exist, so that "no such user" takes as long
-        # as "wrong password" and timing does not reveal which names exist.
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        # as "wrong password" and timing does not reveal which names exist. Made on
+        # first use: commands that never check a password do not pay for it.
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_hex(16))
+        return self._dummy
 
     def _slots(self) -> asyncio.Semaphore:
         if self._semaphore is None:

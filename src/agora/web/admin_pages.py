@@ -3,24 +3,20 @@ validates and audits it; this module only turns forms into calls and errors into
 
 from __future__ import annotations
 
-import re
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
+from agora.config import parse_size
 from agora.core.errors import AgoraError, Conflict, Forbidden, InvalidInput
 from agora.core.identity import ClientInfo, Session, User
 from agora.web.auth import client_info, identity, runtime
-from agora.web import pages
 from agora.web.pages import PageRoute, check_csrf, field, is_htmx, page, viewer
 from agora.web.problems import status_of
 
 router = APIRouter(prefix="/admin", route_class=PageRoute, include_in_schema=False)
 
-# Binary units, as config.py reads sizes; a decimal point is allowed here ("1.5G").
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
 MAX_QUOTA = 2**62
 
 
@@ -29,10 +25,10 @@ def parse_quota(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    match = re.fullmatch(r"(\d{1,20}(?:\.\d{1,6})?)\s*([a-zA-Z]{0,3})", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise InvalidInput("a quota is a size such as 500M, 2G or 1.5 GiB")
-    quota = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    try:
+        quota = parse_size(text)
+    except ValueError:
+        raise InvalidInput("a quota is a size such as 500M, 2G or 1.5 GiB") from None
     if quota > MAX_QUOTA:
         raise InvalidInput("that quota is larger than any disk")
     return quota
@@ -165,6 +161,3 @@ async def delete_user(name: str, request: Request, session: Session = Depends(ad
         await identity(request).delete_user(name, actor=session.user.name, client=client)
     return await change(request, session, name, f"User {name} and their tokens were deleted.", apply)
 
-
-# Registered here rather than by pages.py, so that importing either module first works.
-pages.router.include_router(router)

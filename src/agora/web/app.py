@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from agora import __version__
 from agora.core.metrics import CONTENT_TYPE
 from agora.core.runtime import Runtime
-from agora.web import api, pages, problems
+from agora.web import admin_pages, api, pages, problems
 from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, SecurityHeadersMiddleware
 
 STATIC = Path(__file__).parent / "static"
@@ -31,6 +31,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(admin_pages.router)
     # Each service adds its routers here: app.include_router(<service>.api.router) ...
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -381,7 +381,3 @@ async def api_docs(request: Request) -> Response:
     """Swagger UI from our own copy (static/vendor), started by static/swagger-init.js."""
     return templates.TemplateResponse(request, "api_docs.html", {"openapi_url": request.app.openapi_url})
 
-
-# Last, because admin_pages builds on the helpers above: importing it adds the admin
-# pages to this router, so app.py includes the whole UI with one line.
-from agora.web import admin_pages  # noqa: E402,F401
