@@ -170,6 +170,17 @@ def _list(value: Any) -> list[str]:
     return list(items)
 
 
+def _port_range(value: Any) -> str:
+    """``FIRST-LAST`` (inclusive), or empty for any free port."""
+    text = str(value).strip()
+    if not text:
+        return ""
+    match = re.fullmatch(r"(\d{1,5})\s*-\s*(\d{1,5})", text)
+    if not match or not 1024 <= int(match.group(1)) <= int(match.group(2)) <= 65535:
+        raise ValueError("expected a port range FIRST-LAST within 1024-65535, or empty")
+    return f"{int(match.group(1))}-{int(match.group(2))}"
+
+
 def _networks(value: Any) -> list[str]:
     items = _list(value)
     for item in items:
@@ -247,11 +258,26 @@ SETTINGS: list[Setting] = [
     Setting("http.max_connections", _int(1, 1_000_000), 2048, "Concurrent HTTP connections per listener; beyond this new ones get 503."),
 ]
 
+SETTINGS += [
+    # files: one tree per user over FTP, HTTP, WebDAV and users' sites
+    Setting("files.enabled", _bool, True, "Serve users' files (FTP, HTTP API, WebDAV, sites at /~user/)."),
+    Setting("ftp.port", _port, 2121, "FTP listener with explicit FTPS (AUTH TLS); 0 = any free port, off = disabled."),
+    Setting("ftp.passive_ports", _port_range, "", "Passive data ports as FIRST-LAST (e.g. 60000-60100); empty = any free port."),
+    Setting("ftp.masquerade_address", _text, "", "Address sent in PASV replies when clients reach the server through NAT; empty = the control connection's."),
+    Setting("ftp.active_mode", _choice("off", "loopback", "on"), "loopback", "PORT/EPRT data connections: never, only for loopback clients, or for everyone."),
+    Setting("ftp.max_connections", _int(1, 100000), 512, "Concurrent FTP control connections; beyond this new ones get 421."),
+    Setting("ftp.max_connections_per_ip", _int(1, 100000), 32, "Concurrent FTP control connections from one address."),
+    Setting("ftp.idle_timeout", _duration, 300.0, "An FTP session with no command for this long is closed (421)."),
+    Setting("ftp.data_timeout", _duration, 120.0, "A stalled FTP data transfer is aborted after this long (426)."),
+    Setting("files.max_upload", parse_size, 16 * 1024**3, "Largest single upload on any protocol (quota permitting)."),
+    Setting("files.share_max_lifetime", _duration, 365 * 86400.0, "Longest expiry a share link may be given."),
+]
+
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 
 # Listener names (keys of ports.json) and the setting that holds each port.
-LISTENERS: dict[str, str] = {"http": "http.port", "https": "https.port"}
+LISTENERS: dict[str, str] = {"http": "http.port", "https": "https.port", "ftp": "ftp.port"}
 
 
 class Config:

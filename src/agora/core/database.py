@@ -10,6 +10,7 @@ locked" when it upgrades a read lock.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -127,9 +128,25 @@ class Database:
             raise DatabaseError(f"cannot use the metadata database ({type(error).__name__}): {reason}") from None
 
 
+def version_locations() -> list[str]:
+    """The core's migrations plus every service's ``<service>/migrations/`` folder.
+
+    Found on disk rather than imported, so that core never imports a service. Each
+    service's migrations are a branch of their own (branch label = service name) that
+    depends on the core's first revision.
+    """
+    package = Path(__file__).resolve().parents[1]
+    found = [str(package / "core" / "migrations" / "versions")]
+    found += sorted(str(path) for path in package.glob("*/migrations") if path.parent.name != "core")
+    return found
+
+
 def _alembic_config(connection: Connection) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", MIGRATIONS)
+    # Alembic splits this option on the separator; os.pathsep keeps paths with spaces whole.
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(version_locations()))
     cfg.attributes["connection"] = connection
     return cfg
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from agora.config import Config
 from agora.core.audit import AuditLog
@@ -19,6 +20,7 @@ from agora.core.passwords import generate_password
 from agora.core.tls import CertificatePaths, ensure_certificate
 
 log = logging.getLogger("agora")
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,6 +32,14 @@ class Runtime:
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)
     tls: CertificatePaths | None = None
+    # Each service's domain objects (its store, ledger...), made once per process and
+    # shared by all of its adapters: see :meth:`shared`.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def shared(self, key: str, make: Callable[[], T]) -> T:
+        if key not in self.state:
+            self.state[key] = make()
+        return self.state[key]
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool = False) -> "Runtime":

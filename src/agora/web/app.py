@@ -32,7 +32,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(admin_pages.router)
-    # Each service adds its routers here: app.include_router(<service>.api.router) ...
+    # Each service adds its routers here, imported only when enabled.
+    if runtime.config.files.enabled:
+        from agora.files import api as files_api, dav, pages as files_pages, sites
+        app.include_router(files_api.router)
+        app.include_router(files_pages.router)
+        app.include_router(sites.router)
+        app.mount("/dav", dav.create_app(runtime))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "Storage is unreachable"}})

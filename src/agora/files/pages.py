@@ -1,0 +1,5 @@
+"""Placeholder being written in this session; replaced before commit."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
