@@ -36,10 +36,7 @@ def test_config_reference_is_generated_from_config_py():
     assert README.count(START) == 1 and README.count(END) == 1
     section = README.split(START, 1)[1].split(END, 1)[0]
     assert section.strip("\n") + "\n" == config.reference_markdown(), (
-        "README configuration reference is out of date: paste the output of "
-        "`python -c 'from agora import config; print(config.reference_markdown(), end=\"\")'` "
-        "between the config-reference markers"
-    )
+        "the README's configuration reference is out of date: run `make readme`")
 
 
 def test_every_setting_is_documented():
