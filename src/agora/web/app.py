@@ -15,6 +15,8 @@ from agora.web import admin_pages, api, pages, problems
 from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, SecurityHeadersMiddleware
 
 STATIC = Path(__file__).parent / "static"
+# Where request bodies of any type stream to disk (each route enforces its own limits).
+STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -57,7 +59,8 @@ def create_app(runtime: Runtime) -> FastAPI:
             """Prometheus metrics: requests, latencies, connections per listener, logins."""
             return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
-    app.add_middleware(BodyLimitMiddleware, limit=runtime.config.http.max_json_body)
+    app.add_middleware(BodyLimitMiddleware, limit=runtime.config.http.max_json_body,
+                       streaming_prefixes=STREAMING_PREFIXES)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics)
     return app

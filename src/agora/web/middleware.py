@@ -65,12 +65,15 @@ class ObserveMiddleware:
 class BodyLimitMiddleware:
     """413 for in-memory request bodies over the limit, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: int, streaming_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.limit = limit
+        # Routes that stream bodies of any type to disk (file uploads, WebDAV PUT)
+        # enforce their own limits; a JSON file is still a file there.
+        self.streaming_prefixes = streaming_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.streaming_prefixes):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
