@@ -22,6 +22,8 @@ from typing import Iterator
 import httpx
 import pytest
 
+from agora.config import LISTENERS
+
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 START_TIMEOUT = 30.0
 
@@ -89,7 +91,7 @@ class AgoraServer:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "agora", "serve", "--data-dir", str(self.data_dir),
-                "--http-port", "0", "--https-port", "0", *self.args]
+                *(arg for name in LISTENERS for arg in (f"--{name}-port", "0")), *self.args]
 
     def start(self) -> "AgoraServer":
         ports_file = self.data_dir / "run" / "ports.json"

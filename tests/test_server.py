@@ -31,7 +31,7 @@ def test_first_start_creates_the_data_dir(make_server):
     assert oct((data / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
     if not server.database_url:
         assert (data / "agora.db").is_file()
-    assert set(server.ports) == {"http", "https"}
+    assert set(server.ports) == {"http", "https", "ftp"}
     # The generated admin password is printed once (stdout) and works.
     server.stop()
     output = server.log()
@@ -125,7 +125,7 @@ def test_json_logs(make_server):
 
 def test_port_off_disables_a_listener(make_server):
     server = make_server(args=("--https-port", "off"))
-    assert set(server.ports) == {"http"}
+    assert set(server.ports) == {"http", "ftp"}
 
 
 def test_binds_loopback_by_default(make_server):
@@ -220,7 +220,12 @@ def test_healthz_and_metrics(server: AgoraServer):
 
 
 def test_a_service_can_be_disabled(make_server):
-    server = make_server(args=("--web-enabled", "false"))
+    server = make_server(args=("--files-enabled", "false"))
+    assert set(server.ports) == {"http", "https"}
+    with server.client() as http:
+        assert http.get("/api/v1/files/usage").status_code == 404
+    assert server.stop() == 0
+    server = make_server(args=("--web-enabled", "false", "--files-enabled", "false"))
     assert server.ports == {}
     assert "no listeners" in server.log()
     assert server.stop() == 0

@@ -254,6 +254,7 @@ SETTINGS: list[Setting] = [
     Setting("http.max_json_body", parse_size, 1024 * 1024, "Largest JSON request body the API accepts (413 beyond)."),
     Setting("http.trusted_proxies", _networks, [], "Proxies whose X-Forwarded-For is believed; empty trusts none."),
     Setting("http.metrics", _bool, True, "Serve Prometheus metrics at /metrics."),
+    Setting("http.access_log", _bool, True, "Log one line per HTTP request (at info level, logger agora.http)."),
     Setting("http.keepalive_timeout", _duration, 5.0, "Idle keep-alive connections are closed after this long."),
     Setting("http.max_connections", _int(1, 1_000_000), 2048, "Concurrent HTTP connections per listener; beyond this new ones get 503."),
 ]

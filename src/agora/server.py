@@ -35,6 +35,9 @@ def enabled_services(config: Config) -> list[type[Service]]:
     if config.web.enabled:
         from agora.web.service import WebService
         services.append(WebService)
+    if config.files.enabled:
+        from agora.files.service import FilesService
+        services.append(FilesService)
     return services
 
 

@@ -20,7 +20,7 @@ def serve(config_file: str | None, **flags: str) -> None:
     from agora.core import logs
 
     config = load_config(config_file, flags)
-    logs.setup(config.log_format, config.log_level)
+    logs.setup(config.log_format, config.log_level, access_log=config.http.access_log)
     for name in configuration.unknown_env():
         logging.getLogger("agora").warning("ignoring %s: no such setting", name)
     try:

@@ -10,14 +10,16 @@
 
 from agora.client.aio import AsyncClient
 from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidden, InvalidRequest,
-                                 NotFound, RateLimited, ServerError, TooLarge, Unauthorized,
-                                 UnexpectedResponse)
-from agora.client.models import AuditEntry, AuditPage, Health, NewToken, Token, User
+                                 NotFound, PreconditionFailed, RateLimited, ServerError, TooLarge,
+                                 Unauthorized, UnexpectedResponse)
+from agora.client.models import (AuditEntry, AuditPage, FileEntry, Health, NewShare, NewToken, Share, Token,
+                                 TransferProgress, Usage, User)
 from agora.client.sync import Client
 
 __all__ = [
     "Client", "AsyncClient",
     "User", "Token", "NewToken", "AuditEntry", "AuditPage", "Health",
+    "FileEntry", "Usage", "Share", "NewShare", "TransferProgress",
     "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
-    "Forbidden", "NotFound", "Conflict", "TooLarge", "RateLimited", "ServerError",
+    "Forbidden", "NotFound", "Conflict", "PreconditionFailed", "TooLarge", "RateLimited", "ServerError",
 ]

@@ -9,6 +9,7 @@ import httpx
 
 from agora.client import core
 from agora.client._http import DEFAULT_TIMEOUT, AsyncAPI, AsyncTransport, Verify
+from agora.client.files import AsyncFiles
 from agora.client.models import AuditPage, Health, NewToken, Token, User
 
 
@@ -21,6 +22,7 @@ class AsyncClient(AsyncAPI):
                  headers: Mapping[str, str] | None = None):
         super().__init__(AsyncTransport(base_url, token=token, verify=verify, timeout=timeout,
                                         transport=transport, headers=headers))
+        self.files = AsyncFiles(self._transport)
 
     @property
     def base_url(self) -> str:

@@ -77,8 +77,12 @@ class Conflict(AgoraError):
     """409: the name is taken, or the change would leave no enabled admin."""
 
 
+class PreconditionFailed(AgoraError):
+    """412: the file is no longer the version the request named (If-Match)."""
+
+
 class TooLarge(AgoraError):
-    """413: the request body exceeds a configured limit."""
+    """413: the request body exceeds a configured limit, or a quota."""
 
 
 class RateLimited(AgoraError):
@@ -95,7 +99,7 @@ class ServerError(AgoraError):
 
 _BY_STATUS: dict[int, type[AgoraError]] = {
     400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: TooLarge, 422: InvalidRequest, 429: RateLimited,
+    412: PreconditionFailed, 413: TooLarge, 422: InvalidRequest, 429: RateLimited,
 }
 
 

@@ -109,3 +109,64 @@ class Health:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+# -- files ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    path: str
+    type: str  # "file" or "dir"
+    size: int
+    mtime: datetime
+    etag: str = ""
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == "dir"
+
+
+@dataclass(frozen=True)
+class Listing:
+    path: str
+    entries: list[FileEntry]
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    quota: int
+
+
+@dataclass(frozen=True)
+class Share:
+    id: str
+    path: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked: bool = False
+    active: bool = True
+    password: bool = False
+    downloads: int = 0
+
+
+@dataclass(frozen=True)
+class NewShare(Share):
+    """A share link just created: the only time its URL is known."""
+
+    # The URL carries the secret: kept out of repr like a token.
+    token: str = field(default="", repr=False)
+    url: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """Where one file's transfer is, as passed to a ``progress`` callback."""
+
+    remote: str
+    local: str
+    done: int  # bytes of the file in place so far, resumed ones included
+    total: int | None
+    resumed_from: int = 0  # bytes kept from an earlier, interrupted transfer

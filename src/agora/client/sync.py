@@ -9,6 +9,7 @@ import httpx
 
 from agora.client import core
 from agora.client._http import DEFAULT_TIMEOUT, SyncAPI, SyncTransport, Verify
+from agora.client.files import SyncFiles
 from agora.client.models import AuditPage, Health, NewToken, Token, User
 
 
@@ -26,6 +27,7 @@ class Client(SyncAPI):
                  transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None):
         super().__init__(SyncTransport(base_url, token=token, verify=verify, timeout=timeout,
                                        transport=transport, headers=headers))
+        self.files = SyncFiles(self._transport)
 
     @property
     def base_url(self) -> str:

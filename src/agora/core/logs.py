@@ -24,7 +24,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(log_format: str = "human", level: str = "info") -> None:
+def setup(log_format: str = "human", level: str = "info", access_log: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -41,4 +41,6 @@ def setup(log_format: str = "human", level: str = "info") -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # The access log costs a good share of a small request's time; it can be turned off.
+    logging.getLogger("agora.http").setLevel(logging.NOTSET if access_log else logging.WARNING)
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

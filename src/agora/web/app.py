@@ -16,7 +16,7 @@ from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, Securit
 
 STATIC = Path(__file__).parent / "static"
 # Where request bodies of any type stream to disk (each route enforces its own limits).
-STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/")
+STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/", "/files/upload")
 
 
 def create_app(runtime: Runtime) -> FastAPI:

@@ -14,9 +14,11 @@ from agora.web.problems import MEDIA_TYPE
 
 access_log = logging.getLogger("agora.http")
 
-# Bodies of these types are parsed in memory, so their size is capped; uploads
-# (octet-stream, multipart) stream to disk and are limited by their own routes.
-IN_MEMORY_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/merge-patch+json")
+# Bodies of these types are parsed (or spooled) by the framework, so their size is
+# capped; uploads stream to disk on their own routes (streaming_prefixes), which set
+# their own limits.
+IN_MEMORY_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/merge-patch+json",
+                   "multipart/form-data")
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -58,8 +60,10 @@ class ObserveMiddleware:
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(elapsed)
             client = scope.get("client") or ("-", 0)
-            access_log.info('%s "%s %s" %d %.1fms', client[0], method, scope["path"], status,
-                            elapsed * 1000)
+            # json.dumps escapes control characters: a request for "/%00" must not put
+            # a NUL in the log.
+            access_log.info('%s "%s %s" %d %.1fms', client[0], method, json.dumps(scope["path"])[1:-1],
+                            status, elapsed * 1000)
 
 
 class BodyLimitMiddleware:

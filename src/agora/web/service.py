@@ -20,13 +20,21 @@ class WebService:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.app = create_app(runtime)
+        self.http_protocol: str | type = "auto"
+        if runtime.config.files.enabled:
+            # Users' sites are answered before ASGI when their pages are in memory.
+            from agora.files.sites import SitesFastPath
+            self.app = SitesFastPath(self.app, runtime)
+            self.http_protocol = self.app.http_protocol
         self.servers: list[uvicorn.Server] = []
+        self.tickers: list[asyncio.Task[None]] = []
 
     def _server(self, listener: str) -> uvicorn.Server:
         config = self.runtime.config
         trusted = config.http.trusted_proxies
         uv_config = uvicorn.Config(
             self.app,
+            http=self.http_protocol,
             lifespan="off",  # two listeners share one app; the runtime owns start-up
             log_config=None,
             access_log=False,
@@ -54,10 +62,15 @@ class WebService:
             server = self._server(listener)
             await server.startup(sockets=[sock])
             self.servers.append(server)
+            # uvicorn's own housekeeping loop: refreshes the Date header every second.
+            self.tickers.append(asyncio.create_task(server.main_loop(), name=f"uvicorn-{listener}"))
             state = server.server_state
             self.runtime.metrics.count_connections(listener, lambda state=state: len(state.connections))
 
     async def stop(self, timeout: float) -> None:
         # uvicorn's shutdown stops accepting, lets responses in flight finish (bounded by
         # timeout_graceful_shutdown) and then cancels what is left.
+        for server in self.servers:
+            server.should_exit = True
+        await asyncio.gather(*self.tickers)
         await asyncio.gather(*(server.shutdown() for server in self.servers))
