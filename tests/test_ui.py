@@ -268,7 +268,9 @@ def test_dashboard_shows_every_service_and_the_account(server: AgoraServer, admi
     for service in ("web", "files", "mail", "bank", "sql"):
         assert f'id="card-{service}"' in page
     assert page.count("Not available yet on this server.") == 3  # mail, bank, sql
-    assert 'href="/files"' not in page  # no links to what does not exist
+    assert 'href="/files"' in page  # the files service is here: its card links to it
+    for missing in ("/mail", "/bank", "/sql"):
+        assert f'href="{missing}' not in page  # no links to what does not exist
     assert "Hello, admin" in page and ">admin</span>" in page and "1 GiB" in page
     assert 'href="/admin/users"' in page
     user, password = server.create_user()
