@@ -406,7 +406,8 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A setting's value as it would be written in the environment or a flag."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
@@ -427,5 +428,5 @@ def reference_markdown() -> str:
         "|---|---|---|---|---|",
     ]
     for s in SETTINGS:
-        lines.append(f"| `{s.key}` | `{s.env}` | `{s.flag}` | `{_show(s.default)}` | {s.doc} |")
+        lines.append(f"| `{s.key}` | `{s.env}` | `{s.flag}` | `{show_value(s.default)}` | {s.doc} |")
     return "\n".join(lines) + "\n"

@@ -9,11 +9,15 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import click
 
 from agora import config as configuration
+
+if TYPE_CHECKING:
+    from agora.client import Client
 
 REFUSED = 1
 USAGE = 2
@@ -93,3 +97,29 @@ def new_password(name: str, from_stdin: bool) -> str:
     if prompt_password("Type it again: ") != first:
         fail("the two passwords differ; nothing changed", USAGE)
     return first
+
+
+@contextmanager
+def logged_in_client() -> Iterator["Client"]:
+    """A client with the stored token (or AGORA_URL and AGORA_TOKEN); every refusal
+    ends the command with one line. Each service's commands start here."""
+    from agora.cli import credentials
+    from agora.client import AgoraError, Client, Unauthorized
+
+    try:
+        url, token, verify = credentials.current()
+    except credentials.CredentialsError as error:
+        fail(str(error), USAGE)
+    if not url or not token:
+        fail("not logged in: run `agora login URL` (or set AGORA_URL and AGORA_TOKEN)", REFUSED)
+    try:
+        with Client(url, token, verify=verify) as client:
+            yield client
+    except Unauthorized as error:
+        fail(f"{error.message} (run `agora login` again)", REFUSED)
+    except AgoraError as error:
+        fail(error.message, REFUSED)
+    except OSError as error:
+        fail(f"{error.filename or 'local file'}: {error.strerror or error}", REFUSED)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to resume", 130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -32,17 +31,7 @@ def shown(key: str, value: Any) -> str:
     if key == "database.url" and isinstance(value, str):
         # postgresql://user:secret@host/db: keep where it points, not the password.
         return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", value) or '""'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return json.dumps(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if value is None:
-        return "off"
-    if value == "":
-        return '""'
-    return str(value)
+    return configuration.show_value(value)
 
 
 @config.command()

@@ -8,15 +8,13 @@ resume what an earlier, interrupted run left (``--no-resume`` starts over).
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from datetime import timezone
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from agora.cli import credentials
-from agora.cli.common import REFUSED, USAGE, fail, prompt_password, read_password_stdin
+from agora.cli.common import logged_in_client, prompt_password, read_password_stdin
 
 if TYPE_CHECKING:
     from agora.client import Client, TransferProgress
@@ -37,28 +35,6 @@ def _duration(value: str) -> int:
     if match is None:
         raise click.BadParameter("give seconds, or a number with s, m, h, d or w (e.g. 7d)")
     return int(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
-
-
-@contextmanager
-def _session() -> Iterator["Client"]:
-    """A client with the stored token; every refusal ends the command with one line."""
-    from agora.client import AgoraError, Client
-
-    try:
-        url, token, verify = credentials.current()
-    except credentials.CredentialsError as error:
-        fail(str(error), USAGE)
-    if not url or not token:
-        fail("not logged in: run `agora login URL` (or set AGORA_URL and AGORA_TOKEN)", REFUSED)
-    try:
-        with Client(url, token, verify=verify) as client:
-            yield client
-    except AgoraError as error:
-        fail(error.message, REFUSED)
-    except OSError as error:
-        fail(f"{error.filename or 'local file'}: {error.strerror or error}", REFUSED)
-    except KeyboardInterrupt:
-        fail("interrupted; run the same command again to resume", 130)
 
 
 class _Bars:
@@ -116,7 +92,7 @@ def ls(path: str) -> None:
     """List a folder (the root by default), or describe a file."""
     from agora.client import Conflict
 
-    with _session() as client:
+    with logged_in_client() as client:
         try:
             entries = client.files.ls(path)
         except Conflict:
@@ -134,7 +110,7 @@ def ls(path: str) -> None:
 def put(local: str, remote: str, no_resume: bool) -> None:
     """Upload LOCAL (a file, or a folder with all it holds) to REMOTE."""
     name = PurePosixPath(local.rstrip("/") or "/").name
-    with _session() as client:
+    with logged_in_client() as client:
         if remote.endswith("/") or _remote_is_dir(client, remote):
             remote = remote.rstrip("/") + "/" + name
         with _Bars("sent") as bars:
@@ -151,7 +127,7 @@ def get(remote: str, local: str, no_resume: bool) -> None:
     from pathlib import Path
 
     target = Path(local)
-    with _session() as client:
+    with logged_in_client() as client:
         entry = client.files.stat(remote)
         if target.is_dir():
             target = target / (entry.name or "files")
@@ -165,7 +141,7 @@ def get(remote: str, local: str, no_resume: bool) -> None:
 @click.option("-r", "--recursive", is_flag=True, help="Delete a folder with all it holds.")
 def rm(path: str, recursive: bool) -> None:
     """Delete a file, or an empty folder (any folder with -r)."""
-    with _session() as client:
+    with logged_in_client() as client:
         client.files.rm(path, recursive=recursive)
 
 
@@ -175,7 +151,7 @@ def rm(path: str, recursive: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace what is at TARGET.")
 def mv(source: str, target: str, overwrite: bool) -> None:
     """Move or rename SOURCE to TARGET (into TARGET when it is a folder)."""
-    with _session() as client:
+    with logged_in_client() as client:
         if _remote_is_dir(client, target):
             target = target.rstrip("/") + "/" + PurePosixPath(source.rstrip("/")).name
         entry = client.files.mv(source, target, overwrite=overwrite)
@@ -187,14 +163,14 @@ def mv(source: str, target: str, overwrite: bool) -> None:
 @click.option("-p", "--parents", is_flag=True, help="Create missing parent folders too.")
 def mkdir(path: str, parents: bool) -> None:
     """Create a folder."""
-    with _session() as client:
+    with logged_in_client() as client:
         client.files.mkdir(path, parents=parents)
 
 
 @files.command()
 def du() -> None:
     """Storage used and your quota."""
-    with _session() as client:
+    with logged_in_client() as client:
         usage = client.files.du()
     share = f" ({100 * usage.used / usage.quota:.1f}%)" if usage.quota else ""
     click.echo(f"{_size(usage.used)} used of {_size(usage.quota)}{share}")
@@ -212,7 +188,7 @@ def share(path: str, expires: str | None, ask_password: bool, password_stdin: bo
         raise click.UsageError("--password and --password-stdin exclude each other")
     seconds = _duration(expires) if expires is not None else None
     password = read_password_stdin() if password_stdin else prompt_password("Link password: ") if ask_password else None
-    with _session() as client:
+    with logged_in_client() as client:
         link = client.files.share(path, expires_in=seconds, password=password)
     click.echo(link.url)
     until = link.expires_at.strftime("%Y-%m-%d %H:%M UTC") if link.expires_at else "never"
@@ -222,7 +198,7 @@ def share(path: str, expires: str | None, ask_password: bool, password_stdin: bo
 @files.command()
 def shares() -> None:
     """Your share links (the links themselves are shown only when made)."""
-    with _session() as client:
+    with logged_in_client() as client:
         links = client.files.shares()
     for link in links:
         state = "active" if link.active else "revoked" if link.revoked else "expired"
@@ -235,5 +211,5 @@ def shares() -> None:
 @click.argument("share_id", metavar="ID")
 def unshare(share_id: str) -> None:
     """Revoke a share link (its ID is listed by `agora files shares`)."""
-    with _session() as client:
+    with logged_in_client() as client:
         client.files.unshare(share_id)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from agora.cli import credentials
-from agora.cli.common import REFUSED, USAGE, fail, os_user, prompt_password, read_password_stdin
+from agora.cli.common import REFUSED, USAGE, fail, logged_in_client, os_user, prompt_password, read_password_stdin
 
 if TYPE_CHECKING:
     from agora.client import AgoraError, Client
@@ -121,17 +121,7 @@ def logout() -> None:
 @click.command()
 def whoami() -> None:
     """Show who the stored token (or AGORA_URL and AGORA_TOKEN) logs in as."""
-    from agora.client import AgoraError
-
-    try:
-        url, token, verify = credentials.current()
-    except credentials.CredentialsError as error:
-        fail(str(error), USAGE)
-    if not url or not token:
-        fail("not logged in: run `agora login URL` (or set AGORA_URL and AGORA_TOKEN)", REFUSED)
-    with _client(url, token, verify) as client:
-        try:
-            me = client.me()
-        except AgoraError as error:
-            _refused(error, "run `agora login` again")
+    with logged_in_client() as client:
+        me = client.me()
+        url = client.base_url
     click.echo(f"{me.name} ({me.role}) at {url}")
