@@ -80,3 +80,25 @@ def test_a_page_uploaded_by_ftp_is_served_on_the_site(server: AgoraServer):
     with server.client() as http:
         again = http.get(f"/~{user}/", headers={"If-None-Match": etag})
     assert again.status_code == 200 and again.content == b"<p>version two</p>"
+
+
+def test_a_deleted_users_files_go_with_the_account(server: AgoraServer):
+    user, password = server.create_user()
+    ftp_put(server, user, password, "/private/diary.txt", b"dear diary")
+    tree = server.data_dir / "files" / user
+    assert (tree / "private" / "diary.txt").exists()
+    with server.admin() as http:
+        assert http.delete(f"/api/v1/users/{user}").status_code == 204
+    assert not tree.exists()
+    # A new account of the same name starts empty: it inherits nothing.
+    server.create_user(user, "another-password")
+    token = server.login(user, "another-password")
+    with server.client(token) as api:
+        listing = api.get("/api/v1/files/list/").json()
+    assert "private" not in str(listing)
+
+    # The same through the CLI, working on the data dir while the server runs.
+    ftp_put(server, user, "another-password", "/again.txt", b"x")
+    result = server.cli("user", "delete", user, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert not tree.exists()

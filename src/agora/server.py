@@ -41,6 +41,16 @@ def enabled_services(config: Config) -> list[type[Service]]:
     return services
 
 
+def attach_services(runtime: Runtime) -> None:
+    """What every enabled service hooks into the core, whether a server runs or the CLI
+    works on the data dir alone (deleting a user must delete their data either way).
+
+    Regardless of which services are enabled: data on disk outlives a disabled service.
+    """
+    from agora.files.access import forget_user_files
+    runtime.identity.deletion_hooks.append(forget_user_files(runtime))
+
+
 def _bind(name: str, address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -93,6 +103,7 @@ async def serve(config: Config) -> int:
         for sock in sockets.values():
             sock.close()
         raise
+    attach_services(runtime)
     services = [cls(runtime) for cls in classes]
     ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
     ports_file = runtime.data_dir / "run" / "ports.json"

@@ -82,12 +82,14 @@ def user_directory(data_dir: str | None, config_file: str | None, *, create: boo
     empty directory instead of saying that nothing is there.
     """
     from agora.core.runtime import Runtime
+    from agora.server import attach_services
 
     config = load_config(config_file, {"data_dir": data_dir})
     if not create and not config.data_path.is_dir():
         fail(f"no data dir at {config.data_path} (pass --data-dir DIR or set AGORA_DATA_DIR)", USAGE)
     with asyncio.Runner() as runner, _refusals(config):
         runtime = runner.run(Runtime.open(config))
+        attach_services(runtime)
         try:
             yield Directory(runner, runtime.identity)
         finally:

@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from sqlalchemy import delete, false, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -142,6 +142,10 @@ class Identity:
             base=ident.login_backoff_base, maximum=ident.login_backoff_max)
         # Called with (protocol, outcome) on every password check: the metrics hook.
         self.login_observers: list[Any] = []
+        # Each service's "forget this user's data" (their files, their mail...), awaited
+        # before the account row goes, so that a later account of the same name can
+        # never inherit what the old one left behind.
+        self.deletion_hooks: list[Callable[[User], Awaitable[None]]] = []
 
     # -- users ----------------------------------------------------------------------
 
@@ -231,6 +235,8 @@ class Identity:
                 await self._keep_an_admin(conn, name)
             # Tokens and sessions go with the user (ON DELETE CASCADE, deleted here too
             # for databases opened without foreign-key enforcement).
+            for forget in self.deletion_hooks:
+                await forget(user)  # a failure here aborts the deletion as a whole
             await conn.execute(delete(tokens).where(tokens.c.user_id == user.id))
             await conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
             await conn.execute(delete(users).where(users.c.id == user.id))
