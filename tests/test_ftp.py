@@ -1,4 +1,4 @@
-"""FTP and explicit FTPS against a real server, with real clients: ftplib, curl, lftp.
+"""FTP, explicit and implicit FTPS against a real server, with real clients: ftplib, curl, lftp.
 
 Most tests share one server per backend (each test makes users of its own); settings
 that change behaviour for everyone (limits, active mode off) get a second server.
@@ -328,6 +328,119 @@ def test_curl(ftp_server, user, tmp_path, tls):
 
     denied = curl(ftp_server, name, "wrong-password", tls, "", check=False)
     assert denied.returncode == 67  # CURLE_LOGIN_DENIED
+
+
+# -- implicit FTPS ----------------------------------------------------------------------
+
+
+class ImplicitFTP_TLS(ftplib.FTP_TLS):
+    """ftplib knows only explicit FTPS: this one starts TLS as soon as it connects."""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        if host:
+            self.host = host
+        if port:
+            self.port = port
+        if timeout != -999:
+            self.timeout = timeout
+        if source_address is not None:
+            self.source_address = source_address
+        sock = socket.create_connection((self.host, self.port), self.timeout, source_address=self.source_address)
+        self.af = sock.family
+        self.sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+def connect_implicit(server: AgoraServer, user: str, password: str) -> ImplicitFTP_TLS:
+    context = ssl.create_default_context(cafile=str(cert(server)))
+    ftp = ImplicitFTP_TLS(context=context, timeout=TIMEOUT)
+    ftp.connect("127.0.0.1", server.ports["ftps"])
+    ftp.login(user, password)
+    ftp.prot_p()
+    return ftp
+
+
+def curl_ftps(server: AgoraServer, user: str, password: str, path: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    command = ["curl", "-sS", "--max-time", "30", "-u", f"{user}:{password}", "--ssl-reqd",
+               "--cacert", str(cert(server)), f"ftps://127.0.0.1:{server.ports['ftps']}/{path}", *args]
+    result = subprocess.run(command, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    return result
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_curl_implicit_ftps(ftp_server, user, tmp_path):
+    """curl's ftps:// is implicit FTPS: TLS before the banner, then PBSZ 0 / PROT P."""
+    name, password = user
+    data = os.urandom(1_500_000)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+
+    curl_ftps(ftp_server, name, password, "up.bin", "-T", str(local))
+    curl_ftps(ftp_server, name, password, "up.bin", "-o", str(tmp_path / "down.bin"))
+    assert sha((tmp_path / "down.bin").read_bytes()) == sha(data)
+    assert sha(tree(ftp_server, name).joinpath("up.bin").read_bytes()) == sha(data)
+    listing = curl_ftps(ftp_server, name, password, "").stdout.decode()
+    assert listing.startswith("-rw") and listing.rstrip().endswith("up.bin")
+
+    with connect(ftp_server, name, password) as ftp:
+        store(ftp, "resumed.bin", data[:600_000])
+    curl_ftps(ftp_server, name, password, "resumed.bin", "-T", str(local), "-C", "-")
+    partial = tmp_path / "partial.bin"
+    partial.write_bytes(data[:700_000])
+    curl_ftps(ftp_server, name, password, "resumed.bin", "-C", "-", "-o", str(partial))
+    assert sha(partial.read_bytes()) == sha(data)
+    assert sorted(curl_ftps(ftp_server, name, password, "", "--list-only").stdout.split()) == [b"resumed.bin", b"up.bin"]
+
+
+def test_ftplib_implicit_ftps(ftp_server, user):
+    name, password = user
+    data = os.urandom(500_000)
+    with connect_implicit(ftp_server, name, password) as ftp:
+        assert ftp.welcome.startswith("220")
+        assert isinstance(ftp.sock, ssl.SSLSocket)
+        store(ftp, "secret.bin", data)
+        assert sha(fetch(ftp, "secret.bin")) == sha(data)
+        assert fetch(ftp, "secret.bin", rest=499_000) == data[499_000:]
+        assert [entry for entry, _ in ftp.mlsd()] == ["secret.bin"]
+        with pytest.raises(ftplib.error_perm, match="^503"):
+            ftp.sendcmd("AUTH TLS")  # already
+        with ftp_server.client() as http:
+            metrics = http.get("/metrics").text
+        count = re.search(r'agora_connections\{listener="ftps"\} (\S+)', metrics)
+        assert count and float(count.group(1)) >= 1
+    # The same tree as over the explicit listener.
+    with connect(ftp_server, name, password, tls=True) as ftp:
+        assert sha(fetch(ftp, "secret.bin")) == sha(data)
+
+
+def test_plain_client_on_the_implicit_port_fails_cleanly(ftp_server, user):
+    name, password = user
+    port = ftp_server.ports["ftps"]
+    # A client speaking FTP in clear: no banner in clear, and the connection is closed
+    # (reset, when the server's TLS gave up before reading the whole line).
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"USER " + name.encode() + b"\r\n")
+        received = b""
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        assert b"220" not in received
+    # One waiting for a banner in clear gets none, and gives up.
+    with pytest.raises((TimeoutError, EOFError, ConnectionError)):
+        ftplib.FTP("127.0.0.1", timeout=1).connect("127.0.0.1", port)
+    # An untrusting TLS client fails its handshake.
+    untrusting = ImplicitFTP_TLS(context=ssl.create_default_context(), timeout=TIMEOUT)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        untrusting.connect("127.0.0.1", port)
+    # The server serves others all the same.
+    with connect_implicit(ftp_server, name, password) as ftp:
+        store(ftp, "after.bin", b"still here")
+        assert fetch(ftp, "after.bin") == b"still here"
 
 
 # -- lftp -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_first_start_creates_the_data_dir(make_server):
     assert oct((data / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
     if not server.database_url:
         assert (data / "agora.db").is_file()
-    assert set(server.ports) == {"http", "https", "ftp"}
+    assert set(server.ports) == {"http", "https", "ftp", "ftps"}
     # The generated admin password is printed once (stdout) and works.
     server.stop()
     output = server.log()
@@ -125,7 +125,7 @@ def test_json_logs(make_server):
 
 def test_port_off_disables_a_listener(make_server):
     server = make_server(args=("--https-port", "off"))
-    assert set(server.ports) == {"http", "ftp"}
+    assert set(server.ports) == {"http", "ftp", "ftps"}
 
 
 def test_binds_loopback_by_default(make_server):

@@ -263,6 +263,7 @@ SETTINGS += [
     # files: one tree per user over FTP, HTTP, WebDAV and users' sites
     Setting("files.enabled", _bool, True, "Serve users' files (FTP, HTTP API, WebDAV, sites at /~user/)."),
     Setting("ftp.port", _port, 2121, "FTP listener with explicit FTPS (AUTH TLS); 0 = any free port, off = disabled."),
+    Setting("ftps.port", _port, 2990, "FTP listener with implicit FTPS (TLS from the first byte, curl's ftps://); 0 = any free port, off = disabled."),
     Setting("ftp.passive_ports", _port_range, "", "Passive data ports as FIRST-LAST (e.g. 60000-60100); empty = any free port."),
     Setting("ftp.masquerade_address", _text, "", "Address sent in PASV replies when clients reach the server through NAT; empty = the control connection's."),
     Setting("ftp.active_mode", _choice("off", "loopback", "on"), "loopback", "PORT/EPRT data connections: never, only for loopback clients, or for everyone."),
@@ -278,7 +279,7 @@ BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 
 # Listener names (keys of ports.json) and the setting that holds each port.
-LISTENERS: dict[str, str] = {"http": "http.port", "https": "https.port", "ftp": "ftp.port"}
+LISTENERS: dict[str, str] = {"http": "http.port", "https": "https.port", "ftp": "ftp.port", "ftps": "ftps.port"}
 
 
 class Config:

@@ -1,4 +1,5 @@
-"""FTP with explicit FTPS (AUTH TLS, PBSZ, PROT P), on pyftpdlib, beside the asyncio server.
+"""FTP with explicit FTPS (AUTH TLS, PBSZ, PROT P) and implicit FTPS (TLS from the first
+byte, on a port of its own), on pyftpdlib, beside the asyncio server.
 
 pyftpdlib brings its own I/O loop rather than asyncio, so it runs in threads of this
 process: one accepts on the socket server.py bound, and each session gets a thread (and
@@ -20,7 +21,7 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
 from agora.core.runtime import Runtime
-from agora.files.ftp_session import Authorizer, Session, Sessions, TLSDataHandler
+from agora.files.ftp_session import Authorizer, ImplicitSession, Session, Sessions, TLSDataHandler
 
 log = logging.getLogger("agora.ftp")
 
@@ -63,8 +64,10 @@ def tls_context(runtime: Runtime) -> SSL.Context:
     return context
 
 
-def session_class(runtime: Runtime, loop: asyncio.AbstractEventLoop, sessions: Sessions) -> type[Session]:
-    """The session class of one server, configured from the ftp.* and files.* settings."""
+def session_class(runtime: Runtime, loop: asyncio.AbstractEventLoop, sessions: Sessions,
+                  implicit: bool = False) -> type[Session]:
+    """The session class of one server, configured from the ftp.* and files.* settings;
+    ``implicit`` for the ftps listener."""
     config = runtime.config
     passive = None
     if config.ftp.passive_ports:
@@ -75,7 +78,7 @@ def session_class(runtime: Runtime, loop: asyncio.AbstractEventLoop, sessions: S
         timeout = config.ftp.data_timeout
         ac_out_buffer_size = SENDFILE_CHUNK
 
-    class ServerSession(Session):
+    class ServerSession(ImplicitSession if implicit else Session):
         authorizer = Authorizer(runtime, loop)
         dtp_handler = Data
         ssl_context = tls_context(runtime)
@@ -105,9 +108,12 @@ def _route_library_logs() -> None:
 
 
 class FTPListener:
-    def __init__(self, runtime: Runtime, sock: socket.socket):
+    """One listening socket: ``ftp`` (explicit FTPS) or ``ftps`` (implicit)."""
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, name: str = "ftp"):
         self.runtime = runtime
         self.sock = sock
+        self.name = name
         self.sessions = Sessions()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,11 +122,12 @@ class FTPListener:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         _route_library_logs()
         config = self.runtime.config.ftp
-        self.server = _Server(self.sock, session_class(self.runtime, loop, self.sessions), IOLoop())
+        handler = session_class(self.runtime, loop, self.sessions, implicit=self.name == "ftps")
+        self.server = _Server(self.sock, handler, IOLoop())
         self.server.max_cons = config.max_connections
         self.server.max_cons_per_ip = config.max_connections_per_ip
-        self.runtime.metrics.count_connections("ftp", lambda: len(self.sessions))
-        self._thread = threading.Thread(target=self._accept, name="agora-ftp", daemon=True)
+        self.runtime.metrics.count_connections(self.name, lambda: len(self.sessions))
+        self._thread = threading.Thread(target=self._accept, name=f"agora-{self.name}", daemon=True)
         self._thread.start()
 
     def _accept(self) -> None:

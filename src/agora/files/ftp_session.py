@@ -337,6 +337,35 @@ class Session(TLS_FTPHandler):
             return None
 
 
+class ImplicitSession(Session):
+    """Implicit FTPS (what curl means by ftps://): TLS from the first byte, the banner
+    inside it.
+
+    pyftpdlib knows only AUTH TLS, so the connection is secured as if AUTH had just
+    been answered, and the 220 waits for the handshake. PBSZ and PROT then work as on
+    an explicit session, and the control channel counts as secure for the login.
+    """
+
+    def handle(self):
+        self.on_connect()
+        if not self._closed and not self._closing:
+            self.secure_connection(self.ssl_context)
+
+    def handle_ssl_established(self):
+        self.respond(f"220 {self.banner}")
+
+    def handle_max_cons(self):
+        # A 421 in clear would reach a client expecting a TLS handshake as garbage.
+        self.close()
+
+    def handle_max_cons_per_ip(self):
+        self.close()
+
+    def handle_failed_ssl_handshake(self):
+        log.info("ftps: TLS handshake failed from %s", plain_address(self.remote_ip))
+        self.close()
+
+
 class Sessions:
     """The open sessions of one server, seen from the thread that stops it."""
 
