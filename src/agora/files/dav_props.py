@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from email.utils import formatdate
 from xml.sax.saxutils import escape
 
 from sqlalchemy import delete, insert, or_, select, update
@@ -13,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
 from agora.core.database import Database
-from agora.files import dav_xml, transfer
+from agora.files import dav_xml, httpfile
 from agora.files.dav_locking import check
 from agora.files.dav_locks import SUPPORTED_LOCK, Lock, LockStore
 from agora.files.dav_request import Context, DavError
@@ -137,7 +136,7 @@ def live_properties(ctx: Context, entry: Entry, locks: list[Lock]) -> dict[str, 
     props = {
         clark(DAV, "resourcetype"): "<D:collection/>" if entry.is_dir else "",
         clark(DAV, "displayname"): escape(entry.name),
-        clark(DAV, "getlastmodified"): formatdate(entry.mtime, usegmt=True),
+        clark(DAV, "getlastmodified"): httpfile.http_date(entry.mtime),
         clark(DAV, "getetag"): escape(entry.etag),
         clark(DAV, "supportedlock"): SUPPORTED_LOCK,
         # A lock rooted elsewhere covers this entry through depth infinity: its root is a folder.
@@ -147,7 +146,7 @@ def live_properties(ctx: Context, entry: Entry, locks: list[Lock]) -> dict[str, 
     }
     if not entry.is_dir:
         props[clark(DAV, "getcontentlength")] = str(entry.size)
-        props[clark(DAV, "getcontenttype")] = escape(transfer.media_type(entry.name))
+        props[clark(DAV, "getcontenttype")] = escape(httpfile.content_type(entry.name))
     return props
 
 

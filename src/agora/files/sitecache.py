@@ -132,9 +132,9 @@ class CachedFile:
                 and st.st_dev == self.dev)
 
 
-def plan(item: CachedFile, asked: dict[bytes, bytes]) -> Reply:
+def plan(item: CachedFile, asked: dict[bytes, str]) -> Reply:
     """The answer to a GET for ``item``; ``asked`` holds the request's conditional,
-    range and accept-encoding headers (lower-case names)."""
+    range and accept-encoding headers (:func:`asked_of`)."""
     wanted_range = asked.get(b"range")
     if wanted_range is not None and not httpfile.range_applies(asked.get(b"if-range"), item.etag,
                                                                item.last_modified):
@@ -174,6 +174,7 @@ def plan(item: CachedFile, asked: dict[bytes, bytes]) -> Reply:
 CONDITIONAL = frozenset((b"if-none-match", b"if-modified-since", b"range", b"if-range", b"accept-encoding"))
 
 
-def asked_of(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """The request headers :func:`plan` reads, from ASGI-style (lower-case) pairs."""
-    return {name: value for name, value in headers if name in CONDITIONAL}
+def asked_of(headers: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The request headers :func:`plan` reads, from ASGI-style (lower-case) pairs, with
+    their values as httpfile takes them."""
+    return {name: value.decode("latin-1") for name, value in headers if name in CONDITIONAL}

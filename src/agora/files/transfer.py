@@ -1,9 +1,11 @@
-"""A file's bytes over HTTP, for the files API and share links alike.
+"""A file's bytes over HTTP through Starlette, for the files API, the file browser,
+share links and WebDAV alike.
 
 Downloads: conditional requests (RFC 9110 section 13: ``If-Match``, ``If-None-Match``,
 ``If-Modified-Since``, ``If-Unmodified-Since``), one byte range (section 14: ``Range``,
 ``If-Range``; a multi-range request gets the whole file, which the RFC allows) and a
 response streamed from the descriptor that was checked, in a thread, a chunk at a time.
+What each header means is decided in ``httpfile.py``, the same for users' sites.
 
 Uploads: the request body streamed into an atomic :class:`~agora.files.store.Upload`,
 never held whole in memory.
@@ -13,12 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import mimetypes
 import os
-import re
-from email.utils import formatdate, parsedate_to_datetime
 from typing import BinaryIO, Mapping
-from urllib.parse import quote
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from agora.core.errors import TooLarge
+from agora.files import httpfile
 from agora.files.store import Entry, Upload, UserFiles
 
 CHUNK = 1024 * 1024  # per thread hop: large enough that the hops cost nothing
@@ -39,38 +38,8 @@ UPLOAD_IDLE_TIMEOUT = 300.0
 FILE_CSP = "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 ACTIVE_TYPES = ("text/html", "application/xhtml+xml", "text/xml", "application/xml", "image/svg+xml")
 
-_ETAG = re.compile(r'(?:W/)?"[^"]*"')
-_RANGE = re.compile(r"\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*", re.IGNORECASE)
-
-
-class RangeNotSatisfiable(Exception):
-    pass
-
 
 # -- validators -----------------------------------------------------------------------
-
-
-def http_date(timestamp: float) -> str:
-    return formatdate(timestamp, usegmt=True)
-
-
-def parse_http_date(value: str) -> float | None:
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _tags(value: str) -> list[str]:
-    return _ETAG.findall(value)
-
-
-def _strong_match(tag: str, etag: str) -> bool:
-    return not tag.startswith("W/") and tag == etag
-
-
-def _weak_match(tag: str, etag: str) -> bool:
-    return tag.removeprefix("W/") == etag.removeprefix("W/")
 
 
 def preconditions(headers: Mapping[str, str], entry: Entry | None, method: str) -> int | None:
@@ -78,80 +47,28 @@ def preconditions(headers: Mapping[str, str], entry: Entry | None, method: str) 
 
     ``entry`` is the current version, None when there is none.
     """
-    safe = method in ("GET", "HEAD")
     if_match = headers.get("if-match")
     if if_match is not None:
-        if entry is None or (if_match.strip() != "*" and not any(_strong_match(t, entry.etag) for t in _tags(if_match))):
+        if entry is None or not httpfile.etag_matches(if_match, entry.etag):
             return 412
     elif entry is not None and (since := headers.get("if-unmodified-since")) is not None:
-        date = parse_http_date(since)
-        if date is not None and int(entry.mtime) > date:
+        if httpfile.modified_since(since, entry.mtime):
             return 412
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None:
-        if entry is not None and (if_none_match.strip() == "*"
-                                  or any(_weak_match(t, entry.etag) for t in _tags(if_none_match))):
-            return 304 if safe else 412
-    elif safe and entry is not None and (since := headers.get("if-modified-since")) is not None:
-        date = parse_http_date(since)
-        # HTTP dates have whole seconds: a file changed within the second stays "unmodified".
-        if date is not None and int(entry.mtime) <= date:
+    if entry is None:
+        return None
+    if method in ("GET", "HEAD"):
+        if httpfile.not_modified(headers.get("if-none-match"), headers.get("if-modified-since"),
+                                 (entry.etag,), entry.mtime):
             return 304
+    elif (if_none_match := headers.get("if-none-match")) is not None:
+        # If-None-Match: * is how a client asks to create a file only where there is none.
+        if httpfile.none_match(if_none_match, (entry.etag,)):
+            return 412
     return None
 
 
-def requested_range(headers: Mapping[str, str], entry: Entry) -> tuple[int, int] | None:
-    """The one range asked for, as (first, last) byte offsets; None for the whole file.
-
-    Raises RangeNotSatisfiable when the range starts past the end.
-    """
-    value = headers.get("range")
-    if value is None:
-        return None
-    if_range = headers.get("if-range")
-    if if_range is not None:
-        if_range = if_range.strip()
-        if not (_strong_match(if_range, entry.etag) or if_range == http_date(entry.mtime)):
-            return None  # the client's copy is of another version: send this one whole
-    match = _RANGE.fullmatch(value)
-    if match is None or not (match.group(1) or match.group(2)):
-        return None  # malformed, or several ranges: the RFC lets us send the whole file
-    size = entry.size
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        if last and int(last) < start:
-            return None  # invalid: ignored, as the RFC asks
-        if start >= size:
-            raise RangeNotSatisfiable()
-        return start, min(int(last), size - 1) if last else size - 1
-    suffix = int(last)
-    if suffix == 0 or size == 0:
-        raise RangeNotSatisfiable()
-    return max(0, size - suffix), size - 1
-
-
 def validator_headers(entry: Entry) -> dict[str, str]:
-    return {"ETag": entry.etag, "Last-Modified": http_date(entry.mtime)}
-
-
-def content_disposition(kind: str, name: str) -> str:
-    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\;%' else "_" for c in name) or "download"
-    encoded = quote(name, safe="")
-    if encoded == name:
-        return f'{kind}; filename="{name}"'
-    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
-
-
-def media_type(name: str) -> str:
-    guessed, encoding = mimetypes.guess_type(name, strict=False)
-    if guessed is None or encoding is not None:
-        # report.txt.gz is gzip bytes, not text: labelled as its encoding would make a
-        # browser unpack it behind the user's back.
-        return "application/octet-stream"
-    if guessed.startswith("text/") or guessed in ("application/json", "application/javascript", "image/svg+xml"):
-        return f"{guessed}; charset=utf-8" if guessed.startswith("text/") else guessed
-    return guessed
+    return {"ETag": entry.etag, "Last-Modified": httpfile.http_date(entry.mtime)}
 
 
 # -- downloads ------------------------------------------------------------------------
@@ -228,16 +145,20 @@ async def download(request: Request, files: UserFiles, path: str, *, disposition
         if status is not None:
             handle.close()
             return Response(status_code=status, headers=headers), False
-        try:
-            span = requested_range(request.headers, entry)
-        except RangeNotSatisfiable:
+        span = None
+        wanted = request.headers.get("range")
+        if wanted is not None and httpfile.range_applies(request.headers.get("if-range"), entry.etag,
+                                                         headers["Last-Modified"]):
+            span = httpfile.parse_range(wanted, entry.size)
+        if span == httpfile.UNSATISFIABLE:
             handle.close()
             return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{entry.size}"}), False
-        headers["Content-Type"] = kind = media_type(entry.name)
-        if kind.split(";")[0] in ACTIVE_TYPES or kind.split(";")[0].endswith("+xml"):
+        headers["Content-Type"] = kind = httpfile.content_type(entry.name)
+        base = kind.split(";", 1)[0]
+        if base in ACTIVE_TYPES or base.endswith("+xml"):
             headers["Content-Security-Policy"] = FILE_CSP
         if disposition:
-            headers["Content-Disposition"] = content_disposition(disposition, entry.name)
+            headers["Content-Disposition"] = httpfile.content_disposition(disposition, entry.name)
         if span is None:
             return FileDownload(handle, 0, entry.size, status_code=200, headers=headers), request.method == "GET"
         start, end = span
