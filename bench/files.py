@@ -115,7 +115,7 @@ class Agora:
         log = open(self.data_dir.parent / "agora.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agora", "serve", "--data-dir", str(self.data_dir), "--http-port", "0",
-             "--https-port", "0", "--ftp-port", "0"], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+             "--https-port", "0", "--ftp-port", "0", "--ftps-port", "off"], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         ports_file = self.data_dir / "run" / "ports.json"
         deadline = time.monotonic() + 60
         while not ports_file.exists():
