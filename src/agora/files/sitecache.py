@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from agora.files import httpfile
+from agora.files.store import file_etag
 
 CACHE_FILE_MAX = 1024**2  # larger files are streamed from disk on each request
 COMPRESS_MAX = 16 * 1024**2  # larger text files go uncompressed rather than stall a request
@@ -81,7 +82,7 @@ class CachedFile:
     _etags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.etag = f'"{self.size:x}-{self.mtime_ns:x}"'  # as store.Entry.etag
+        self.etag = file_etag(self.size, self.mtime_ns)
         self._etags = (self.etag, self.etag_of("br"), self.etag_of("gzip"))
         self.last_modified = httpfile.http_date(self.mtime)
         self.compressible = (httpfile.compressible(self.kind)

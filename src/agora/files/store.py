@@ -39,6 +39,11 @@ class QuotaExceeded(TooLarge):
     slug, title = "quota-exceeded", "Storage quota exceeded"
 
 
+def file_etag(size: int, mtime_ns: int) -> str:
+    """The one ETag of a file version, whichever protocol serves it."""
+    return f'"{size:x}-{mtime_ns:x}"'
+
+
 @dataclass(frozen=True)
 class Entry:
     path: str  # virtual, "/" for the root
@@ -50,7 +55,7 @@ class Entry:
 
     @property
     def etag(self) -> str:
-        return f'"{self.size:x}-{self.mtime_ns:x}"'
+        return file_etag(self.size, self.mtime_ns)
 
 
 def split_path(path: str) -> list[str]:
