@@ -273,6 +273,9 @@ def test_upload_through_the_page(server: AgoraServer, chromium, tmp_path: Path):
         page.fill("input[name=password]", password)
         page.click("button:has-text('Log in')")
         page.wait_for_url(server.url + "/files")
+        # Errors show in the layout's message area (the script shares agora.js's helper).
+        page.click("#upload-button")
+        page.locator("#flash >> text=Choose at least one file to upload.").wait_for()
         upload = tmp_path / "from the browser.bin"
         upload.write_bytes(os.urandom(3 * 1024 * 1024))
         page.set_input_files("#upload-form input[type=file]", str(upload))

@@ -12,6 +12,8 @@
     p.textContent = text;
     area.replaceChildren(p);
   }
+  // Shared with the pages' own scripts (files/browser.js), which load after this one.
+  window.agora = { showFlash: showFlash };
 
   // The server answers a failed htmx request with a message and HX-Retarget: #flash.
   // htmx does not swap 4xx/5xx answers by default; these it should.

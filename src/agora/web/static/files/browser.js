@@ -13,13 +13,7 @@
   var busy = false;
 
   function showError(text) {
-    var area = document.getElementById("flash");
-    if (!area) return;
-    var p = document.createElement("p");
-    p.className = "flash error";
-    p.setAttribute("role", "alert");
-    p.textContent = text;
-    area.replaceChildren(p);
+    window.agora.showFlash(text);  // static/agora.js, loaded first by the layout
   }
 
   function sizeText(bytes) {
