@@ -191,6 +191,43 @@ def _networks(value: Any) -> list[str]:
     return items
 
 
+def _routes(value: Any) -> dict[str, str]:
+    """Mail domain -> ``host:port`` of its next hop: a TOML table, a JSON object, or
+    ``example.org=10.0.0.2:25,example.net=mx.example.net:25``."""
+    if isinstance(value, dict):
+        items = value
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("expected a JSON object or domain=host:port pairs") from None
+        else:
+            items = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                domain, sep, target = part.partition("=")
+                if not sep:
+                    raise ValueError(f"{part!r} is not domain=host:port")
+                items[domain.strip()] = target.strip()
+    if not isinstance(items, dict):
+        raise ValueError("expected a table of domain = \"host:port\"")
+    routes: dict[str, str] = {}
+    for domain, target in items.items():
+        if not isinstance(target, str) or not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", target.strip()):
+            raise ValueError(f"route for {domain!r}: expected host:port, got {target!r}")
+        routes[str(domain).strip().lower()] = target.strip()
+    return routes
+
+
+def _domains(value: Any) -> list[str]:
+    items = [item.strip().lower().rstrip(".") for item in _list(value)]
+    for item in items:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?)*", item):
+            raise ValueError(f"{item!r} is not a domain name")
+    return items
+
+
 def _database_url(value: Any) -> str:
     text = _text(value).strip()
     if text and not re.match(r"^(postgresql|postgres|sqlite)(\+\w+)?://", text):
@@ -275,11 +312,42 @@ SETTINGS += [
     Setting("files.share_max_lifetime", _duration, 365 * 86400.0, "Longest expiry a share link may be given."),
 ]
 
+SETTINGS += [
+    # mail: SMTP receipt and submission, IMAP, POP3 over one Maildir store per user
+    Setting("mail.enabled", _bool, True, "Serve mail (SMTP, submission, IMAP, POP3, webmail)."),
+    Setting("smtp.port", _port, 2525, "SMTP receipt (STARTTLS): mail for local domains from anyone; 0 = any free port, off = disabled."),
+    Setting("submission.port", _port, 2587, "SMTP submission (STARTTLS, AUTH required): users sending mail."),
+    Setting("imap.port", _port, 1143, "IMAP with STARTTLS."),
+    Setting("imaps.port", _port, 1993, "IMAP with implicit TLS."),
+    Setting("pop3.port", _port, 1110, "POP3 with STLS."),
+    Setting("pop3s.port", _port, 1995, "POP3 with implicit TLS."),
+    Setting("mail.domains", _domains, [], "Local mail domains (user@domain is delivered here); empty = localhost and this host's name."),
+    Setting("mail.hostname", _text, "", "Name this server gives itself in SMTP greetings and Received lines; empty = this host's name."),
+    Setting("mail.routes", _routes, {}, "Static next hops for outbound mail, domain = \"host:port\"; other domains go by MX lookup."),
+    Setting("mail.quota", parse_size, 1024**3, "Mail storage per user, all folders together (bytes; suffixes K, M, G)."),
+    Setting("mail.max_message", parse_size, 50 * 1024**2, "Largest message accepted by SMTP (SIZE), IMAP APPEND and the API."),
+    Setting("mail.max_recipients", _int(1, 10000), 100, "Recipients of one SMTP transaction (452 beyond)."),
+    Setting("mail.max_line", parse_size, 64 * 1024, "Longest IMAP/POP3 command line and SMTP command, in bytes."),
+    Setting("mail.max_connections", _int(1, 1_000_000), 10000, "Concurrent connections per mail listener."),
+    Setting("mail.max_connections_per_ip", _int(1, 1_000_000), 20, "Concurrent connections to one mail listener from one address."),
+    Setting("mail.idle_timeout", _duration, 1800.0, "A mail session with no command for this long is logged out (IMAP: RFC 3501 asks for at least 30 min)."),
+    Setting("mail.command_timeout", _duration, 60.0, "A command, literal or message body that does not arrive completely within this is dropped."),
+    Setting("mail.dedupe_window", _duration, 86400.0, "A message resent after a temporary error within this window is not delivered twice."),
+    Setting("mail.retry_base", _duration, 60.0, "First retry of an outbound message after a temporary failure; doubles each time."),
+    Setting("mail.retry_max", _duration, 3600.0, "Longest wait between outbound retries."),
+    Setting("mail.bounce_after", _duration, 5 * 86400.0, "An outbound message still undelivered after this is returned to its sender (DSN)."),
+    Setting("mail.outbound_timeout", _duration, 60.0, "Connecting to and talking with another mail server, per step."),
+]
+
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 
 # Listener names (keys of ports.json) and the setting that holds each port.
-LISTENERS: dict[str, str] = {"http": "http.port", "https": "https.port", "ftp": "ftp.port", "ftps": "ftps.port"}
+LISTENERS: dict[str, str] = {
+    "http": "http.port", "https": "https.port", "ftp": "ftp.port", "ftps": "ftps.port",
+    "smtp": "smtp.port", "submission": "submission.port", "imap": "imap.port",
+    "imaps": "imaps.port", "pop3": "pop3.port", "pop3s": "pop3s.port",
+}
 
 
 class Config:
