@@ -327,3 +327,29 @@ def test_deleting_a_user_deletes_their_mail(open_runtime):
             await runtime.close()
 
     run(scenario())
+
+
+def test_a_change_on_one_node_wakes_a_watcher_on_another(open_runtime, backend):
+    if backend != "postgresql":
+        pytest.skip("nodes share a database only on PostgreSQL (LISTEN/NOTIFY)")
+
+    async def scenario():
+        node_a = await open_runtime()
+        node_b = await open_runtime()
+        try:
+            [ann] = await _users(node_a, "ann")
+            store_a, store_b = mail_store(node_a), mail_store(node_b)
+            await store_a.notices.start()
+            try:
+                async with store_a.watch(ann, "INBOX") as watch:
+                    await store_b.deliver(["ann"], RAW)
+                    assert await watch.wait(2)
+                    _, messages = await store_a.messages(ann, "INBOX")
+                    assert [m.uid for m in messages] == [1]
+            finally:
+                await store_a.notices.stop()
+        finally:
+            await node_a.close()
+            await node_b.close()
+
+    run(scenario())

@@ -32,7 +32,7 @@ from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLa
 from agora.core.identity import User
 from agora.core.runtime import Runtime
 from agora.core.tables import users, utcnow
-from agora.mail import maildir
+from agora.mail import maildir, notify
 from agora.mail.addresses import Addresses
 from agora.mail.message import Summary, summarize
 from agora.mail.tables import (mail_deliveries, mail_expunged, mail_folders, mail_messages)
@@ -182,6 +182,7 @@ class MailStore:
         self._scan_locks: dict[int, asyncio.Lock] = {}
         self._pending: set[str] = set()  # base names written but not yet committed
         self._watchers: dict[int, set[asyncio.Event]] = {}
+        self.notices = notify.Listener(runtime.db, self._notify)
         self._last_uidvalidity = 0
 
     # -- addresses --------------------------------------------------------------------
@@ -437,6 +438,7 @@ class MailStore:
         row = (await conn.execute(update(mail_folders).where(mail_folders.c.id == folder_id).values(
             uidnext=mail_folders.c.uidnext + uids, highestmodseq=mail_folders.c.highestmodseq + 1)
             .returning(mail_folders.c.uidnext, mail_folders.c.highestmodseq))).one()
+        await notify.publish(conn, folder_id)  # other nodes' sessions, if this commits
         return row.uidnext - uids, row.highestmodseq
 
     def _check_size(self, raw: bytes) -> None:
