@@ -237,7 +237,11 @@ def test_uids_survive_a_restart_and_other_tools_files_are_indexed(open_runtime):
             await runtime.close()
         inbox = runtime.data_dir / "mail" / "ann"
         # Another Maildir tool delivers one message and deletes another.
-        (inbox / "new" / "1700000000.other.host").write_bytes(RAW + b"external")
+        external = inbox / "new" / "1700000000.other.host"
+        external.write_bytes(RAW + b"external")
+        os.utime(external, (1700000000, 1700000000))  # delivered a while ago
+        fresh = inbox / "new" / "1800000000.in-flight.host"
+        fresh.write_bytes(RAW + b"in flight")  # maybe another node's, not yet committed
         first = next(p for p in _files(runtime, "ann") if p.read_bytes() == RAW)
         first.unlink()
         runtime = await open_runtime()
@@ -248,12 +252,14 @@ def test_uids_survive_a_restart_and_other_tools_files_are_indexed(open_runtime):
             assert folder.uidvalidity == before.uidvalidity
             assert [m.uid for m in messages] == [2, 3]
             assert await store.read(ann, "INBOX", 3) == RAW + b"external"
+            os.utime(fresh, (1700000000, 1700000000))  # a while later, it is settled
+            _, messages = await store.messages(ann, "INBOX")
+            assert [m.uid for m in messages] == [2, 3, 4]
             assert (await store.changes(ann, "INBOX", before.highestmodseq)).expunged == [1]
             # A flag set by another tool (renamed into cur/ with :2,S) is picked up.
-            external = inbox / "new" / "1700000000.other.host"
             os.rename(external, inbox / "cur" / "1700000000.other.host:2,S")
             _, messages = await store.messages(ann, "INBOX")
-            assert messages[-1].flags == {"\\Seen"}
+            assert messages[1].flags == {"\\Seen"}
         finally:
             await runtime.close()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,6 +47,9 @@ SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk
 MAX_FOLDER_NAME = 200  # bytes of UTF-8; the Maildir++ directory name adds one
 MAX_FOLDERS = 1000  # per user
 CHUNK = 500  # ids per IN (...) clause: SQLite caps bound parameters
+# A message file unknown to the database is indexed by a folder scan only once it is this
+# old: younger, it may be a delivery on another node that has yet to commit its row.
+IN_FLIGHT_GRACE = 3.0
 
 
 class QuotaExceeded(TooLarge):
@@ -709,13 +713,29 @@ class MailStore:
                     mail_messages.c.filename).where(mail_messages.c.folder_id == folder.id))).all()}
             new = [(base, filename) for base, filename in on_disk.items()
                    if base not in known and base not in self._pending]
+            settled = await asyncio.to_thread(self._settled, directory, new)
             gone = [row for base, row in known.items() if base not in on_disk and base not in self._pending]
             moved = [(known[base], filename) for base, filename in on_disk.items()
                      if base in known and known[base].filename != filename]
-            if new or gone or moved:
-                await self._reindex(directory, folder.id, new, gone, moved)
-            self._stamps[folder.id] = stamp
+            if settled or gone or moved:
+                await self._reindex(directory, folder.id, settled, gone, moved)
+            if len(settled) == len(new):  # else look again next time
+                self._stamps[folder.id] = stamp
             await asyncio.to_thread(maildir.sweep_tmp, directory)
+
+    @staticmethod
+    def _settled(directory: Path, new: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The unknown files old enough not to be another node's delivery between its
+        rename and its commit (that node indexes those itself)."""
+        cutoff = time.time() - IN_FLIGHT_GRACE
+        settled = []
+        for base, filename in new:
+            try:
+                if os.stat(directory / filename).st_mtime <= cutoff:
+                    settled.append((base, filename))
+            except FileNotFoundError:
+                pass
+        return settled
 
     async def _reindex(self, directory: Path, folder_id: int, new: list[tuple[str, str]],
                        gone: list[Any], moved: list[tuple[Any, str]]) -> None:
