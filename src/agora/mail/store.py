@@ -558,6 +558,17 @@ class MailStore:
         lowered = {f.lower() for f in flags}
         changed: list[MessageMeta] = []
         renames: list[tuple[str, str]] = []
+        try:
+            return await self._store_flags(user, name, uids, flags, lowered, mode, unchanged_since,
+                                           changed, renames)
+        finally:
+            # Until its file is renamed, a scan would take the old name for a change made
+            # by another Maildir tool and undo the new flags.
+            self._pending.difference_update(maildir.base_name(new.split("/", 1)[1]) for _, new in renames)
+
+    async def _store_flags(self, user: User, name: str, uids: Iterable[int], flags: set[str],
+                           lowered: set[str], mode: str, unchanged_since: int | None,
+                           changed: list[MessageMeta], renames: list[tuple[str, str]]) -> list[MessageMeta]:
         async with self.db.write() as conn:
             folder = await self._folder_row(conn, user, name)
             rows = await self._select(conn, folder.id, uids)
@@ -578,6 +589,7 @@ class MailStore:
                 _, modseq = await self._bump(conn, folder.id)
                 for row, result in updates:
                     filename = maildir.filename_for(row.name, result, row.filename)
+                    self._pending.add(row.name)
                     await conn.execute(update(mail_messages).where(mail_messages.c.id == row.id).values(
                         flags=_flag_text(result), modseq=modseq, filename=filename))
                     renames.append((row.filename, filename))
@@ -716,7 +728,7 @@ class MailStore:
             settled = await asyncio.to_thread(self._settled, directory, new)
             gone = [row for base, row in known.items() if base not in on_disk and base not in self._pending]
             moved = [(known[base], filename) for base, filename in on_disk.items()
-                     if base in known and known[base].filename != filename]
+                     if base in known and known[base].filename != filename and base not in self._pending]
             if settled or gone or moved:
                 await self._reindex(directory, folder.id, settled, gone, moved)
             if len(settled) == len(new):  # else look again next time
