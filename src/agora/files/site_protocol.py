@@ -8,7 +8,9 @@ HEAD for a kept site file (:meth:`Sites.kept`, still checked against the disk) w
 answer :func:`plan` can give without I/O is written out in one piece, right there.
 Everything else (other paths, misses, large files, compression still to do, pipelined
 requests behind an unfinished answer, HTTP/1.0, ``Connection: close``, a client not
-reading) goes to uvicorn exactly as before.
+reading) goes to uvicorn exactly as before. The class builds on
+:func:`agora.web.sendfile.sendfile_protocol`, so large files that do go through the
+app are sent with sendfile(2) (see ``Sites._stream``).
 
 It leans on uvicorn's protocol attributes (``url``, ``headers``, ``parser``, ``cycle``,
 ``flow``, ``on_response_complete``); tests/test_sites.py checks that kept pages are
@@ -21,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agora.files.sitecache import asked_of, plan, serialize
+from agora.web.sendfile import sendfile_protocol
 
 if TYPE_CHECKING:
     from agora.files.sites import Sites
@@ -45,13 +48,14 @@ ANSWERED = _Answered()
 
 
 def protocol_for(sites: "Sites") -> Any:
-    """The uvicorn ``http`` protocol class serving ``sites``; "auto" without httptools."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-    except ImportError:  # pragma: no cover - httptools is a dependency on CPython
+    """The uvicorn ``http`` protocol class serving ``sites`` (and zero-copy file
+    bodies); "auto" without httptools."""
+    base = sendfile_protocol()
+    if base == "auto":  # pragma: no cover - httptools is a dependency on CPython
         return "auto"
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-    class SitesProtocol(HttpToolsProtocol):
+    class SitesProtocol(base):  # type: ignore[misc, valid-type]
         answered = 0  # requests answered here, for the tests
 
         def on_headers_complete(self) -> None:

@@ -50,6 +50,7 @@ from agora.files.sitecache import (CACHE_CONTROL, CACHE_FILE_MAX, COMMON, Cached
                                    plan)
 from agora.files.store import FileStore, UserFiles, split_path, virtual
 from agora.files.tables import site_settings
+from agora.web.sendfile import ZEROCOPY
 
 PUBLIC = "public"
 # How long "this user exists and is enabled" is believed: a deleted or disabled user's
@@ -283,7 +284,7 @@ class Sites:
             await self._compress(item, reply.compress, fd)
             reply = plan(item, asked)
         if reply.stream is not None:
-            return await self._stream(item, receive, send, reply, head, fd)
+            return await self._stream(item, scope, receive, send, reply, head, fd)
         return await _answer(send, reply.status, reply.headers, reply.body, head or reply.status == 304)
 
     async def _compress(self, item: CachedFile, encoding: str, fd: int | None) -> None:
@@ -317,8 +318,8 @@ class Sites:
             if own:
                 os.close(fd)
 
-    async def _stream(self, item: CachedFile, receive: Receive, send: Send, reply: Reply, head: bool,
-                      fd: int | None) -> int:
+    async def _stream(self, item: CachedFile, scope: Scope, receive: Receive, send: Send, reply: Reply,
+                      head: bool, fd: int | None) -> int:
         assert reply.stream is not None
         offset, length = reply.stream
         own = fd is None
@@ -334,6 +335,11 @@ class Sites:
             await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
             if head or not length:
                 await send({"type": "http.response.body", "body": b""})
+                return reply.status
+            if ZEROCOPY in scope.get("extensions", ()):
+                # The server sends the bytes from the page cache itself (sendfile), and
+                # notices a client that goes away.
+                await send({"type": ZEROCOPY, "file": fd, "offset": offset, "count": length})
                 return reply.status
             # An ASGI server's send() does not fail once the client has gone (the news
             # comes through receive()): without this watch, a dropped download of a

@@ -4,7 +4,8 @@ share links and WebDAV alike.
 Downloads: conditional requests (RFC 9110 section 13: ``If-Match``, ``If-None-Match``,
 ``If-Modified-Since``, ``If-Unmodified-Since``), one byte range (section 14: ``Range``,
 ``If-Range``; a multi-range request gets the whole file, which the RFC allows) and a
-response streamed from the descriptor that was checked, in a thread, a chunk at a time.
+response sent from the descriptor that was checked: by the server with sendfile(2)
+where it offers that (``agora.web.sendfile``), else read in a thread a chunk at a time.
 What each header means is decided in ``httpfile.py``, the same for users' sites.
 
 Uploads: the request body streamed into an atomic :class:`~agora.files.store.Upload`,
@@ -27,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from agora.core.errors import TooLarge
 from agora.files import httpfile
 from agora.files.store import Entry, Upload, UserFiles
+from agora.web.sendfile import ZEROCOPY
 
 CHUNK = 1024 * 1024  # per thread hop: large enough that the hops cost nothing
 # An upload whose client sends nothing for this long is dropped (and aborted), so a
@@ -75,7 +77,9 @@ def validator_headers(entry: Entry) -> dict[str, str]:
 
 
 class FileDownload(Response):
-    """``length`` bytes of ``handle`` from ``offset``, read in a thread a chunk at a time.
+    """``length`` bytes of ``handle`` from ``offset``: handed to the server to send
+    (``http.response.zerocopysend``) where it offers that, else read in a thread a chunk
+    at a time.
 
     The handle is the one whose stat made the headers, so the bytes match the ETag even
     if the file is replaced meanwhile (the old inode stays readable). It is closed when
@@ -96,6 +100,11 @@ class FileDownload(Response):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if scope["method"] == "HEAD" or not self.length:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            if ZEROCOPY in scope.get("extensions", ()):
+                # The server sends the bytes from the page cache itself (sendfile), and
+                # notices a client that goes away.
+                await send({"type": ZEROCOPY, "file": self.handle, "offset": self.offset, "count": self.length})
                 return
             async with anyio.create_task_group() as group:
                 async def stream() -> None:

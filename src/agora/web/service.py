@@ -11,6 +11,7 @@ import uvicorn
 from agora.core.runtime import Runtime
 from agora.core.tls import server_context
 from agora.web.app import create_app
+from agora.web.sendfile import sendfile_protocol
 
 
 class WebService:
@@ -20,7 +21,8 @@ class WebService:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.app = create_app(runtime)
-        self.http_protocol: str | type = "auto"
+        # File bodies go out with sendfile(2) on plain HTTP (see web/sendfile.py).
+        self.http_protocol: str | type = sendfile_protocol()
         if runtime.config.files.enabled:
             # Users' sites are answered before ASGI when their pages are in memory.
             from agora.files.sites import SitesFastPath
