@@ -10,6 +10,7 @@ locked" when it upgrades a read lock.
 from __future__ import annotations
 
 import ast
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -57,6 +58,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, busy_timeout: float = 10.0):
         self.url = url
         self.engine: AsyncEngine = self._create_engine(url, pool_size, busy_timeout)
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -98,6 +100,20 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that will write: committed (and durable) when the block ends."""
+        if self._write_lock is None:
+            async with self._write() as conn:
+                yield conn
+            return
+        # SQLite has one writer at a time. Writers of this process queue here, in order,
+        # instead of in SQLite's busy handler, which polls with sleeps of up to 100 ms
+        # and cut concurrent mail delivery to a tenth. (Other processes still meet the
+        # busy timeout.)
+        async with self._write_lock:
+            async with self._write() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(agora_write=True)
             async with conn.begin():
