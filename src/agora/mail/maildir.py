@@ -47,7 +47,7 @@ def unique_name(size: int) -> str:
             f"R{secrets.token_hex(8)}.{_host},S={size}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -55,7 +55,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write(folder: Path, raw: bytes, name: str, target: str) -> None:
+def write(folder: Path, raw: bytes, name: str, target: str, *, sync_dir: bool = True) -> None:
     """Write a message durably as ``target`` (``new/<name>`` or ``cur/<name>:2,...``):
     tmp file, fsync, rename, fsync the directory.
 
@@ -74,7 +74,8 @@ def write(folder: Path, raw: bytes, name: str, target: str) -> None:
         raise
     os.close(fd)
     os.rename(tmp, folder / target)
-    _fsync_dir((folder / target).parent)
+    if sync_dir:  # else the caller fsyncs the directory (once for many files) before it tells anyone
+        fsync_dir((folder / target).parent)
 
 
 def link(source: Path, folder: Path, target: str) -> None:
@@ -92,7 +93,7 @@ def link(source: Path, folder: Path, target: str) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, destination)
-    _fsync_dir(destination.parent)
+    fsync_dir(destination.parent)
 
 
 def filename_for(name: str, flags: frozenset[str] | set[str], current: str) -> str:

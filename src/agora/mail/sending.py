@@ -61,7 +61,7 @@ async def send(runtime: Runtime, user: User, sender: str, recipients: list[str],
     if remote:
         from agora.mail.outbound import outbound_queue
 
-        queue_id = await outbound_queue(runtime).enqueue(sender, remote, raw)
+        queue_id = await outbound_queue(runtime).enqueue(sender, remote, raw, dedupe_key=dedupe_key)
     sent_uid = None
     if keep_copy:
         # The message has gone out: a full Sent folder must not turn that into an error

@@ -21,11 +21,12 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cached_property
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +36,7 @@ from agora.core.runtime import Runtime
 from agora.core.tables import users, utcnow
 from agora.mail import maildir, notify
 from agora.mail.addresses import Addresses
+from agora.mail.group_commit import GroupCommit
 from agora.mail.message import Summary, summarize
 from agora.mail.tables import (mail_deliveries, mail_expunged, mail_folders, mail_messages)
 
@@ -50,6 +52,22 @@ CHUNK = 500  # ids per IN (...) clause: SQLite caps bound parameters
 # A message file unknown to the database is indexed by a folder scan only once it is this
 # old: younger, it may be a delivery on another node that has yet to commit its row.
 IN_FLIGHT_GRACE = 3.0
+USAGE_TTL = 30.0  # seconds a user's cached mail usage is trusted (see _usage_of)
+INLINE_PARSE = 256 * 1024  # bytes of message parsed on the event loop rather than in a thread
+# Threads that write message files: each mostly waits on fsync, so more of them than
+# cores lets concurrent deliveries' fsyncs overlap (the default pool has cores + 4).
+IO_THREADS = 32
+USER_TTL = 10.0  # seconds a user name -> id lookup is reused by deliver()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One delivery waiting for the group commit: a message for one or more users."""
+    folder: str
+    digest: str
+    size: int
+    summary: str
+    recipients: list[tuple[int, str, str]]  # (user id, user name, Maildir base name)
 
 
 class QuotaExceeded(TooLarge):
@@ -187,6 +205,10 @@ class MailStore:
         self._pending: set[str] = set()  # base names written but not yet committed
         self._watchers: dict[int, set[asyncio.Event]] = {}
         self.notices = notify.Listener(runtime.db, self._notify)
+        self._usage: dict[int, tuple[float, int]] = {}  # user id -> (when, bytes)
+        self._ids: dict[str, tuple[float, int]] = {}  # user name -> (when, id)
+        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="maildir")
+        self._commits: GroupCommit[_Batch, dict[str, tuple[int, int]]] = GroupCommit(self._commit_deliveries)
         self._last_uidvalidity = 0
 
     # -- addresses --------------------------------------------------------------------
@@ -299,6 +321,7 @@ class MailStore:
                 raise Conflict(f"{name} has subfolders; delete them first")
             await conn.execute(delete(mail_folders).where(mail_folders.c.id == row.id))
         await asyncio.to_thread(maildir.remove_tree, self._dir(user.name, name))
+        self._usage.pop(user.id, None)
         self._notify(row.id)
 
     async def rename_folder(self, user: User, old: str, new: str) -> None:
@@ -359,6 +382,7 @@ class MailStore:
     async def usage(self, user: User) -> tuple[int, int]:
         async with self.db.read() as conn:
             used = await self._used(conn, user.id)
+        self._usage[user.id] = (time.monotonic(), used)
         return used, self.quota
 
     @staticmethod
@@ -372,7 +396,7 @@ class MailStore:
         at RCPT time, so that a full mailbox is refused before the message is sent)."""
         async with self.db.read() as conn:
             user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
-            return user_id is not None and await self._used(conn, user_id) + size <= self.quota
+            return user_id is not None and await self._usage_of(user_id) + size <= self.quota
 
     # -- reading ----------------------------------------------------------------------
 
@@ -403,6 +427,40 @@ class MailStore:
                 raise NotFound(f"message {uid} in {name} is gone")
             path = directory / found
         return path
+
+    async def paths(self, user: User, name: str, uids: Iterable[int]) -> dict[int, Path]:
+        """The files of many messages in one query (SEARCH BODY, FETCH of bodies); the
+        ones that are gone are left out."""
+        async with self.db.read() as conn:
+            folder = await self._folder_row(conn, user, name)
+            rows = await self._select(conn, folder.id, uids)
+        directory = self._dir(user.name, folder.name)
+
+        def locate() -> dict[int, Path]:
+            found: dict[int, Path] = {}
+            for row in rows:
+                path = directory / row.filename
+                if not path.exists():
+                    moved = maildir.find(directory, row.name)
+                    if moved is None:
+                        continue
+                    path = directory / moved
+                found[row.uid] = path
+            return found
+
+        return await asyncio.to_thread(locate)
+
+    async def meta(self, user: User, name: str, uid: int) -> MessageMeta:
+        """One message's flags, dates, size and summary (NotFound if expunged)."""
+        async with self.db.read() as conn:
+            folder = await self._folder_row(conn, user, name)
+            row = (await conn.execute(select(
+                mail_messages.c.uid, mail_messages.c.flags, mail_messages.c.internaldate,
+                mail_messages.c.size, mail_messages.c.modseq, mail_messages.c.summary).where(
+                mail_messages.c.folder_id == folder.id, mail_messages.c.uid == uid))).first()
+        if row is None:
+            raise NotFound(f"no message {uid} in {name}")
+        return _meta(row)
 
     async def open_message(self, user: User, name: str, uid: int) -> Path:
         return await self._locate(user, name, uid)
@@ -454,9 +512,9 @@ class MailStore:
         self._check_size(raw)
         folder = await self.folder(user, name)
         flags = frozenset(f for f in flags if f.lower() != "\\recent")
-        summary = (await asyncio.to_thread(summarize, raw)).to_json()
+        summary = (await self._summarize(raw)).to_json()
         async with self.db.read() as conn:
-            if await self._used(conn, user.id) + len(raw) > self.quota:
+            if await self._usage_of(user.id) + len(raw) > self.quota:
                 raise QuotaExceeded(f"{user.name}'s mailbox is full")
         base = maildir.unique_name(len(raw))
         target = maildir.filename_for(base, flags, f"new/{base}")
@@ -476,6 +534,7 @@ class MailStore:
                 raise
         finally:
             self._pending.discard(base)
+        self._count(user.id, len(raw))
         self._notify(folder.id)
         return folder.uidvalidity, uid
 
@@ -484,64 +543,155 @@ class MailStore:
         """Deliver one message to several users: to all of them durably, or to none
         (an exception; files already written are removed). ``dedupe_key`` (default: the
         message's digest) makes a retry after a failure or a lost reply deliver no second
-        copy to those who got the first within ``mail.dedupe_window``."""
+        copy to those who got the first within ``mail.dedupe_window``.
+
+        The hot path of SMTP: in the steady state it reads nothing from the database
+        (users and usage are cached) and shares one commit with concurrent deliveries."""
         self._check_size(raw)
         digest = dedupe_key or hashlib.sha256(raw).hexdigest()
         folder = normalize_folder(folder)
         names = list(dict.fromkeys(recipients))
-        async with self.db.read() as conn:
-            rows = {row.name: row for row in (await conn.execute(select(users.c.id, users.c.name)
-                                                                .where(users.c.name.in_(names)))).all()}
-            missing = [name for name in names if name not in rows]
-            if missing:
-                raise NotFound(f"no mailbox for {', '.join(missing)}")
-            since = utcnow() - timedelta(seconds=self.dedupe_window)
-            done = set((await conn.execute(select(mail_deliveries.c.user_id).where(
-                mail_deliveries.c.digest == digest, mail_deliveries.c.delivered_at > since,
-                mail_deliveries.c.user_id.in_([row.id for row in rows.values()])))).scalars())
-            for name in names:
-                if rows[name].id not in done and await self._used(conn, rows[name].id) + len(raw) > self.quota:
-                    raise QuotaExceeded(f"{name}'s mailbox is full")
-        todo = [rows[name] for name in names if rows[name].id not in done]
-        for row in todo:
-            await self._ensure(row.id, row.name)
-        summary = (await asyncio.to_thread(summarize, raw)).to_json() if todo else ""
-        written: list[tuple[Any, Path, str]] = []
-        bases = [maildir.unique_name(len(raw)) for _ in todo]
+        ids = await self._user_ids(names)
+        missing = [name for name in names if name not in ids]
+        if missing:
+            raise NotFound(f"no mailbox for {', '.join(missing)}")
+        for name in names:
+            if await self._usage_of(ids[name]) + len(raw) > self.quota:
+                raise QuotaExceeded(f"{name}'s mailbox is full")
+            await self._ensure(ids[name], name)
+        summary = (await self._summarize(raw)).to_json()
+        bases = [maildir.unique_name(len(raw)) for _ in names]
+        directories = [self._dir(name, folder) for name in names]
         self._pending.update(bases)
+        loop = asyncio.get_running_loop()
+        outcomes = await asyncio.gather(*(
+            loop.run_in_executor(self._io, partial(maildir.write, directory, raw, base, f"new/{base}",
+                                                   sync_dir=False))
+            for directory, base in zip(directories, bases)), return_exceptions=True)
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         try:
-            directories = [self._dir(row.name, folder) for row in todo]
-            await asyncio.gather(*(asyncio.to_thread(maildir.write, directory, raw, base, f"new/{base}")
-                                   for directory, base in zip(directories, bases)))
-            written = list(zip(todo, directories, bases))
-            uids: dict[str, tuple[int, int]] = {}
-            now = utcnow()
-            async with self.db.write() as conn:
-                for row, directory, base in written:
-                    target = (await conn.execute(select(mail_folders.c.id).where(
-                        mail_folders.c.user_id == row.id, mail_folders.c.name == folder))).scalar()
-                    if target is None:
-                        raise NotFound(f"{row.name} has no folder {folder!r}")
-                    uid, modseq = await self._bump(conn, target, 1)
-                    await conn.execute(insert(mail_messages).values(
-                        folder_id=target, uid=uid, modseq=modseq, name=base, filename=f"new/{base}",
-                        flags="", internaldate=now, size=len(raw), summary=summary))
-                    await conn.execute(delete(mail_deliveries).where(
-                        mail_deliveries.c.user_id == row.id, mail_deliveries.c.digest == digest))
-                    await conn.execute(insert(mail_deliveries).values(
-                        user_id=row.id, digest=digest, delivered_at=now))
-                    uids[row.name] = (target, uid)
-                await conn.execute(delete(mail_deliveries).where(mail_deliveries.c.delivered_at < since))
+            if failed:
+                raise failed[0]
+            uids = await self._commits.submit(_Batch(folder, digest, len(raw), summary, [
+                (ids[name], name, base) for name, base in zip(names, bases)]))
+        except asyncio.CancelledError:
+            raise  # the commit goes on without us; if it fails, a scan indexes the files
         except BaseException:
             for directory, base in zip(directories, bases):
                 (directory / "new" / base).unlink(missing_ok=True)
-            raise
-        finally:
             self._pending.difference_update(bases)
-        for folder_id, _ in uids.values():
-            self._notify(folder_id)
+            raise
+        for name, directory, base in zip(names, directories, bases):
+            if name in uids:
+                self._count(ids[name], len(raw))
+            else:  # delivered before: this copy was never committed
+                (directory / "new" / base).unlink(missing_ok=True)
         return [Delivery(name, folder, uids[name][1], False) if name in uids
                 else Delivery(name, folder, 0, True) for name in names]
+
+    @staticmethod
+    async def _summarize(raw: bytes) -> Summary:
+        # A small message is parsed in a fraction of a millisecond: cheaper here than
+        # the hop to a thread and back.
+        if len(raw) <= INLINE_PARSE:
+            return summarize(raw)
+        return await asyncio.to_thread(summarize, raw)
+
+    async def _user_ids(self, names: list[str]) -> dict[str, int]:
+        now = time.monotonic()
+        ids = {name: self._ids[name][1] for name in names
+               if name in self._ids and now - self._ids[name][0] < USER_TTL}
+        if len(ids) < len(names):
+            async with self.db.read() as conn:
+                for row in (await conn.execute(select(users.c.id, users.c.name).where(
+                        users.c.name.in_([name for name in names if name not in ids])))).all():
+                    ids[row.name] = row.id
+                    self._ids[row.name] = (now, row.id)
+        return ids
+
+    async def _commit_deliveries(self, batches: list["_Batch"]) -> list[dict[str, tuple[int, int]]]:
+        """One transaction for every delivery waiting (see group_commit.py). A recipient
+        who got the same message (by digest) within the dedupe window is left out of
+        its result."""
+        now = utcnow()
+        since = now - timedelta(seconds=self.dedupe_window)
+        results: list[dict[str, tuple[int, int]]] = [{} for _ in batches]
+        counts: dict[int, int] = {}
+        try:
+            # The renames into new/ made durable, once per directory for the whole batch,
+            # before the commit that lets anyone acknowledge them.
+            directories = {self._dir(name, batch.folder) / "new" for batch in batches
+                           for _, name, _ in batch.recipients}
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._io, maildir.fsync_dir, directory)
+                                   for directory in directories))
+            async with self.db.write() as conn:
+                wanted = {(user_id, batch.folder) for batch in batches for user_id, _, _ in batch.recipients}
+                folders = {(row.user_id, row.name): row.id for row in (await conn.execute(select(
+                    mail_folders.c.id, mail_folders.c.user_id, mail_folders.c.name).where(
+                    mail_folders.c.user_id.in_({user_id for user_id, _ in wanted}),
+                    mail_folders.c.name.in_({name for _, name in wanted})))).all()}
+                done = {(row.user_id, row.digest) for row in (await conn.execute(select(
+                    mail_deliveries.c.user_id, mail_deliveries.c.digest).where(
+                    mail_deliveries.c.digest.in_({batch.digest for batch in batches}),
+                    mail_deliveries.c.delivered_at > since))).all()}
+                plan = []
+                for batch, result in zip(batches, results):
+                    for user_id, user_name, base in batch.recipients:
+                        if (user_id, batch.digest) in done:
+                            continue
+                        done.add((user_id, batch.digest))  # the same message twice in one batch
+                        folder_id = folders.get((user_id, batch.folder))
+                        if folder_id is None:
+                            raise NotFound(f"{user_name} has no folder {batch.folder!r}")
+                        counts[folder_id] = counts.get(folder_id, 0) + 1
+                        plan.append((batch, result, user_id, user_name, base, folder_id))
+                if not plan:
+                    return results
+                next_uid: dict[int, int] = {}
+                modseqs: dict[int, int] = {}
+                for folder_id, count in counts.items():
+                    next_uid[folder_id], modseqs[folder_id] = await self._bump(conn, folder_id, count)
+                messages, deliveries = [], []
+                for batch, result, user_id, user_name, base, folder_id in plan:
+                    uid = next_uid[folder_id]
+                    next_uid[folder_id] += 1
+                    messages.append({"folder_id": folder_id, "uid": uid, "modseq": modseqs[folder_id],
+                                     "name": base, "filename": f"new/{base}", "flags": "",
+                                     "internaldate": now, "size": batch.size, "summary": batch.summary})
+                    deliveries.append({"user_id": user_id, "digest": batch.digest, "delivered_at": now})
+                    result[user_name] = (folder_id, uid)
+                await conn.execute(insert(mail_messages), messages)
+                # A record older than the window may still be there (with the same key).
+                await conn.execute(delete(mail_deliveries).where(
+                    mail_deliveries.c.user_id == bindparam("u"), mail_deliveries.c.digest == bindparam("d")),
+                    [{"u": d["user_id"], "d": d["digest"]} for d in deliveries])
+                await conn.execute(insert(mail_deliveries), deliveries)
+                await conn.execute(delete(mail_deliveries).where(mail_deliveries.c.delivered_at < since))
+        finally:
+            self._pending.difference_update(base for batch in batches for _, _, base in batch.recipients)
+        for folder_id in counts:
+            self._notify(folder_id)
+        return results
+
+    # -- quota ------------------------------------------------------------------------
+
+    async def _usage_of(self, user_id: int) -> int:
+        """A user's mail usage, from a short-lived cache this process keeps current with
+        its own writes (a SUM over the mailbox per delivery cost more than the delivery);
+        other nodes' writes are seen within USAGE_TTL."""
+        cached = self._usage.get(user_id)
+        if cached is not None and time.monotonic() - cached[0] < USAGE_TTL:
+            return cached[1]
+        async with self.db.read() as conn:
+            used = await self._used(conn, user_id)
+        self._usage[user_id] = (time.monotonic(), used)
+        return used
+
+    def _count(self, user_id: int, delta: int) -> None:
+        cached = self._usage.get(user_id)
+        if cached is not None:
+            self._usage[user_id] = (cached[0], max(0, cached[1] + delta))
 
     async def _select(self, conn: AsyncConnection, folder_id: int, uids: Iterable[int]) -> list[Any]:
         rows: list[Any] = []
@@ -617,7 +767,7 @@ class MailStore:
         source_dir, target_dir = self._dir(user.name, source.name), self._dir(user.name, target.name)
         async with self.db.read() as conn:
             rows = await self._select(conn, source.id, uids)
-            if not _move and await self._used(conn, user.id) + sum(r.size for r in rows) > self.quota:
+            if not _move and await self._usage_of(user.id) + sum(r.size for r in rows) > self.quota:
                 raise QuotaExceeded(f"{user.name}'s mailbox is full")
         if not rows:
             return target.uidvalidity, []
@@ -649,6 +799,8 @@ class MailStore:
         if _move:
             await asyncio.to_thread(self._unlink_all, source_dir, rows)
             self._notify(source.id)
+        else:
+            self._count(user.id, sum(row.size for row in rows))
         self._notify(target.id)
         return target.uidvalidity, pairs
 
@@ -700,6 +852,7 @@ class MailStore:
                 await self._remove_rows(conn, folder.id, rows)
         if rows:
             await asyncio.to_thread(self._unlink_all, self._dir(user.name, folder.name), rows)
+            self._count(user.id, -sum(row.size for row in rows))
             self._notify(folder.id)
         return [row.uid for row in rows]
 
@@ -731,6 +884,7 @@ class MailStore:
                      if base in known and known[base].filename != filename and base not in self._pending]
             if settled or gone or moved:
                 await self._reindex(directory, folder.id, settled, gone, moved)
+                self._usage.pop(user.id, None)
             if len(settled) == len(new):  # else look again next time
                 self._stamps[folder.id] = stamp
             await asyncio.to_thread(maildir.sweep_tmp, directory)
@@ -791,6 +945,8 @@ class MailStore:
 
     def forget_user(self, user_name: str, user_id: int) -> None:
         self._ready.discard(user_id)
+        self._ids.pop(user_name, None)
+        self._usage.pop(user_id, None)
         maildir.remove_tree(self.root / user_name)
 
 
