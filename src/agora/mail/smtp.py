@@ -1,0 +1,301 @@
+"""SMTP receipt (``smtp``, 2525) and submission (``submission``, 2587) with aiosmtpd.
+
+aiosmtpd's protocol class runs on our event loop over the socket server.py bound;
+this module adds what aiosmtpd leaves to its user: STARTTLS through the loop's own
+``start_tls`` (so it works on uvloop too), AUTH through ``core.identity``, connection
+limits, the null sender ``<>``, enhanced status codes on aiosmtpd's own replies, and
+the timeouts of ``mail.*``. The handler (``smtp_handler.py``) decides what is accepted
+and hands the message to the store or to ``sending.send``.
+
+Receipt takes mail for local domains from anyone and relays nothing; submission needs
+AUTH (after STARTTLS unless the client is on loopback) and sends anywhere as the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import re
+import socket
+import time
+from typing import Any
+
+import aiosmtpd.smtp
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
+
+from agora.core.errors import AuthenticationFailed, EncryptionRequired, RateLimited
+from agora.core.identity import ClientInfo
+from agora.core.runtime import Runtime
+from agora.core.tls import server_context
+from agora.mail.smtp_handler import NULL_SENDER, Handler
+
+log = logging.getLogger("agora.mail")
+
+IDENT = "Agora ESMTP"
+UNKNOWN_COMMANDS = 20
+# aiosmtpd's own error replies carry no enhanced status code (RFC 3463); these are added.
+ENHANCED = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+            "530": "5.7.0", "538": "5.7.11", "552": "5.3.4", "553": "5.1.3", "554": "5.7.0",
+            "555": "5.5.4", "454": "4.7.0", "451": "4.3.0", "421": "4.7.0"}
+_PLAIN_REPLY = re.compile(r"(\d{3}) (?!\d\.\d{1,3}\.\d{1,3}\b)(?:Error: )?(.*)", re.S)
+
+
+def _configure_library() -> None:
+    # Unknown commands a session may send before it is dropped (aiosmtpd: 5; Postfix's
+    # smtpd_hard_error_limit: 20): each gets its 500 and the session goes on till then.
+    aiosmtpd.smtp.BOGUS_LIMIT = UNKNOWN_COMMANDS
+    # aiosmtpd logs every command line at INFO and each unknown command as a warning,
+    # under "mail.log": what matters reaches our own log lines.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+
+class _Session(Session):
+    # aiosmtpd's property logs a deprecation warning on every successful AUTH.
+    login_data = None
+
+
+class SMTPSession(SMTP):
+    """One client connection (aiosmtpd's protocol, adapted as the module says)."""
+
+    def __init__(self, listener: "SMTPListener"):
+        config = listener.runtime.config.mail
+        self.listener = listener
+        # Read by SMTP.__init__: the stream limit, so also the longest line of a body.
+        self.line_length_limit = config.max_line
+        self.command_size_limit = config.max_line
+        super().__init__(
+            listener.handler, data_size_limit=config.max_message, enable_SMTPUTF8=True,
+            decode_data=False, hostname=listener.hostname, ident=IDENT,
+            tls_context=listener.ssl_context, timeout=config.idle_timeout,
+            auth_required=listener.submission, auth_require_tls=True, loop=listener.loop)
+        # The class-wide dict would be shared by every session (aiosmtpd grows it per EHLO).
+        self.command_size_limits = collections.defaultdict(lambda: config.max_line)
+        self.data_timeout = config.command_timeout
+        self.address = ""
+        self.in_data = False  # receiving a message body: stop() waits for it
+        self.refused = False
+        self._released = False
+
+    # -- connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        refusal = self.listener.admit(self)
+        if refusal:
+            self.refused = True
+            transport.write(refusal.encode() + b"\r\n")
+            transport.close()
+            return
+        super().connection_made(transport)
+        client = ClientInfo(self.address, "smtp")
+        # AUTH without TLS only where identity would take the password anyway (loopback,
+        # or identity.allow_plaintext_remote), so it is not offered where it would fail.
+        self._auth_require_tls = not (
+            client.loopback or self.listener.runtime.config.identity.allow_plaintext_remote)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
+        if not self._released:
+            self._released = True
+            self.listener.release(self)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self.refused:
+            return False
+        return super().eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.in_data:  # a body must keep arriving; the idle timeout is for commands
+            self._reset_timeout(self.data_timeout)
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        self.close("421 4.4.2 Timeout: closing the connection")
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    def close(self, reply: str | None = None) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if reply:
+                self.transport.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
+    @property
+    def secure(self) -> bool:
+        return self._tls_protocol is not None
+
+    # -- replies -----------------------------------------------------------------------
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            match = _PLAIN_REPLY.fullmatch(status)
+            if match and match.group(1) in ENHANCED:
+                status = f"{match.group(1)} {ENHANCED[match.group(1)]} {match.group(2)}"
+        await super().push(status)
+
+    # -- commands aiosmtpd does differently from what we need -----------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The null reverse-path of bounces, MAIL FROM:<> (RFC 5321 4.5.5).
+        stripped = (arg or "").lstrip()
+        if stripped.startswith("<>"):
+            return NULL_SENDER, stripped[2:]
+        if stripped.startswith("<") and ">" not in stripped:
+            return None, None  # the email package's parser would forgive it
+        return super()._getaddr(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        self._reset_timeout(self.data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+            if self.transport is not None:
+                self._reset_timeout()
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if self.tls_context is None:
+            await self.push("454 4.7.0 TLS not available")
+            return
+        if self.secure:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await self.push("220 2.0.0 Ready to start TLS")
+        # Nothing sent before the handshake may be taken as a command after it (RFC 3207
+        # 4.2, the STARTTLS command injection of CVE-2011-0411).
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        plain = self.transport
+        try:
+            await self._writer.start_tls(self.tls_context, ssl_handshake_timeout=self.data_timeout)
+        except Exception as error:
+            log.info("smtp %s: TLS handshake failed: %s", self.address, error)
+            raise TLSSetupException() from error
+        self._original_transport = plain
+        self.transport = self._writer.transport
+        self._reader._transport = self.transport  # type: ignore[attr-defined]
+        self._tls_protocol = self.transport  # aiosmtpd tests this for "TLS is on"
+        # RFC 3207 4.2: forget everything the client said before; it says EHLO again.
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = self.transport.get_extra_info("peername")
+        self.session.ssl = {"cipher": self.transport.get_extra_info("cipher")}
+        self._reset_timeout()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.listener.submission:
+            await self.push("502 5.5.1 AUTH is offered on the submission port, not here")
+            return
+        await super().smtp_AUTH(arg)
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd calls this synchronously; the check itself is in _verify (async).
+        return AuthResult(success=False, handled=False, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, result: AuthResult) -> AuthResult:
+        credentials = result.auth_data
+        if not isinstance(credentials, LoginPassword):
+            return result  # malformed or aborted: aiosmtpd has replied already
+        name = credentials.login.decode("utf-8", "replace")
+        password = credentials.password.decode("utf-8", "replace")
+        client = ClientInfo(self.address, "smtp", self.secure)
+        try:
+            user = await self.listener.runtime.identity.authenticate(name, password, client)
+        except EncryptionRequired:
+            return AuthResult(success=False, handled=False,
+                              message="538 5.7.11 Encryption required: use STARTTLS first")
+        except RateLimited as error:
+            return AuthResult(success=False, handled=False, message=(
+                f"454 4.7.0 Too many failed attempts; retry in {math.ceil(error.retry_after)} s"))
+        except AuthenticationFailed:
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.8 Authentication credentials invalid")
+        return AuthResult(success=True, auth_data=user)
+
+
+class SMTPListener:
+    """One listening socket: ``smtp`` (receipt) or ``submission``."""
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, name: str = "smtp"):
+        self.runtime = runtime
+        self.sock = sock
+        self.name = name
+        self.submission = name == "submission"
+        config = runtime.config.mail
+        self.max_connections = config.max_connections
+        self.max_per_ip = config.max_connections_per_ip
+        self.sessions: set[SMTPSession] = set()
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.inflight: set[asyncio.Task[Any]] = set()  # deliveries being stored
+        self.stopping = False
+        self.server: asyncio.AbstractServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hostname = config.hostname
+        self.ssl_context = None
+        self.handler = Handler(self)
+
+    async def start(self) -> None:
+        _configure_library()
+        self.loop = asyncio.get_running_loop()
+        if not self.hostname:
+            self.hostname = await asyncio.to_thread(socket.getfqdn)
+        if self.runtime.tls is not None:
+            self.ssl_context = server_context(self.runtime.tls)
+        self.server = await self.loop.create_server(lambda: SMTPSession(self), sock=self.sock,
+                                                    backlog=1024)
+
+    def admit(self, session: SMTPSession) -> str | None:
+        """None to take a new connection, else the reply that refuses it."""
+        if self.stopping:
+            return "421 4.3.2 Service shutting down"
+        if len(self.sessions) >= self.max_connections:
+            return "421 4.7.0 Too many connections; try again later"
+        if self.per_ip[session.address] >= self.max_per_ip:
+            return "421 4.7.0 Too many connections from your address; try again later"
+        self.sessions.add(session)
+        self.per_ip[session.address] += 1
+        return None
+
+    def release(self, session: SMTPSession) -> None:
+        self.sessions.discard(session)
+        self.per_ip[session.address] -= 1
+        if self.per_ip[session.address] <= 0:
+            del self.per_ip[session.address]
+
+    def track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        return task
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting; let messages being received or stored finish (within
+        ``timeout``); then close every session with 421."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (
+                self.inflight or any(session.in_data for session in self.sessions)):
+            await asyncio.sleep(0.05)
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=max(0.0, deadline - time.monotonic()))
+        for session in list(self.sessions):
+            session.close("421 4.3.2 Service shutting down")
+        await asyncio.sleep(0)
