@@ -13,6 +13,7 @@ from agora import __version__
 from agora.cli.common import load_config
 from agora.cli.config_cmd import config
 from agora.cli.files import files
+from agora.cli.mail import mail
 from agora.cli.serve import serve
 from agora.cli.session import login, logout, whoami
 from agora.cli.users import user
@@ -31,6 +32,7 @@ cli.add_command(whoami)
 cli.add_command(user)
 cli.add_command(config)
 cli.add_command(files)
+cli.add_command(mail)
 
 
 def main() -> None:

@@ -12,14 +12,17 @@ from agora.client.aio import AsyncClient
 from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidden, InvalidRequest,
                                  NotFound, PreconditionFailed, RateLimited, ServerError, TooLarge,
                                  Unauthorized, UnexpectedResponse)
-from agora.client.models import (AuditEntry, AuditPage, FileEntry, Health, NewShare, NewToken, Share, Token,
-                                 TransferProgress, Usage, User)
+from agora.client.models import (AuditEntry, AuditPage, DeletedMail, FileEntry, Health, MailAlias, MailAttachment,
+                                 MailFolder, MailMessage, MailPage, MailQuota, MailSummary, MovedMail, NewShare,
+                                 NewToken, SentMail, Share, Token, TransferProgress, Usage, User)
 from agora.client.sync import Client
 
 __all__ = [
     "Client", "AsyncClient",
     "User", "Token", "NewToken", "AuditEntry", "AuditPage", "Health",
     "FileEntry", "Usage", "Share", "NewShare", "TransferProgress",
+    "MailFolder", "MailSummary", "MailPage", "MailMessage", "MailAttachment", "SentMail", "MovedMail",
+    "DeletedMail", "MailQuota", "MailAlias",
     "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
     "Forbidden", "NotFound", "Conflict", "PreconditionFailed", "TooLarge", "RateLimited", "ServerError",
 ]

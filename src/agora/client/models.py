@@ -170,3 +170,102 @@ class TransferProgress:
     done: int  # bytes of the file in place so far, resumed ones included
     total: int | None
     resumed_from: int = 0  # bytes kept from an earlier, interrupted transfer
+
+
+# -- mail -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailFolder:
+    name: str
+    special_use: str | None = None  # "\\Sent", "\\Drafts", "\\Trash", "\\Junk" or None
+    messages: int = 0
+    unseen: int = 0
+    size: int = 0
+    subscribed: bool = True
+
+
+@dataclass(frozen=True)
+class MailSummary:
+    """One row of a folder's listing. ``uid`` names it in its folder."""
+
+    uid: int
+    subject: str
+    from_: str  # "from" in the JSON
+    to: str
+    date: datetime | None
+    received: datetime
+    flags: list[str]
+    seen: bool
+    flagged: bool
+    answered: bool
+    size: int
+    has_attachments: bool
+
+
+@dataclass(frozen=True)
+class MailPage:
+    folder: str
+    uidvalidity: int
+    total: int
+    messages: list[MailSummary]  # newest first
+    next_before_uid: int | None
+    """Pass as ``before_uid`` for the next (older) page; None on the last page."""
+
+
+@dataclass(frozen=True)
+class MailAttachment:
+    index: int
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class MailMessage(MailSummary):
+    """A message as read: its headers, text, sanitised HTML and attachments' list."""
+
+    folder: str = ""
+    cc: str = ""
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    text: str | None = None
+    html: str | None = None
+    attachments: list[MailAttachment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SentMail:
+    message_id: str
+    delivered: list[str]  # local recipients: in their mailboxes
+    queued: list[str]  # recipients elsewhere: in the outbound queue
+    sent_uid: int | None = None  # the copy in the Sent folder
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class MovedMail:
+    folder: str
+    uid: int  # in the destination folder
+    uidvalidity: int
+
+
+@dataclass(frozen=True)
+class DeletedMail:
+    expunged: bool  # True: it was in Trash and is gone; False: moved to Trash
+    folder: str | None = None
+    uid: int | None = None
+
+
+@dataclass(frozen=True)
+class MailQuota:
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class MailAlias:
+    address: str  # "sales@example.org", or "@example.org" for the catch-all
+    user: str
+    created_at: datetime
