@@ -38,6 +38,9 @@ def enabled_services(config: Config) -> list[type[Service]]:
     if config.files.enabled:
         from agora.files.service import FilesService
         services.append(FilesService)
+    if config.mail.enabled:
+        from agora.mail.service import MailService
+        services.append(MailService)
     return services
 
 
@@ -48,7 +51,9 @@ def attach_services(runtime: Runtime) -> None:
     Regardless of which services are enabled: data on disk outlives a disabled service.
     """
     from agora.files.access import forget_user_files
+    from agora.mail.store import forget_user_mail
     runtime.identity.deletion_hooks.append(forget_user_files(runtime))
+    runtime.identity.deletion_hooks.append(forget_user_mail(runtime))
 
 
 def _bind(name: str, address: str, port: int) -> socket.socket:

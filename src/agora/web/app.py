@@ -15,8 +15,10 @@ from agora.web import admin_pages, api, pages, problems
 from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, SecurityHeadersMiddleware
 
 STATIC = Path(__file__).parent / "static"
-# Where request bodies of any type stream to disk (each route enforces its own limits).
-STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/", "/files/upload")
+# Routes that read big bodies themselves, each against its own limit (files.max_upload,
+# mail.max_message), rather than http.max_json_body.
+STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/", "/files/upload", "/api/v1/mail/send",
+                      "/mail/send")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -41,6 +43,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.include_router(files_pages.router)
         app.include_router(sites.router)
         app.mount("/dav", dav.create_app(runtime))
+    if runtime.config.mail.enabled:
+        from agora.mail import api as mail_api, pages as mail_pages
+        app.include_router(mail_api.router)
+        app.include_router(mail_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "Storage is unreachable"}})
