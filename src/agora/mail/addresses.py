@@ -4,10 +4,11 @@ catch-all, ``+tag`` sub-addresses, postmaster) and which addresses a user may se
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 
 from agora.core.database import Database
 from agora.core.errors import Conflict, InvalidInput, NotFound
@@ -16,6 +17,10 @@ from agora.core.tables import users, utcnow
 from agora.mail.tables import mail_aliases
 
 MAX_ADDRESS = 320  # RFC 5321: 64 octets of local part, @, 255 of domain
+# How long an address -> user answer is reused. Alias changes on this node clear it at
+# once; users created or deleted (or aliases changed on another node) show within this.
+RESOLVE_TTL = 5.0
+RESOLVE_CACHE_SIZE = 10000
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Addresses:
     def __init__(self, db: Database, domains: list[str]):
         self.db = db
         self.domains = domains or default_domains()
+        self._resolved: dict[str, tuple[float, str | None]] = {}  # address -> (when, user)
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains
@@ -57,6 +63,24 @@ class Addresses:
         return f"{user.name}@{self.domains[0]}"
 
     async def resolve(self, address: str) -> str | None:
+        """The user a local address delivers to (see :meth:`_resolve`), remembered for
+        RESOLVE_TTL: SMTP asks at every RCPT, and this answer changes rarely."""
+        key = address.strip().lower()
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached is not None and now - cached[0] < RESOLVE_TTL:
+            return cached[1]
+        name = await self._resolve(address)
+        if name is not None:  # "no such user" is not kept: the user may be made next
+            if len(self._resolved) >= RESOLVE_CACHE_SIZE:
+                self._resolved.clear()
+            self._resolved[key] = (now, name)
+        return name
+
+    def forget(self) -> None:
+        self._resolved.clear()
+
+    async def _resolve(self, address: str) -> str | None:
         """The user a local address delivers to, or None (unknown, or not a local domain).
 
         In order: an alias, the user of that name (``name+tag`` too), ``postmaster`` (to
@@ -76,8 +100,7 @@ class Addresses:
                     mail_aliases.c.address == key))).scalar()
                 if name:
                     return name
-            name = (await conn.execute(select(users.c.name).where(
-                func.lower(users.c.name) == base))).scalar()
+            name = (await conn.execute(select(users.c.name).where(users.c.name == base))).scalar()
             if name:
                 return name
             if base == "postmaster":
@@ -132,6 +155,7 @@ class Addresses:
                 raise Conflict(f"alias {key} exists")
             now = utcnow()
             await conn.execute(insert(mail_aliases).values(address=key, user_id=user_id, created_at=now))
+        self._resolved.clear()
         return Alias(key, user_name, now)
 
     async def remove_alias(self, address: str) -> None:
@@ -139,3 +163,4 @@ class Addresses:
         async with self.db.write() as conn:
             if (await conn.execute(delete(mail_aliases).where(mail_aliases.c.address == key))).rowcount == 0:
                 raise NotFound(f"no alias {key}")
+        self._resolved.clear()

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import re
 import secrets
-import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agora.mail")
 
 NULL_SENDER = "<>"  # how smtp.py hands over MAIL FROM:<>
-ROOM_TRUSTED_FOR = 1.0  # seconds a quota check at RCPT is reused (see _has_room)
-ROOM_CACHE_SIZE = 10000
 MAX_HOPS = 50  # Received lines beyond which a message is taken to be looping (RFC 5321 6.3)
 _RECEIVED = re.compile(rb"^received:", re.I | re.M)
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
@@ -76,7 +73,6 @@ class Handler:
         self.runtime = listener.runtime
         self.store = mail_store(listener.runtime)
         self.max_recipients = listener.runtime.config.mail.max_recipients
-        self._room: dict[str, tuple[float, int]] = {}  # user -> (until, size known to fit)
 
     # -- greeting and housekeeping ----------------------------------------------------
 
@@ -143,7 +139,8 @@ class Handler:
                 return f"550 5.1.1 <{address}>: no such user here"
             if envelope.size > self.store.quota:
                 return "552 5.2.2 Message larger than the recipient's mailbox"
-            if not await self._has_room(name, envelope.size):
+            # A courtesy (deliver checks again): the store answers from its usage cache.
+            if not await self.store.can_receive(name, envelope.size):
                 return f"452 4.2.2 <{address}>: mailbox full"
             envelope.local[address] = name
         elif not (self.listener.submission and session.authenticated):
@@ -151,21 +148,6 @@ class Handler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
-
-    async def _has_room(self, name: str, size: int) -> bool:
-        # The check at RCPT is a courtesy (the store checks again when it delivers) and
-        # costs a sum over the mailbox: a "yes" is trusted for a moment, for the same
-        # size or less, so that a burst of mail to one user does not repeat it each time.
-        now = time.monotonic()
-        cached = self._room.get(name)
-        if cached and cached[0] > now and size <= cached[1]:
-            return True
-        if not await self.store.can_receive(name, size):
-            return False
-        if len(self._room) > ROOM_CACHE_SIZE:
-            self._room.clear()
-        self._room[name] = (now + ROOM_TRUSTED_FOR, size)
-        return True
 
     # -- the message ------------------------------------------------------------------
 
@@ -180,8 +162,6 @@ class Handler:
         key = dedupe_key(sender, recipients, raw)
         queue_id = secrets.token_hex(6)
         trace = self._received(server, session, recipients, queue_id)
-        for name in envelope.local.values():
-            self._room.pop(name, None)  # this message takes some of their room
         if self.listener.submission:
             work = self._submit(session.auth_data, sender, recipients, trace + raw, key)
         else:

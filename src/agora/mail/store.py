@@ -394,9 +394,8 @@ class MailStore:
     async def can_receive(self, user_name: str, size: int) -> bool:
         """Whether a message of ``size`` bytes fits in this user's quota now (SMTP asks
         at RCPT time, so that a full mailbox is refused before the message is sent)."""
-        async with self.db.read() as conn:
-            user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
-            return user_id is not None and await self._usage_of(user_id) + size <= self.quota
+        user_id = (await self._user_ids([user_name])).get(user_name)
+        return user_id is not None and await self._usage_of(user_id) + size <= self.quota
 
     # -- reading ----------------------------------------------------------------------
 
@@ -947,6 +946,7 @@ class MailStore:
         self._ready.discard(user_id)
         self._ids.pop(user_name, None)
         self._usage.pop(user_id, None)
+        self.addresses.forget()
         maildir.remove_tree(self.root / user_name)
 
 
