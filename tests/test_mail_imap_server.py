@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import re
-import secrets
 import shutil
-import smtplib
 import socket
 import ssl
 import subprocess
@@ -20,27 +18,17 @@ from typing import Iterator
 
 import pytest
 
-from conftest import AgoraServer, ServerFactory
+from conftest import AgoraServer
+from mail_support import SERVER_ENV, TIMEOUT, local_address, message, module_server, send_smtp, unverified
 from test_mail_imap_support import RawClient
 
-TIMEOUT = 15
-SERVER_ENV = {"AGORA_IDENTITY_ARGON2_TIME_COST": "1", "AGORA_IDENTITY_ARGON2_MEMORY_KIB": "1024"}
 SERVER_ARGS = ("--mail-domains", "a.test,localhost", "--mail-max-message", "1M")
-
-
-def message(subject: str, body: bytes = b"Hello from the tests.\r\n") -> bytes:
-    return (f"From: Sender <sender@elsewhere.example>\r\nTo: someone@a.test\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{secrets.token_hex(8)}@elsewhere.example>\r\n"
-            "Date: Tue, 2 Jan 2024 09:30:00 +0000\r\n\r\n").encode() + body
 
 
 @pytest.fixture(scope="module")
 def imap_server(tmp_path_factory, backend) -> Iterator[AgoraServer]:
-    factory = ServerFactory(tmp_path_factory.mktemp(f"imap-{backend}"), backend)
-    try:
-        yield factory(env=SERVER_ENV, args=SERVER_ARGS)
-    finally:
-        factory.close()
+    with module_server(tmp_path_factory, backend, "imap", SERVER_ARGS) as server:
+        yield server
 
 
 @pytest.fixture
@@ -57,11 +45,6 @@ def connect(server: AgoraServer, user: tuple[str, str] | None = None) -> imaplib
     if user:
         client.login(*user)
     return client
-
-
-def send_smtp(server: AgoraServer, name: str, raw: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=TIMEOUT) as client:
-        client.sendmail("sender@elsewhere.example", [f"{name}@a.test"], raw)
 
 
 def test_login_list_select_append_fetch(imap_server, user):
@@ -214,17 +197,6 @@ def test_curl_fetches_a_message(imap_server, user, scheme):
     assert listing.returncode == 0 and b'"INBOX"' in listing.stdout, listing
 
 
-def local_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("203.0.113.1", 9))  # no packet is sent
-            address = probe.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
-
-
 def test_remote_clients_log_in_only_after_starttls(make_server):
     address = local_address()
     if address is None:
@@ -235,10 +207,7 @@ def test_remote_clients_log_in_only_after_starttls(make_server):
     assert "LOGINDISABLED" in client.capabilities and "AUTH=PLAIN" not in client.capabilities
     with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
         client.login(*user)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the certificate names localhost, not this address
-    client.starttls(ssl_context=context)
+    client.starttls(ssl_context=unverified())  # the certificate names localhost, not this address
     assert "AUTH=PLAIN" in client.capabilities
     client.login(*user)
     client.logout()

@@ -12,7 +12,6 @@ import poplib
 import re
 import secrets
 import shutil
-import smtplib
 import socket
 import ssl
 import subprocess
@@ -21,12 +20,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import AgoraServer, ServerFactory
+from conftest import AgoraServer
+from mail_support import (DOMAIN, SERVER_ENV, TIMEOUT, local_address, message, module_server, send_smtp,
+                          unverified)
 
-TIMEOUT = 15
-DOMAIN = "a.test"
-# Cheap password hashing: logging in is not what these tests are about.
-SERVER_ENV = {"AGORA_IDENTITY_ARGON2_TIME_COST": "1", "AGORA_IDENTITY_ARGON2_MEMORY_KIB": "1024"}
 SERVER_ARGS = ("--mail-domains", f"{DOMAIN},localhost", "--mail-max-line", "1000")
 LIMITS_ARGS = ("--mail-domains", DOMAIN, "--mail-max-connections-per-ip", "3",
                "--mail-idle-timeout", "3", "--mail-command-timeout", "1", "--identity-login-free-failures", "2")
@@ -34,11 +31,8 @@ LIMITS_ARGS = ("--mail-domains", DOMAIN, "--mail-max-connections-per-ip", "3",
 
 @pytest.fixture(scope="module")
 def pop3_server(tmp_path_factory, backend) -> Iterator[AgoraServer]:
-    factory = ServerFactory(tmp_path_factory.mktemp(f"pop3-{backend}"), backend)
-    try:
-        yield factory(env=SERVER_ENV, args=SERVER_ARGS)
-    finally:
-        factory.close()
+    with module_server(tmp_path_factory, backend, "pop3", SERVER_ARGS) as server:
+        yield server
 
 
 @pytest.fixture
@@ -47,17 +41,6 @@ def user(pop3_server) -> tuple[str, str]:
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def message(subject: str, body: bytes = b"Hello from the tests.\r\n") -> bytes:
-    return (f"From: Sender <sender@elsewhere.example>\r\nTo: someone@{DOMAIN}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{secrets.token_hex(8)}@elsewhere.example>\r\n"
-            "Date: Tue, 2 Jan 2024 09:30:00 +0000\r\n\r\n").encode() + body
-
-
-def send_smtp(server: AgoraServer, name: str, raw: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=TIMEOUT) as client:
-        client.sendmail("sender@elsewhere.example", [f"{name}@{DOMAIN}"], raw)
 
 
 def imap(server: AgoraServer, user: tuple[str, str]) -> imaplib.IMAP4:
@@ -90,13 +73,6 @@ def imap_inbox(server: AgoraServer, user: tuple[str, str]) -> tuple[int, dict[in
         return uidvalidity, messages
     finally:
         client.logout()
-
-
-def unverified() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
-    return context
 
 
 def pop(server: AgoraServer, user: tuple[str, str] | None = None) -> poplib.POP3:
@@ -388,17 +364,6 @@ def test_plain_text_after_stls_is_not_taken_as_tls(pop3_server, user):
     tls.sendall(b"PASS " + user[1].encode() + b"\r\n")
     assert stream.readline().startswith(b"-ERR")  # no USER came over TLS
     tls.close()
-
-
-def local_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("203.0.113.1", 9))  # no packet is sent
-            address = probe.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
 
 
 def test_remote_clients_log_in_only_after_stls(make_server):

@@ -10,7 +10,6 @@ import email.policy
 import secrets
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -18,12 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from conftest import AgoraServer, ServerFactory
+from conftest import AgoraServer
+from mail_support import DOMAIN, SERVER_ENV, TIMEOUT, local_address, module_server, unverified
 
-TIMEOUT = 15
-DOMAIN = "a.test"
-# Cheap password hashing: logging in is not what these tests are about.
-SERVER_ENV = {"AGORA_IDENTITY_ARGON2_TIME_COST": "1", "AGORA_IDENTITY_ARGON2_MEMORY_KIB": "1024"}
 MAX_MESSAGE = 256 * 1024
 QUOTA = 200 * 1024
 SERVER_ARGS = ("--mail-domains", f"{DOMAIN},localhost", "--mail-max-message", str(MAX_MESSAGE),
@@ -34,11 +30,8 @@ LIMITS_ARGS = ("--mail-domains", DOMAIN, "--mail-max-connections-per-ip", "3",
 
 @pytest.fixture(scope="module")
 def smtp_server(tmp_path_factory, backend) -> Iterator[AgoraServer]:
-    factory = ServerFactory(tmp_path_factory.mktemp(f"smtp-{backend}"), backend)
-    try:
-        yield factory(env=SERVER_ENV, args=SERVER_ARGS)
-    finally:
-        factory.close()
+    with module_server(tmp_path_factory, backend, "smtp", SERVER_ARGS) as server:
+        yield server
 
 
 @pytest.fixture
@@ -47,13 +40,6 @@ def user(smtp_server) -> tuple[str, str]:
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def unverified() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
-    return context
 
 
 def receipt(server: AgoraServer) -> smtplib.SMTP:
@@ -347,17 +333,6 @@ def test_submission_rejects_unknown_local_recipients_and_takes_remote_ones(smtp_
         code, text = client.rcpt(f"nobody-{secrets.token_hex(3)}@{DOMAIN}")
         assert (code, text[:5]) == (550, b"5.1.1")
         assert client.rcpt("friend@elsewhere.example")[0] == 250  # relaying after AUTH
-
-
-def local_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("203.0.113.1", 9))  # no packet is sent
-            address = probe.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
 
 
 def test_remote_clients_authenticate_only_after_starttls(make_server):

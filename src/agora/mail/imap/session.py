@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from agora.core.errors import (AgoraError, AuthenticationFailed, Conflict, EncryptionRequired, Forbidden,
                                InvalidInput, NotFound, RateLimited, TooLarge)
 from agora.core.identity import ClientInfo
+from agora.mail.connection import MailSession, SessionConnection
 from agora.mail.imap import folders, messages, responses
 from agora.mail.imap.parser import Command, Continue, Error, Line, Parser
 from agora.mail.imap.view import MailboxView
@@ -31,33 +32,23 @@ BASE_CAPABILITIES = ("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLU
 Done = tuple[str, str | None, str]  # status, response code, text of the tagged reply
 
 
-class Connection(Protocol):
-    peer: str
-    secure: bool
-
+class Connection(SessionConnection, Protocol):
     async def read(self) -> bytes | None: ...   # b"" at the end, None after interrupt()
     def interrupt(self) -> None: ...
-    def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    async def start_tls(self) -> None: ...
-    def close(self) -> None: ...
 
 
 class Closed(Exception):
     """The session is over (LOGOUT, a fatal error, a timeout, the client went)."""
 
 
-class Session:
+class Session(MailSession):
+    conn: Connection
+
     def __init__(self, runtime: Any, store: Any, conn: Connection, *, starttls: bool,
                  stopping: Callable[[], bool] = lambda: False):
+        super().__init__(runtime, store, conn, stopping)
         config = runtime.config.mail
-        self.runtime = runtime
-        self.store = store
-        self.conn = conn
         self.starttls = starttls
-        self.stopping = stopping
-        self.idle_timeout = config.idle_timeout
-        self.command_timeout = config.command_timeout
         self.max_message = config.max_message
         # Before login a literal is at most a line's worth: nobody unknown gets to park
         # megabytes here (a password or a user name needs no more).

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 
 from agora.core.errors import AuthenticationFailed, EncryptionRequired, NotFound, RateLimited
 from agora.core.identity import ClientInfo
+from agora.mail.connection import MailSession, SessionConnection
 from agora.mail.pop3.protocol import (POP3, Close, Entry, Flush, Login, MessageEncoder, Retrieve,
                                       StartTLS, Update)
 
@@ -26,15 +27,8 @@ INBOX = "INBOX"
 CHUNK = 256 * 1024  # bytes of a message read (and written) at a time
 
 
-class Connection(Protocol):
-    peer: str
-    secure: bool
-
+class Connection(SessionConnection, Protocol):
     async def read(self) -> bytes: ...          # b"" at the end
-    def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    async def start_tls(self) -> None: ...
-    def close(self) -> None: ...
 
 
 class Closed(Exception):
@@ -56,17 +50,14 @@ def _open(path: Path) -> tuple[BinaryIO, bytes]:
         raise
 
 
-class Session:
+class Session(MailSession):
+    conn: Connection
+
     def __init__(self, runtime: Any, store: Any, conn: Connection, *, stls: bool, maildrops: set[str],
                  stopping: Callable[[], bool] = lambda: False):
+        super().__init__(runtime, store, conn, stopping)
         config = runtime.config.mail
-        self.runtime = runtime
-        self.store = store
-        self.conn = conn
         self.maildrops = maildrops
-        self.stopping = stopping
-        self.idle_timeout = config.idle_timeout
-        self.command_timeout = config.command_timeout
         self.proto = POP3(max_line=config.max_line, stls=stls, secure=conn.secure,
                           login_allowed=self._may_login())
         self.user: Any = None
