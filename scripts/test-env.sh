@@ -19,7 +19,8 @@ PG_PORT=5432
 PG_ADMIN_URL="postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
 # Debian packages the tests use; each service's issue adds its own client programs.
 # Chromium only recommends fonts, and pages render without text where there are none.
-TEST_DEBS=(chromium fonts-liberation curl lftp litmus fetchmail mutt swaks)
+# swaks speaks TLS only through Net::SSLeay, which it merely recommends.
+TEST_DEBS=(chromium fonts-liberation curl lftp litmus fetchmail mutt swaks libnet-ssleay-perl)
 # What shows a package is there, where that is not a command of its name.
 declare -A PROVIDES=([chromium]=/usr/bin/chromium [fonts-liberation]=/usr/share/fonts/truetype/liberation [litmus]=/usr/bin/litmus)
 
@@ -53,11 +54,13 @@ apt_install() {
 }
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
+# For a package that brings no command (a library).
+deb_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
 install_test_debs() {
     local wanted=() pkg
     for pkg in "${TEST_DEBS[@]}"; do
-        have "${PROVIDES[$pkg]:-$pkg}" || wanted+=("$pkg")
+        have "${PROVIDES[$pkg]:-$pkg}" || deb_installed "$pkg" || wanted+=("$pkg")
     done
     [ ${#wanted[@]} -eq 0 ] && return 0
     if ! is_root || ! have apt-get; then
