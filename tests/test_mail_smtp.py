@@ -225,6 +225,7 @@ def test_malformed_commands_get_5xx_and_the_session_goes_on(smtp_server, user):
         assert send(b"EHLO").startswith(b"501")
         assert send(b"EHLO client.example").startswith(b"250 ")
         for line in (b"", b"FOO bar", b"BAR", b"BAZ 1", b"QUX", b"ZAP", b"\xff\xfe", b"MAIL", b"MAIL FROM:", b"MAIL FROM:<a@b",
+                     b"MAIL FROM:x@", b"MAIL FROM:x@[", b"MAIL FROM:<@",
                      b"MAIL FROM:<a@b.example> BODY=9BIT", b"MAIL FROM:<a@b.example> SIZE=abc",
                      b"RCPT TO:<x@a.test>", b"DATA", b"MAIL FROM:<a@b.example> NOPE=1",
                      b"STARTTLS now", b"RSET please", b"AUTH PLAIN", b"X" * 70000):
@@ -240,6 +241,48 @@ def test_malformed_commands_get_5xx_and_the_session_goes_on(smtp_server, user):
         assert send(b"Subject: after errors\r\n\r\nstill here\r\n.").startswith(b"250 2.0.0")
         assert send(b"QUIT").startswith(b"221")
     assert stored(smtp_server, name)[0].endswith(b"Subject: after errors\r\n\r\nstill here\r\n")
+
+
+def test_message_bodies_in_pieces_dots_and_pipelined_commands(smtp_server, user):
+    """The body arrives in odd pieces (the end marker split over three writes), with
+    stuffed dots, followed at once by QUIT; a line over mail.max_line is 500 and the
+    session carries on."""
+    name, _ = user
+    with socket.create_connection(("127.0.0.1", smtp_server.ports["smtp"]), timeout=TIMEOUT) as sock:
+        stream = sock.makefile("rwb")
+
+        def answer() -> bytes:
+            lines = [stream.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(stream.readline())
+            return lines[-1]
+
+        def send(*pieces: bytes) -> None:
+            for piece in pieces:
+                stream.write(piece)
+                stream.flush()
+                time.sleep(0.05)
+
+        def envelope() -> None:
+            send(b"MAIL FROM:<a@b.example>\r\n")
+            assert answer().startswith(b"250")
+            send(f"RCPT TO:<{name}@{DOMAIN}>\r\n".encode())
+            assert answer().startswith(b"250")
+            send(b"DATA\r\n")
+            assert answer().startswith(b"354")
+
+        assert answer().startswith(b"220")
+        send(b"EHLO client.example\r\n")
+        assert answer().startswith(b"250 ")
+        envelope()
+        send(b"Subject: too long\r\n\r\n", b"x" * (70 * 1024), b"\r\nshort\r\n.\r\n")
+        assert answer().startswith(b"500")
+        envelope()
+        send(b"Subject: dots\r\n\r\n..first\r\n", b"...two\r\n.", b".\r\nend", b"\r\n", b".", b"\r\nQUIT\r\n")
+        assert answer().startswith(b"250 2.0.0")
+        assert answer().startswith(b"221")
+    [raw] = stored(smtp_server, name)
+    assert raw.endswith(b"Subject: dots\r\n\r\n.first\r\n..two\r\n.\r\nend\r\n")
 
 
 def test_a_retried_transaction_is_not_delivered_twice(smtp_server, user):

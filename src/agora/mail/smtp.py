@@ -35,11 +35,17 @@ log = logging.getLogger("agora.mail")
 
 IDENT = "Agora ESMTP"
 UNKNOWN_COMMANDS = 20
+DATA_CHUNK = 64 * 1024  # bytes of a message body read at a time
 # aiosmtpd's own error replies carry no enhanced status code (RFC 3463); these are added.
 ENHANCED = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
             "530": "5.7.0", "538": "5.7.11", "552": "5.3.4", "553": "5.1.3", "554": "5.7.0",
             "555": "5.5.4", "454": "4.7.0", "451": "4.3.0", "421": "4.7.0"}
 _PLAIN_REPLY = re.compile(r"(\d{3}) (?!\d\.\d{1,3}\.\d{1,3}\b)(?:Error: )?(.*)", re.S)
+# <local@domain> with a dot-atom local part and a host name: nearly every MAIL and RCPT.
+# The email package's parser (aiosmtpd's _getaddr) gives the same answer for these, at
+# about a sixth of the event loop's time per message; anything else still goes to it.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>(.*)", re.S)
 
 
 def _configure_library() -> None:
@@ -150,17 +156,93 @@ class SMTPSession(SMTP):
             return NULL_SENDER, stripped[2:]
         if stripped.startswith("<") and ">" not in stripped:
             return None, None  # the email package's parser would forgive it
-        return super()._getaddr(arg)
+        simple = _SIMPLE_PATH.fullmatch(stripped)
+        if simple and ".." not in simple.group(2) and not simple.group(3).lstrip(" \t").startswith("("):
+            local, domain, rest = simple.groups()
+            rest = rest.lstrip(" \t")  # as the email parser drops the space after ">"
+            if self.local_part_limit and len(local) > self.local_part_limit:
+                return None, None
+            return f"{local}@{domain}", rest
+        try:
+            return super()._getaddr(arg)
+        except Exception:
+            # The email parser trips over some malformed paths ("x@" runs off the end,
+            # "x@[" meets a defect with no value): a syntax error, not an internal one.
+            return None, None
 
+    @aiosmtpd.smtp.syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's DATA, with the body read in chunks (_read_body) rather than a line at
+        # a time: awaiting each line of a 4 KiB message cost a third of a millisecond.
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.in_data = True
         self._reset_timeout(self.data_timeout)
         try:
-            await super().smtp_DATA(arg)
+            body = await self._read_body()
         finally:
             self.in_data = False
             if self.transport is not None:
                 self._reset_timeout()
+        if body is None:
+            return  # the client went away mid-message
+        if isinstance(body, str):
+            await self.push(body)
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = body
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_body(self) -> bytes | str | None:
+        """The message up to the line holding a lone dot, dots unstuffed (RFC 5321
+        4.5.2); the error reply when it is too big or has too long a line (said only
+        once the whole message has arrived, RFC 5321 4.2.5); None if the client left."""
+        reader = self._reader
+        limit = self.data_size_limit
+        data = bytearray()
+        size = 0         # bytes of the message, stuffing included
+        scanned = 0      # where to look for the end next time (the tail may hold "\r\n.")
+        kept = True      # still keeping the bytes (False once past the size limit)
+        while True:
+            chunk = await reader.read(DATA_CHUNK)
+            if not chunk:
+                return None
+            data += chunk
+            end = 0 if size == 0 and data.startswith(b".\r\n") else data.find(b"\r\n.\r\n", scanned)
+            if end >= 0:
+                if end > 0:
+                    end += 2  # the body keeps its last line's CRLF
+                rest = data[end + 3:]
+                size += end
+                del data[end:]
+                if rest:  # pipelined commands after the message
+                    reader._buffer[:0] = rest  # type: ignore[attr-defined]
+                break
+            if kept and limit and size + len(data) > limit:
+                kept = False
+            if not kept:  # past the limit: count, keep only what may hold the end
+                size += len(data) - 4
+                del data[:-4]
+                scanned = 0
+            else:
+                scanned = max(0, len(data) - 4)
+        if not kept or (limit and size > limit):
+            return "552 Error: Too much mail data"
+        if max(map(len, data.split(b"\r\n"))) + 2 > self.line_length_limit:
+            return "500 Line too long (see RFC5321 4.5.3.1.6)"
+        if data.startswith(b"."):
+            del data[0]
+        return bytes(data.replace(b"\r\n.", b"\r\n"))
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if arg:
