@@ -130,6 +130,8 @@ def _unquote(text: str, i: int) -> tuple[str, int]:
 
 
 def _strip_comments(text: str) -> str:
+    if "(" not in text:  # nearly always: then the loop below would copy every character
+        return text
     out, depth, i = [], 0, 0
     while i < len(text):
         c = text[i]
@@ -154,16 +156,19 @@ def _strip_comments(text: str) -> str:
 def parse_params(value: str) -> tuple[str, list[tuple[str, str]]]:
     """'main; a=b; c="d"' -> ('main', [('a', 'b'), ('c', 'd')]), RFC 2231 parts merged."""
     text = _strip_comments(value)
-    pieces, i, begin = [], 0, 0
-    while i < len(text):
-        if text[i] == '"':
-            _, i = _unquote(text, i)
-            continue
-        if text[i] == ";":
-            pieces.append(text[begin:i])
-            begin = i + 1
-        i += 1
-    pieces.append(text[begin:])
+    if '"' not in text:  # no quoted ";" to step over
+        pieces = text.split(";")
+    else:
+        pieces, i, begin = [], 0, 0
+        while i < len(text):
+            if text[i] == '"':
+                _, i = _unquote(text, i)
+                continue
+            if text[i] == ";":
+                pieces.append(text[begin:i])
+                begin = i + 1
+            i += 1
+        pieces.append(text[begin:])
     params = []
     for piece in pieces[1:]:
         key, eq, val = piece.partition("=")
