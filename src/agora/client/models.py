@@ -269,3 +269,90 @@ class MailAlias:
     address: str  # "sales@example.org", or "@example.org" for the catch-all
     user: str
     created_at: datetime
+
+
+# -- bank -----------------------------------------------------------------------------
+# Amounts are integers in the currency's minor units (cents for EUR, yen for JPY);
+# agora.client.bank.format_amount/parse_amount convert them to and from decimal text.
+
+
+@dataclass(frozen=True)
+class Currency:
+    code: str  # "EUR"
+    exponent: int  # digits after the decimal point: 2 for EUR, 0 for JPY
+
+
+@dataclass(frozen=True)
+class BankAccount:
+    number: str
+    currency: str
+    name: str = ""
+    posted: int = 0  # the sum of the account's posted transfers
+    available: int = 0  # posted minus pending debits: what can still be spent
+    owner: str | None = None
+    flags: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    closed_at: datetime | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+
+@dataclass(frozen=True)
+class BankBalance:
+    number: str
+    currency: str
+    posted: int
+    available: int
+
+
+@dataclass(frozen=True)
+class BankTransfer:
+    """An immutable transfer. ``status``: "posted", or "pending" then "posted", "voided"
+    or "expired" for a two-phase one."""
+
+    id: str
+    debit: str
+    credit: str
+    amount: int
+    currency: str
+    memo: str = ""
+    pending: bool = False
+    status: str = "posted"
+    timeout: int | None = None
+    created_at: datetime | None = None
+    # Set by the client, not the server: False when the server answered with a transfer
+    # already committed under this id (a retry), True when this call created it.
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class StatementEntry:
+    """One transfer seen from the account: ``amount`` is signed (credit +, debit -) and
+    ``balance`` is the posted balance right after it."""
+
+    transfer: str
+    amount: int
+    balance: int
+    counterparty: str = ""
+    memo: str = ""
+    status: str = "posted"
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StatementPage:
+    account: str
+    currency: str
+    entries: list[StatementEntry]
+    next: str | None = None
+    """Pass as ``cursor`` for the next page; None on the last page."""
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """The admin's invariant check: ``problems`` is empty when the ledger is sound."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
