@@ -9,8 +9,9 @@
 """
 
 from agora.client.aio import AsyncClient
-from agora.client.bank import (AccountClosed, AlreadyResolved, BankError, CurrencyMismatch, IdConflict,
-                               InsufficientFunds, LinkedBatchFailed, UnknownAccount, format_amount, parse_amount)
+from agora.client.bank import (AccountClosed, AccountNotEmpty, AlreadyResolved, BankError, CurrencyMismatch,
+                               IdConflict, InsufficientFunds, LinkedBatchFailed, NotPending, UnknownAccount,
+                               UnknownCurrency, UnknownTransfer, format_amount, parse_amount)
 from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidden, InvalidRequest,
                                  NotFound, PreconditionFailed, RateLimited, ServerError, TooLarge,
                                  Unauthorized, UnexpectedResponse)
@@ -28,8 +29,8 @@ __all__ = [
     "DeletedMail", "MailQuota", "MailAlias",
     "Currency", "BankAccount", "BankBalance", "BankTransfer", "StatementEntry", "StatementPage", "LedgerCheck",
     "parse_amount", "format_amount",
-    "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownAccount", "IdConflict",
-    "AlreadyResolved", "LinkedBatchFailed",
+    "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownCurrency", "NotPending",
+    "UnknownAccount", "UnknownTransfer", "IdConflict", "AlreadyResolved", "AccountNotEmpty", "LinkedBatchFailed",
     "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
     "Forbidden", "NotFound", "Conflict", "PreconditionFailed", "TooLarge", "RateLimited", "ServerError",
 ]

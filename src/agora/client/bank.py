@@ -26,7 +26,8 @@ from urllib.parse import quote
 import httpx
 
 from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, one, query
-from agora.client.errors import AgoraError, ConnectionFailed, ServerError, error_for
+from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, InvalidRequest, NotFound, ServerError,
+                                 error_for)
 from agora.client.models import (BankAccount, BankBalance, BankTransfer, Currency, LedgerCheck, StatementEntry,
                                  StatementPage, from_json)
 
@@ -47,35 +48,53 @@ _AMOUNT = re.compile(r"(\d+)(?:\.(\d*))?|\.(\d+)")
 
 
 class BankError(AgoraError):
-    """A refusal of the ledger; the subclasses name the reason (``problem["type"]``)."""
+    """A refusal of the ledger; the subclasses name the reason (``problem["type"]``).
+    Each is also the class of its HTTP status (InsufficientFunds is an InvalidRequest...)."""
 
 
-class InsufficientFunds(BankError):
-    """The debit account's available balance is less than the amount."""
+class InsufficientFunds(BankError, InvalidRequest):
+    """422: the debit account's available balance is less than the amount."""
 
 
-class CurrencyMismatch(BankError):
-    """The accounts, or the transfer, are not all in the same currency."""
+class CurrencyMismatch(BankError, InvalidRequest):
+    """422: the accounts, or the transfer, are not all in the same currency."""
 
 
-class AccountClosed(BankError):
-    """One of the accounts is closed (or, to close it, its balance is not 0)."""
+class AccountClosed(BankError, InvalidRequest):
+    """422: one of the accounts is closed."""
 
 
-class UnknownAccount(BankError):
-    """No open account has this number (or, to the caller, it is not visible)."""
+class UnknownCurrency(BankError, InvalidRequest):
+    """422: no such currency (an admin adds them)."""
 
 
-class IdConflict(BankError):
-    """The transfer id was already used for a different transfer (409)."""
+class NotPending(BankError, InvalidRequest):
+    """422: post or void of a transfer that is not a pending one."""
 
 
-class AlreadyResolved(BankError):
-    """The pending transfer was already posted, voided or has expired."""
+class UnknownAccount(BankError, NotFound):
+    """404: no account has this number (or, to the caller, it is not visible)."""
+
+
+class UnknownTransfer(BankError, NotFound):
+    """404: no transfer has this id (or, to the caller, it is not visible)."""
+
+
+class IdConflict(BankError, Conflict):
+    """409: the transfer id was already used for a different transfer."""
+
+
+class AlreadyResolved(BankError, Conflict):
+    """409: the pending transfer was already posted, voided or has expired."""
+
+
+class AccountNotEmpty(BankError, Conflict):
+    """409: an account is closed only once its balance is 0 and nothing is pending."""
 
 
 class LinkedBatchFailed(BankError):
-    """A leg of a linked batch failed, so none committed; ``errors`` says which and why."""
+    """A leg of a linked batch failed, so none committed; ``errors`` says which and why,
+    ``status`` and ``type`` are those of the first failing leg."""
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -87,12 +106,14 @@ class LinkedBatchFailed(BankError):
 _BY_SLUG: dict[str, type[BankError]] = {
     "insufficient-funds": InsufficientFunds,
     "currency-mismatch": CurrencyMismatch,
-    "account-closed": AccountClosed, "closed-account": AccountClosed,
-    "unknown-account": UnknownAccount, "account-not-found": UnknownAccount,
-    "transfer-id-conflict": IdConflict, "id-conflict": IdConflict, "idempotency-conflict": IdConflict,
-    "transfer-exists": IdConflict,
-    "already-resolved": AlreadyResolved, "transfer-resolved": AlreadyResolved, "not-pending": AlreadyResolved,
-    "batch-failed": LinkedBatchFailed, "linked-batch-failed": LinkedBatchFailed,
+    "account-closed": AccountClosed,
+    "unknown-currency": UnknownCurrency,
+    "not-pending": NotPending,
+    "unknown-account": UnknownAccount,
+    "unknown-transfer": UnknownTransfer,
+    "idempotency-conflict": IdConflict,
+    "pending-resolved": AlreadyResolved,
+    "account-not-empty": AccountNotEmpty,
 }
 
 
@@ -102,7 +123,7 @@ def bank_error(response: httpx.Response) -> AgoraError:
     error = error_for(response)
     slug = error.type.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
     cls = _BY_SLUG.get(slug)
-    if cls is None and isinstance(error.problem.get("errors"), list) and "/transfers/batch" in str(response.url):
+    if isinstance(error.problem.get("errors"), list) and response.request.url.path.endswith("/transfers/batch"):
         cls = LinkedBatchFailed
     if cls is None:
         return error
@@ -515,5 +536,6 @@ class AsyncBank(AsyncAPI):
 
 
 __all__ = ["SyncBank", "AsyncBank", "parse_amount", "format_amount", "transfer_body", "new_id", "csv_rows",
-           "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownAccount", "IdConflict",
-           "AlreadyResolved", "LinkedBatchFailed"]
+           "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownCurrency", "NotPending",
+           "UnknownAccount", "UnknownTransfer", "IdConflict", "AlreadyResolved", "AccountNotEmpty",
+           "LinkedBatchFailed"]
