@@ -17,7 +17,9 @@ from agora.cli.common import USAGE, fail, logged_in_client
 if TYPE_CHECKING:
     from agora.client import Client
 
-STATUS_MARK = {"pending": "pending", "voided": "voided", "expired": "expired"}
+# What a statement row's kind says beside its amount (a plain transfer says nothing).
+KIND_MARK = {"issue": "issued", "pending": "pending (reserved)", "post": "posted", "void": "voided (released)",
+             "expire": "expired (released)"}
 
 
 def _exponents(client: "Client") -> dict[str, int]:
@@ -145,7 +147,7 @@ def transfer(debit: str, credit: str, amount: str, memo: str | None, transfer_id
         minor = _amount(amount, code, exponents)
         done = client.bank.transfer(debit, credit, minor, code, id=transfer_id, memo=memo, pending=pending,
                                     timeout=timeout)
-    what = "reserved" if done.status == "pending" else "transferred"
+    what = "reserved" if done.pending else "transferred"
     again = "" if done.created else " (already done earlier under this id; nothing changed)"
     click.echo(f"{what} {_shown(done.amount, done.currency, exponents)} {done.currency} "
                f"from {done.debit} to {done.credit}: {done.id}{again}")
@@ -192,9 +194,9 @@ def statement(number: str, as_csv: bool, start: str | None, end: str | None) -> 
     table = _table("date", "transfer", "counterparty", "memo", "amount", "balance", "")
     for entry in entries:
         when = entry.timestamp.astimezone().strftime("%Y-%m-%d %H:%M") if entry.timestamp else ""
-        table.add_row(when, entry.transfer, entry.counterparty, entry.memo.replace("\n", " "),
+        table.add_row(when, entry.id, entry.counterparty, entry.memo.replace("\n", " "),
                       _shown(entry.amount, code, exponents), _shown(entry.balance, code, exponents),
-                      STATUS_MARK.get(entry.status, ""))
+                      KIND_MARK.get(entry.kind, ""))
     if entries:
         _print(table)
     click.echo(f"{len(entries)} transfers; balance {_shown(account.posted, code, exponents)} {code}, "

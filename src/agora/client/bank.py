@@ -180,8 +180,8 @@ def _account(data: Any) -> BankAccount:
     data = dict(data)
     balance = data.pop("balance", None)
     if isinstance(balance, dict):
-        data.setdefault("posted", balance.get("posted", 0))
-        data.setdefault("available", balance.get("available", 0))
+        for key in ("posted", "available", "pending_debits", "pending_credits"):
+            data.setdefault(key, balance.get(key, 0))
     return from_json(BankAccount, data)
 
 
@@ -227,7 +227,7 @@ def _statement(response: httpx.Response) -> StatementPage:
     data = json_body(response)
     return StatementPage(account=data.get("account", ""), currency=data.get("currency", ""),
                          entries=[from_json(StatementEntry, item) for item in data["entries"]],
-                         next=data.get("next") or data.get("next_cursor"))
+                         next=data.get("next_cursor"))
 
 
 def _text(response: httpx.Response) -> str:

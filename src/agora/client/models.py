@@ -280,23 +280,24 @@ class MailAlias:
 class Currency:
     code: str  # "EUR"
     exponent: int  # digits after the decimal point: 2 for EUR, 0 for JPY
+    issuance_account: str | None = None  # the system account new money comes from
+    issued: int = 0  # all money issued so far, in minor units
 
 
 @dataclass(frozen=True)
 class BankAccount:
-    number: str
+    number: str  # "7KQ2-9XMD-R4TB-0HNE"
     currency: str
     name: str = ""
-    posted: int = 0  # the sum of the account's posted transfers
+    posted: int = 0  # the sum of the account's posted transfers ("balance.posted" in the JSON)
     available: int = 0  # posted minus pending debits: what can still be spent
-    owner: str | None = None
-    flags: list[str] = field(default_factory=list)
+    pending_debits: int = 0
+    pending_credits: int = 0
+    owner: str | None = None  # None for a currency's issuance account
+    system: bool = False
+    closed: bool = False
     created_at: datetime | None = None
     closed_at: datetime | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_at is not None
 
 
 @dataclass(frozen=True)
@@ -309,8 +310,8 @@ class BankBalance:
 
 @dataclass(frozen=True)
 class BankTransfer:
-    """An immutable transfer. ``status``: "posted", or "pending" then "posted", "voided"
-    or "expired" for a two-phase one."""
+    """An immutable transfer. ``kind``: "transfer", "issue", "pending" (reserves the
+    amount), or "post"/"void"/"expire" (resolves the pending transfer ``pending_id``)."""
 
     id: str
     debit: str
@@ -318,10 +319,12 @@ class BankTransfer:
     amount: int
     currency: str
     memo: str = ""
+    kind: str = "transfer"
     pending: bool = False
-    status: str = "posted"
-    timeout: int | None = None
-    created_at: datetime | None = None
+    timeout: int | None = None  # seconds a pending transfer waits before it expires
+    pending_id: str | None = None
+    timestamp: datetime | None = None
+    state: str | None = None  # of a pending transfer read back: "pending", "posted", "voided" or "expired"
     # Set by the client, not the server: False when the server answered with a transfer
     # already committed under this id (a retry), True when this call created it.
     created: bool = True
@@ -329,15 +332,18 @@ class BankTransfer:
 
 @dataclass(frozen=True)
 class StatementEntry:
-    """One transfer seen from the account: ``amount`` is signed (credit +, debit -) and
-    ``balance`` is the posted balance right after it."""
+    """One transfer seen from the account: ``amount`` is signed (credit +, debit -),
+    ``effect`` what it did to the posted balance (0 for a pending one or a void), and
+    ``balance`` the posted balance right after it."""
 
-    transfer: str
+    id: str
+    kind: str
     amount: int
     balance: int
+    effect: int = 0
     counterparty: str = ""
     memo: str = ""
-    status: str = "posted"
+    pending_id: str | None = None
     timestamp: datetime | None = None
 
 
@@ -347,7 +353,7 @@ class StatementPage:
     currency: str
     entries: list[StatementEntry]
     next: str | None = None
-    """Pass as ``cursor`` for the next page; None on the last page."""
+    """Pass as ``cursor`` for the next page ("next_cursor" in the JSON); None on the last page."""
 
 
 @dataclass(frozen=True)
