@@ -47,6 +47,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         from agora.mail import api as mail_api, pages as mail_pages
         app.include_router(mail_api.router)
         app.include_router(mail_pages.router)
+    if runtime.config.bank.enabled:
+        from agora.bank import api as bank_api, pages as bank_pages
+        app.include_router(bank_api.router)
+        app.include_router(bank_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "Storage is unreachable"}})
