@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import re
 import time
 import uuid
 from dataclasses import replace
@@ -25,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from agora.bank.amounts import format_amount, parse_amount  # one home for both sides
 from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, one, query
 from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, InvalidRequest, NotFound, ServerError,
                                  error_for)
@@ -40,8 +40,6 @@ RETRIES = 5
 RETRY_PAUSE = 0.2
 RETRY_STATUSES = (502, 503, 504)  # a proxy or an overloaded server: the request may not have run
 STATEMENT_PAGE = 500
-
-_AMOUNT = re.compile(r"(\d+)(?:\.(\d*))?|\.(\d+)")
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -140,33 +138,6 @@ class BankCall(Call[T]):
 
 
 # -- amounts --------------------------------------------------------------------------
-
-
-def parse_amount(text: str, exponent: int) -> int:
-    """Decimal text in a currency's units to minor units, exactly: ("12.5", 2) -> 1250.
-
-    Raises ValueError for anything but digits with at most ``exponent`` decimals
-    (trailing zeros aside): "1.005" EUR is not a number of cents.
-    """
-    text = text.strip().replace("_", "") if isinstance(text, str) else ""
-    match = _AMOUNT.fullmatch(text)
-    if not match:
-        raise ValueError(f"not an amount: {text!r} (digits, with an optional decimal point)")
-    # String arithmetic, not Decimal: its context would round a 29-digit amount.
-    whole, fraction = (match.group(1) or "0"), (match.group(2) or match.group(3) or "").rstrip("0")
-    if len(fraction) > exponent:
-        allowed = f"at most {exponent} decimal{'s' if exponent != 1 else ''}" if exponent else "no decimals"
-        raise ValueError(f"{text}: the currency takes {allowed}")
-    return int(whole + fraction.ljust(exponent, "0")) if exponent > 0 else int(whole)
-
-
-def format_amount(minor: int, exponent: int) -> str:
-    """Minor units as decimal text with the currency's exponent: (-1250, 2) -> "-12.50"."""
-    sign, digits = ("-" if minor < 0 else ""), str(abs(int(minor)))
-    if exponent <= 0:
-        return sign + digits
-    digits = digits.rjust(exponent + 1, "0")
-    return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
 
 
 def new_id() -> str:
