@@ -167,14 +167,19 @@ def test_a_lost_answer_is_retried_with_the_same_id(server, bank):
         # The retry found the transfer committed by the first attempt: it moved once.
         assert not sent.created
         assert alice.bank.account(mine.number).posted == 30_00 and bob.bank.account(theirs.number).posted == 20_00
+        # Without retries the lost answer shows; the caller retries with the same id itself.
+        lossy.lost = 0
+        chosen = str(uuid.uuid4())
         with pytest.raises(ConnectionFailed):
-            flaky.bank.transfer(mine.number, theirs.number, 1, "EUR", retries=1)  # no retry: the error shows
+            flaky.bank.transfer(mine.number, theirs.number, 1_00, "EUR", id=chosen, retries=1)
+        again = flaky.bank.transfer(mine.number, theirs.number, 1_00, "EUR", id=chosen)
+        assert again.id == chosen and not again.created
     with Client("http://127.0.0.1:9", alice.token, timeout=2) as nowhere:
         with pytest.raises(ConnectionFailed):
             nowhere.bank.transfer(mine.number, theirs.number, 1, "EUR", retries=2)
-    assert alice.bank.account(mine.number).posted == 30_00  # what never arrived moved nothing
+    assert alice.bank.account(mine.number).posted == 29_00  # each moved once; what never arrived, never
     ids = [entry.id for entry in alice.bank.statement(mine.number)]
-    assert ids.count(sent.id) == 1
+    assert ids.count(sent.id) == 1 and ids.count(chosen) == 1
 
 
 def test_linked_batch_is_all_or_nothing(bank):
@@ -213,10 +218,12 @@ def test_pending_post_and_void_resolve_once(bank):
     account = alice.bank.account(mine.number)
     assert (account.posted, account.available) == (6_00, 6_00)
     assert bob.bank.account(theirs.number).posted == 4_00
+    assert not alice.bank.post(hold.id).created  # the same post again: the original answer
     with pytest.raises(AlreadyResolved):
-        alice.bank.post(hold.id)
+        alice.bank.post(hold.id, 5_00)
     with pytest.raises(AlreadyResolved):
         alice.bank.void(hold.id)
+    assert alice.bank.get_transfer(hold.id).state == "posted"
 
     second = alice.bank.transfer(mine.number, theirs.number, 6_00, "EUR", pending=True)
     alice.bank.void(second.id)

@@ -270,15 +270,15 @@ def create_batch(items: list[dict[str, Any]]) -> Call[list[BankTransfer]]:
 
 
 def transfer(id: str) -> Call[BankTransfer]:
-    return BankCall("GET", f"{API}/transfers/{_segment(id)}", one(BankTransfer))
+    return BankCall("GET", f"{API}/transfers/{_segment(id)}", lambda response: _transfer_of(json_body(response), False))
 
 
 def post(id: str, amount: int | None) -> Call[BankTransfer]:
-    return BankCall("POST", f"{API}/transfers/{_segment(id)}/post", one(BankTransfer), json=query(amount=amount))
+    return BankCall("POST", f"{API}/transfers/{_segment(id)}/post", _transfer, json=query(amount=amount))
 
 
 def void(id: str) -> Call[BankTransfer]:
-    return BankCall("POST", f"{API}/transfers/{_segment(id)}/void", one(BankTransfer), json={})
+    return BankCall("POST", f"{API}/transfers/{_segment(id)}/void", _transfer, json={})
 
 
 def _range(start: Any, end: Any) -> dict[str, Any]:
