@@ -18,12 +18,16 @@ POSTING_KINDS = ("transfer", "issue", "post")
 
 
 
+_debit, _credit = bank_accounts.alias("d"), bank_accounts.alias("c")
+# Built once: the same construct each time also lets SQLAlchemy reuse its compiled SQL.
+_TRANSFERS = (select(bank_transfers, _debit.c.number.label("debit"), _credit.c.number.label("credit"))
+              .join(_debit, _debit.c.id == bank_transfers.c.debit_id)
+              .join(_credit, _credit.c.id == bank_transfers.c.credit_id))
+
+
 def transfer_select() -> Select[Any]:
     """Transfer rows with both accounts' numbers (``debit``, ``credit``)."""
-    debit, credit = bank_accounts.alias("d"), bank_accounts.alias("c")
-    return (select(bank_transfers, debit.c.number.label("debit"), credit.c.number.label("credit"))
-            .join(debit, debit.c.id == bank_transfers.c.debit_id)
-            .join(credit, credit.c.id == bank_transfers.c.credit_id))
+    return _TRANSFERS
 
 
 def transfer_out(row: dict[str, Any]) -> dict[str, Any]:
