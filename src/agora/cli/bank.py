@@ -164,7 +164,7 @@ def post(transfer_id: str, amount: str | None) -> None:
         if amount is not None:
             minor = _amount(amount, client.bank.get_transfer(transfer_id).currency, exponents)
         done = client.bank.post(transfer_id, minor)
-    click.echo(f"posted {done.id}: {_shown(done.amount, done.currency, exponents)} {done.currency}")
+    click.echo(f"posted {done.pending_id or transfer_id}: {_shown(done.amount, done.currency, exponents)} {done.currency}")
 
 
 @bank.command()
@@ -173,7 +173,7 @@ def void(transfer_id: str) -> None:
     """Void a pending transfer: the reserved money is free again."""
     with logged_in_client() as client:
         done = client.bank.void(transfer_id)
-    click.echo(f"voided {done.id}")
+    click.echo(f"voided {done.pending_id or transfer_id}")
 
 
 @bank.command()
