@@ -60,6 +60,7 @@ OTHER_LISTENERS = ("https", "ftp", "smtp", "submission", "imap", "imaps", "pop3"
 @dataclass
 class Agora:
     data_dir: Path
+    accounts: int = 1000
     password: str = field(default_factory=lambda: "pw-" + secrets.token_hex(8))
     proc: subprocess.Popen | None = None
     port: int = 0
@@ -70,6 +71,7 @@ class Agora:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
         env["AGORA_ADMIN_PASSWORD"] = self.password
         env["AGORA_LOG_LEVEL"] = "warning"  # no access log line per request
+        env["AGORA_BANK_MAX_ACCOUNTS"] = str(max(100, self.accounts))  # all the bench's accounts are one user's
         for listener in OTHER_LISTENERS:
             env[f"AGORA_{listener.upper()}_PORT"] = "off"
         log = open(self.data_dir.parent / "agora.log", "ab")
@@ -290,7 +292,7 @@ def main() -> None:
     counts = [int(n) for n in args.clients.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="agora-bench-bank-"))
-    agora = Agora(work / "data")
+    agora = Agora(work / "data", args.accounts)
     pg_db = f"bench_bank_{secrets.token_hex(4)}"
     pg_url = args.pg_url.rsplit("/", 1)[0] + "/" + pg_db
     results: dict[str, dict[int, Point | None]] = {"single": {}, "batch": {}, "pgbench": {}}
