@@ -7,6 +7,7 @@ currency has is an error, never a rounding. Amounts are shown the same way.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,12 @@ if TYPE_CHECKING:
     from agora.client import Client
 
 # What a statement row's kind says beside its amount (a plain transfer says nothing).
-KIND_MARK = {"issue": "issued", "pending": "pending (reserved)", "post": "posted", "void": "voided (released)",
-             "expire": "expired (released)"}
+KIND_MARK = {"issue": "issued", "pending": "pending", "post": "posted", "void": "voided", "expire": "expired"}
+
+
+def _printable(text: str) -> str:
+    # Memos and names are written by other users: no terminal escape sequences from them.
+    return re.sub(r"[\x00-\x1f\x7f\x9b]", " ", text)
 
 
 def _exponents(client: "Client") -> dict[str, int]:
@@ -46,20 +51,34 @@ def _shown(minor: int, currency: str, exponents: dict[str, int]) -> str:
     return format_amount(minor, exponents.get(currency, 0))
 
 
-def _table(*headers: str):
+NUMERIC = ("posted", "available", "amount", "balance")
+# Columns cut with an ellipsis past MAX_FLEXIBLE characters; the others are shown whole
+# (Rich would squeeze every column of a table too wide, amounts and ids included).
+FLEXIBLE = ("name", "memo", "owner")
+MAX_FLEXIBLE = 30
+
+
+def _print(headers: tuple[str, ...], rows: list[tuple[list[str], str | None]]) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for header in headers:
-        numeric = header in ("posted", "available", "amount", "balance")
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=True)
-    return table
-
-
-def _print(table) -> None:
-    from rich.console import Console
-
-    Console(highlight=False).print(table)
+    needed = 2 * (len(headers) - 1)  # the gaps between columns
+    for i, header in enumerate(headers):
+        widest = max([len(header)] + [len(cells[i]) for cells, _ in rows])
+        if header in FLEXIBLE:
+            table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=MAX_FLEXIBLE)
+            needed += min(widest, MAX_FLEXIBLE)
+        else:
+            table.add_column(header, justify="right" if header in NUMERIC else "left", no_wrap=True,
+                             min_width=widest)
+            needed += widest
+    for cells, style in rows:
+        table.add_row(*cells, style=style)
+    console = Console(highlight=False)
+    # Too narrow a terminal wraps the lines rather than cropping an amount.
+    console.width = max(console.width, needed)
+    console.print(table)
 
 
 def _currency_of(client: "Client", debit: str, credit: str, given: str | None) -> str:
@@ -89,15 +108,15 @@ def accounts(all_: bool) -> None:
         click.echo("no accounts; open one with `agora bank open --currency EUR`")
         return
     headers = ("number", "name", "currency", "posted", "available") + (("owner",) if all_ else ()) + ("",)
-    table = _table(*headers)
+    rows = []
     for item in items:
-        row = [item.number, item.name, item.currency, _shown(item.posted, item.currency, exponents),
+        row = [item.number, _printable(item.name), item.currency, _shown(item.posted, item.currency, exponents),
                _shown(item.available, item.currency, exponents)]
         if all_:
             row.append(item.owner or "")
         row.append("closed" if item.closed else "")
-        table.add_row(*row, style="dim" if item.closed else None)
-    _print(table)
+        rows.append((row, "dim" if item.closed else None))
+    _print(headers, rows)
 
 
 @bank.command("open")
@@ -191,14 +210,14 @@ def statement(number: str, as_csv: bool, start: str | None, end: str | None) -> 
         account = client.bank.account(number)
         entries = list(client.bank.statement(number, start=start, end=end))
     code = account.currency
-    table = _table("date", "transfer", "counterparty", "memo", "amount", "balance", "")
+    rows = []
     for entry in entries:
         when = entry.timestamp.astimezone().strftime("%Y-%m-%d %H:%M") if entry.timestamp else ""
-        table.add_row(when, entry.id, entry.counterparty, entry.memo.replace("\n", " "),
+        rows.append(([when, entry.id, entry.counterparty, _printable(entry.memo),
                       _shown(entry.amount, code, exponents), _shown(entry.balance, code, exponents),
-                      KIND_MARK.get(entry.kind, ""))
+                      KIND_MARK.get(entry.kind, "")], None))
     if entries:
-        _print(table)
+        _print(("date", "transfer", "counterparty", "memo", "amount", "balance", ""), rows)
     click.echo(f"{len(entries)} transfers; balance {_shown(account.posted, code, exponents)} {code}, "
                f"available {_shown(account.available, code, exponents)} {code}", err=True)
 
