@@ -38,7 +38,6 @@ import re
 import secrets
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +120,7 @@ class Agora:
         for number in numbers:
             cursor = None
             while True:
-                query = f"?limit=1000" + (f"&cursor={cursor}" if cursor else "")
+                query = "?limit=1000" + (f"&cursor={cursor}" if cursor else "")
                 page = self.call("GET", f"/api/v1/bank/accounts/{number}/statement{query}", token=self.token)
                 entries += len(page["entries"])
                 cursor = page.get("next")
