@@ -346,6 +346,7 @@ SETTINGS += [
     Setting("bank.expiry_interval", _duration, 1.0, "How often pending transfers past their timeout are expired."),
     Setting("bank.max_memo", _int(0, 100000), 512, "Characters in a transfer's memo."),
     Setting("bank.max_accounts", _int(1, 1_000_000), 100, "Open accounts per user."),
+    Setting("bank.auth_cache", _duration, 1.0, "Seconds the bank API keeps a token's user (a revoked token works that much longer there; 0 = look up every time)."),
     Setting("bank.statement_page", _int(1, 100000), 100, "Statement entries per page when the request names no limit."),
     Setting("bank.max_statement_page", _int(1, 100000), 1000, "Most statement entries in one page."),
 ]
