@@ -136,7 +136,14 @@ def test_refusals_are_distinct(bank):
     assert alice.bank.close(empty.number).closed
     with pytest.raises(AccountClosed):
         alice.bank.transfer(mine.number, empty.number, 1, "EUR")
-    assert admin.bank.check().problems == []
+    everyone = {account.number: account for account in admin.bank.accounts(all=True)}
+    assert everyone[mine.number].owner == alice.me().name and everyone[empty.number].closed
+    assert any(account.system for account in everyone.values())  # the issuance accounts
+    assert {mine.number, theirs.number} <= {balance.number for balance in admin.bank.balances()}
+    with pytest.raises(Forbidden):
+        alice.bank.accounts(all=True)
+    result = admin.bank.check()
+    assert result.ok and result.problems == []
 
 
 class LoseFirstAnswer(httpx.BaseTransport):
