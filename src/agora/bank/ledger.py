@@ -12,6 +12,7 @@ currencies, issue money and read everything.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import uuid
@@ -198,7 +199,7 @@ class Ledger:
     # -- transfers ------------------------------------------------------------------
 
     def _spec(self, request: TransferRequest, kind: str = "transfer") -> Spec:
-        memo = str(request.memo or "")
+        memo = _text(str(request.memo or ""), "a memo")
         if len(memo) > self.settings.max_memo:
             raise InvalidInput(f"a memo has at most {self.settings.max_memo} characters (bank.max_memo)")
         timeout = None
@@ -267,8 +268,10 @@ class Ledger:
         async with self.db.read() as conn:
             due = (await conn.execute(select(bank_holds.c.transfer_id).where(bank_holds.c.expires_at <= utcnow())
                                       .order_by(bank_holds.c.expires_at).limit(limit))).scalars().all()
-        results = [await self.writer.submit(Resolve(None, pending_id, "expire")) for pending_id in due]
-        return sum(1 for r in results if r is not None)
+        # Submitted together: they go in one commit.
+        results = await asyncio.gather(*(self.writer.submit(Resolve(None, pending_id, "expire")) for pending_id in due),
+                                       return_exceptions=True)
+        return sum(1 for r in results if r is not None and not isinstance(r, BaseException))
 
     async def get_transfer(self, actor: User, id: str) -> dict[str, Any]:
         id = normalize_id(id)
@@ -385,8 +388,20 @@ def _public(account: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in account.items() if not k.startswith("_")}
 
 
+def _text(value: str, what: str) -> str:
+    """Text the database can store as it is: no NUL (PostgreSQL refuses it), no lone
+    surrogates (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text") from None
+    return value
+
+
 def _account_name(name: str) -> str:
-    name = str(name).strip()
+    name = _text(str(name), "an account name").strip()
     if not 1 <= len(name) <= MAX_NAME or any(ord(c) < 32 for c in name):
         raise InvalidInput(f"an account name has 1 to {MAX_NAME} printable characters")
     return name
