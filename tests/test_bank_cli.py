@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -143,3 +144,24 @@ def test_a_user_cannot_debit_another_users_account(server, tmp_path):
     assert "admin" in refused(agora("bank", "currency", "add", "XAU", "--exponent", "3", home=mallory))
     with Client(server.url, server.admin_token) as client:
         assert client.bank.account(victim).posted == 50_00 and client.bank.account(own).posted == 0
+
+
+def test_check_exits_non_zero_when_the_ledger_is_wrong(make_server, backend, tmp_path):
+    if backend != "sqlite":
+        pytest.skip("the CLI side of the check runs on SQLite only; test_bank_ledger tampers on both backends")
+    server = make_server()  # its own: the ledger is tampered with below
+    admin, _ = logged_in(server, tmp_path, "admin", "admin", server.admin_password)
+    ok(agora("bank", "currency", "add", "EUR", "--exponent", "2", home=admin))
+    number = opened(agora("bank", "open", "--currency", "EUR", home=admin))
+    ok(agora("bank", "issue", number, "10", home=admin))
+    assert ok(agora("bank", "check", home=admin)).stdout == "ledger ok\n"
+
+    # Money out of nowhere: a balance raised without a transfer, straight in the database.
+    with sqlite3.connect(server.data_dir / "agora.db") as db:
+        db.execute("UPDATE bank_accounts SET posted = posted + 5 WHERE number = ?", (number,))
+    result = agora("bank", "check", home=admin)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    problems = result.stdout.splitlines()
+    assert problems and all(line.startswith("problem: ") for line in problems)
+    assert any(number in line for line in problems)
+    assert result.stderr == f"agora: {len(problems)} problem(s) found in the ledger\n"
