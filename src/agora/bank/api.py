@@ -29,12 +29,14 @@ import csv
 import io
 import time
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agora.bank import errors
 from agora.bank.ledger import Ledger, TransferRequest, ledger
@@ -136,6 +138,27 @@ def _answer(body: Any, created: bool) -> JSONResponse:
 
 
 # The hot path first: routes are tried in order.
+
+
+async def _transfer_lean(request: Request) -> Response:
+    """POST /transfers without FastAPI's per-request machinery (dependency solving,
+    response handling): same model, same auth, same ledger call, same errors, about a
+    third less CPU a request. The documented route below is what /api/docs shows."""
+    request.scope["route"] = _LEAN_ROUTE  # for the metrics' route label (a plain route sets none)
+    user = await bank_user(request, await bearer(request))
+    try:
+        body = TransferIn.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError([{**item, "loc": ("body", *item["loc"])} for item in
+                                      error.errors(include_url=False, include_input=False)]) from None
+    return _answer(*await ledger(request.app.state.runtime).transfer(user, body.request()))
+
+
+_LEAN_ROUTE = SimpleNamespace(path=router.prefix + "/transfers")
+# A plain route takes its path as given: the router's prefix is not applied to it.
+router.add_route(router.prefix + "/transfers", _transfer_lean, methods=["POST"], include_in_schema=False)
+
+
 @router.post("/transfers", status_code=201, responses={**MOVE, 200: {"description": "A retry: the original transfer"}})
 async def transfer(body: TransferIn, user: User = Depends(bank_user), bank: Ledger = Depends(_ledger)) -> JSONResponse:
     """Move money from an account of yours to any open account, once per id."""
