@@ -37,6 +37,7 @@ from agora.core.tables import users, utcnow
 # groups of four ("7KQ2-9XMD-R4TB-0HNE") so a person can read one out and type it.
 NUMBER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 NUMBER_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){3}$")
+CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 CURRENCY_RE = re.compile(r"^[A-Z][A-Z0-9]{2,7}$")
 MAX_EXPONENT = 18
 MAX_AMOUNT = 2**63 - 1
@@ -50,6 +51,8 @@ def new_number() -> str:
 
 def normalize_number(number: str) -> str:
     """An account number as typed: any case, with or without dashes or spaces."""
+    if isinstance(number, str) and NUMBER_RE.fullmatch(number):
+        return number  # already as shown (the common case: clients copy numbers as given)
     plain = re.sub(r"[\s-]", "", str(number)).upper()
     shown = "-".join(plain[i:i + 4] for i in range(0, len(plain), 4))
     if not NUMBER_RE.match(shown):
@@ -58,6 +61,8 @@ def normalize_number(number: str) -> str:
 
 
 def normalize_id(value: str) -> str:
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
