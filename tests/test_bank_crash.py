@@ -25,7 +25,7 @@ CLIENTS = 32
 ACCOUNTS = 5
 START = 10_000  # issued to each account
 SECONDS = float(os.environ.get("BANK_CRASH_SECONDS", "16"))
-KILLS = 3
+KILLS = max(3, int(SECONDS // 5))  # one every few seconds of load
 
 
 @pytest.mark.slow

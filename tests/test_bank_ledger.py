@@ -102,3 +102,10 @@ def test_two_nodes_on_one_postgresql_never_overdraw_or_double(make_server, backe
         assert sum(ours[n]["posted"] for n in numbers) == 1000
         assert all(ours[n]["posted"] >= 0 for n in numbers)
         assert admin.get(f"{API}/check").json() == {"ok": True, "problems": []}
+
+
+def test_bank_disabled_serves_no_bank_routes(make_server):
+    server = make_server(env={"AGORA_BANK_ENABLED": "false"})
+    with server.admin() as admin:
+        assert admin.get(f"{API}/balances").status_code == 404
+        assert admin.get("/api/v1/me").status_code == 200
