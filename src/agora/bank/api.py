@@ -15,6 +15,16 @@ Endpoints (for the client, CLI and pages):
        failure's status with "errors": [{"index", "type", "status", "title", "detail"}]
   POST /transfers/{id}/post {"amount"?}; POST /transfers/{id}/void
   GET /check (admin) -> {"ok": bool, "problems": [str]}   (what `agora bank check` calls)
+Shapes:
+  account  {"number", "currency", "name", "balance": {"posted", "available", "pending_debits",
+            "pending_credits"}, "owner", "system", "closed", "created_at", "closed_at"}
+  transfer {"id", "kind" (transfer, issue, pending, post, void, expire), "debit", "credit",
+            "amount", "currency", "memo", "pending", "timeout", "pending_id", "timestamp"}
+  statement {"account", "currency", "entries": [{"id", "kind", "timestamp", "amount" (signed:
+            + credit, - debit), "effect" (what it did to posted: 0 for holds), "counterparty",
+            "memo", "pending_id", "balance" (posted after it)}], "next_cursor"}; CSV columns
+            timestamp,id,kind,amount,effect,balance,counterparty,memo,pending_id
+  currency {"code", "exponent", "issuance_account", "issued"}
 Errors are problem+json with types urn:agora:problem:insufficient-funds,
 currency-mismatch, account-closed, unknown-account, unknown-currency, unknown-transfer,
 idempotency-conflict, pending-resolved, not-pending, account-not-empty, forbidden.
