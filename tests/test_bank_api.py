@@ -303,6 +303,11 @@ def test_statement_pages_by_cursor_with_running_balance_and_csv(server, bank):
     assert [int(r["balance"]) for r in rows] == [e["balance"] for e in entries]
     assert rows[-1]["memo"] == "payment 7" and rows[-1]["counterparty"] == theirs
     assert http.get(f"{API}/accounts/{mine}/statement", params={"cursor": "x"}).status_code == 422
+    # A memo that a spreadsheet would run as a formula is exported as text.
+    assert transfer(http, mine, theirs, 1, memo="=HYPERLINK(\"x\")").status_code == 201
+    last = list(csv.DictReader(io.StringIO(http.get(f"{API}/accounts/{mine}/statement",
+                                                    headers={"Accept": "text/csv"}).text)))[-1]
+    assert last["memo"] == "'=HYPERLINK(\"x\")"
 
 
 def test_balances_are_one_consistent_snapshot_under_load(server, bank):

@@ -318,14 +318,20 @@ async def _nothing() -> AsyncIterator[dict[str, Any]]:
     yield
 
 
+def _cell(entry: dict[str, Any]) -> dict[str, Any]:
+    # A memo is anyone's text (the payer's): in a spreadsheet "=..." would be a formula.
+    memo = entry["memo"]
+    return {**entry, "memo": "'" + memo if memo[:1] in ("=", "+", "-", "@", "\t", "\r") else memo}
+
+
 async def _csv(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for entry in first:
-        writer.writerow(entry)
+        writer.writerow(_cell(entry))
     async for entry in rest:
-        writer.writerow(entry)
+        writer.writerow(_cell(entry))
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)
