@@ -181,7 +181,8 @@ def test_statement_pages_and_csv(server: AgoraServer, people):
     issue(admin, mine, "1000")
     with Client(server.url) as client:
         client.login(alice.name, alice.password)
-        client.bank.batch([transfer_body(mine, theirs, n, "EUR", memo=f"n{n}") for n in range(1, 61)])
+        client.bank.batch([transfer_body(mine, theirs, n, "EUR", memo=f"n{n}") for n in range(1, 60)] +
+                          [transfer_body(mine, theirs, 60, "EUR", memo='=HYPERLINK("http://x.example","n60")')])
 
     first = alice.page(f"/bank/accounts/{mine}")
     rows = re.findall(r'<tr data-transfer="([^"]+)"', first)
@@ -196,6 +197,7 @@ def test_statement_pages_and_csv(server: AgoraServer, people):
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert len(rows) == 61 and rows[0]["kind"] == "issue" and rows[-1]["amount"] == "-0.60"
     assert rows[-1]["balance"] == "981.70"
+    assert rows[-1]["memo"] == "'" + '=HYPERLINK("http://x.example","n60")'  # text, not a formula
     assert "No transfers in this period" in alice.page(f"/bank/accounts/{mine}", **{"from": "2999-01-01"})
 
 

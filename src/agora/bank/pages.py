@@ -226,6 +226,11 @@ async def statement(number: str, request: Request, session: Session = Depends(vi
                  csv_url=f"{base}/statement.csv" + (f"?{urlencode(here)}" if here else ""))
 
 
+def _as_text(memo: str) -> str:
+    # A memo is the payer's text: opened in a spreadsheet, "=..." would run as a formula.
+    return "'" + memo if memo[:1] in ("=", "+", "-", "@", "\t", "\r") else memo
+
+
 @router.get("/accounts/{number}/statement.csv")
 async def statement_csv(number: str, request: Request, session: Session = Depends(viewer)) -> Response:
     the_ledger = _ledger(request)
@@ -240,7 +245,7 @@ async def statement_csv(number: str, request: Request, session: Session = Depend
         writer = csv.writer(buffer)
         writer.writerow(["timestamp", "id", "kind", "counterparty", "memo", "amount", "balance", "currency"])
         async for entry in the_ledger.statement_pages(session.user, account["number"], start=start, end=end):
-            writer.writerow([entry["timestamp"], entry["id"], entry["kind"], entry["counterparty"], entry["memo"],
+            writer.writerow([entry["timestamp"], entry["id"], entry["kind"], entry["counterparty"], _as_text(entry["memo"]),
                              _money(entry["amount"], currency, exponents),
                              _money(entry["balance"], currency, exponents), currency])
             yield buffer.getvalue()
