@@ -133,6 +133,9 @@ def test_a_user_cannot_debit_or_read_anothers_account(server, bank):
         assert response.status_code == 403, (path, response.text)
     assert bob.get(f"{API}/accounts/{alices}/statement", headers={"Accept": "text/csv"}).status_code == 403
     assert bob.post(f"{API}/accounts/{alices}/close").status_code == 403
+    # Not the currency's system account, though: that is an admin's.
+    issuance = {c["code"]: c for c in bob.get(f"{API}/currencies").json()["currencies"]}[bank.currency]
+    assert transfer(bob, bobs, issuance["issuance_account"], 1).status_code == 403
     # Crediting any open account by its number is allowed.
     paid = transfer(bob, bobs, alices, 40)
     assert paid.status_code == 201, paid.text

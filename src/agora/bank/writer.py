@@ -277,6 +277,9 @@ class Writer:
                 raise InvalidInput("money is issued from a currency's system account")
         elif actor is not None and debit.user_id != actor.id:
             raise errors.NotYourAccount(f"account {debit.number} is not yours to debit")
+        if credit.flags & SYSTEM and not (actor is not None and actor.is_admin):
+            # Money leaves circulation (back to its issuance account) only by an admin's hand.
+            raise errors.NotYourAccount(f"account {credit.number} is a system account; only an admin pays into it")
         for account in (debit, credit):
             if not account.open:
                 raise errors.AccountClosed(f"account {account.number} is closed")
