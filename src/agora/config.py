@@ -337,6 +337,18 @@ SETTINGS += [
     Setting("mail.retry_max", _duration, 3600.0, "Longest wait between outbound retries."),
     Setting("mail.bounce_after", _duration, 5 * 86400.0, "An outbound message still undelivered after this is returned to its sender (DSN)."),
     Setting("mail.outbound_timeout", _duration, 60.0, "Connecting to and talking with another mail server, per step."),
+    # bank: a double-entry ledger in the metadata database
+    Setting("bank.enabled", _bool, True, "Serve the bank (accounts, transfers, statements; HTTP API and pages)."),
+    Setting("bank.max_batch", _int(1, 100000), 1000, "Transfers in one linked batch (all or none)."),
+    Setting("bank.commit_batch", _int(1, 100000), 1024, "Most transfers the ledger's writer commits in one transaction (group commit)."),
+    Setting("bank.default_pending_timeout", _int(1, 10**8), 3600, "Seconds a pending transfer holds its funds when the request names no timeout."),
+    Setting("bank.max_pending_timeout", _int(1, 10**8), 30 * 86400, "Longest timeout of a pending transfer, in seconds."),
+    Setting("bank.expiry_interval", _duration, 1.0, "How often pending transfers past their timeout are expired."),
+    Setting("bank.max_memo", _int(0, 100000), 512, "Characters in a transfer's memo."),
+    Setting("bank.max_accounts", _int(1, 1_000_000), 100, "Open accounts per user."),
+    Setting("bank.auth_cache", _duration, 1.0, "Seconds the bank API keeps a token's user (a revoked token works that much longer there; 0 = look up every time)."),
+    Setting("bank.statement_page", _int(1, 100000), 100, "Statement entries per page when the request names no limit."),
+    Setting("bank.max_statement_page", _int(1, 100000), 1000, "Most statement entries in one page."),
 ]
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

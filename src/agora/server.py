@@ -41,6 +41,9 @@ def enabled_services(config: Config) -> list[type[Service]]:
     if config.mail.enabled:
         from agora.mail.service import MailService
         services.append(MailService)
+    if config.bank.enabled:
+        from agora.bank.service import BankService
+        services.append(BankService)
     return services
 
 
@@ -54,6 +57,10 @@ def attach_services(runtime: Runtime) -> None:
     from agora.mail.store import forget_user_mail
     runtime.identity.deletion_hooks.append(forget_user_files(runtime))
     runtime.identity.deletion_hooks.append(forget_user_mail(runtime))
+    from agora.bank.ledger import refuse_deleting_holders
+    # First: it refuses to delete a user who holds money (money must never vanish), and
+    # must do so before the other hooks have deleted their files and mail.
+    runtime.identity.deletion_hooks.insert(0, refuse_deleting_holders(runtime))
 
 
 def _bind(name: str, address: str, port: int) -> socket.socket:

@@ -11,6 +11,7 @@ import click
 
 from agora import __version__
 from agora.cli.common import load_config
+from agora.cli.bank import bank
 from agora.cli.config_cmd import config
 from agora.cli.files import files
 from agora.cli.mail import mail
@@ -33,6 +34,7 @@ cli.add_command(user)
 cli.add_command(config)
 cli.add_command(files)
 cli.add_command(mail)
+cli.add_command(bank)
 
 
 def main() -> None:

@@ -9,12 +9,16 @@
 """
 
 from agora.client.aio import AsyncClient
+from agora.client.bank import (AccountClosed, AccountNotEmpty, AlreadyResolved, BankError, CurrencyMismatch,
+                               IdConflict, InsufficientFunds, LinkedBatchFailed, NotPending, UnknownAccount,
+                               UnknownCurrency, UnknownTransfer, format_amount, parse_amount)
 from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidden, InvalidRequest,
                                  NotFound, PreconditionFailed, RateLimited, ServerError, TooLarge,
                                  Unauthorized, UnexpectedResponse)
-from agora.client.models import (AuditEntry, AuditPage, DeletedMail, FileEntry, Health, MailAlias, MailAttachment,
-                                 MailFolder, MailMessage, MailPage, MailQuota, MailSummary, MovedMail, NewShare,
-                                 NewToken, SentMail, Share, Token, TransferProgress, Usage, User)
+from agora.client.models import (AuditEntry, AuditPage, BankAccount, BankBalance, BankTransfer, Currency,
+                                 DeletedMail, FileEntry, Health, LedgerCheck, MailAlias, MailAttachment, MailFolder,
+                                 MailMessage, MailPage, MailQuota, MailSummary, MovedMail, NewShare, NewToken, SentMail,
+                                 Share, StatementEntry, StatementPage, Token, TransferProgress, Usage, User)
 from agora.client.sync import Client
 
 __all__ = [
@@ -23,6 +27,10 @@ __all__ = [
     "FileEntry", "Usage", "Share", "NewShare", "TransferProgress",
     "MailFolder", "MailSummary", "MailPage", "MailMessage", "MailAttachment", "SentMail", "MovedMail",
     "DeletedMail", "MailQuota", "MailAlias",
+    "Currency", "BankAccount", "BankBalance", "BankTransfer", "StatementEntry", "StatementPage", "LedgerCheck",
+    "parse_amount", "format_amount",
+    "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownCurrency", "NotPending",
+    "UnknownAccount", "UnknownTransfer", "IdConflict", "AlreadyResolved", "AccountNotEmpty", "LinkedBatchFailed",
     "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
     "Forbidden", "NotFound", "Conflict", "PreconditionFailed", "TooLarge", "RateLimited", "ServerError",
 ]

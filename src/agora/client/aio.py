@@ -9,6 +9,7 @@ import httpx
 
 from agora.client import core
 from agora.client._http import DEFAULT_TIMEOUT, AsyncAPI, AsyncTransport, Verify
+from agora.client.bank import AsyncBank
 from agora.client.files import AsyncFiles
 from agora.client.mail import AsyncMail
 from agora.client.models import AuditPage, Health, NewToken, Token, User
@@ -24,6 +25,7 @@ class AsyncClient(AsyncAPI):
         super().__init__(AsyncTransport(base_url, token=token, verify=verify, timeout=timeout,
                                         transport=transport, headers=headers))
         self.files = AsyncFiles(self._transport)
+        self.bank = AsyncBank(self._transport)
         self.mail = AsyncMail(self._transport)
 
     @property

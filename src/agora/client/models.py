@@ -269,3 +269,96 @@ class MailAlias:
     address: str  # "sales@example.org", or "@example.org" for the catch-all
     user: str
     created_at: datetime
+
+
+# -- bank -----------------------------------------------------------------------------
+# Amounts are integers in the currency's minor units (cents for EUR, yen for JPY);
+# agora.client.bank.format_amount/parse_amount convert them to and from decimal text.
+
+
+@dataclass(frozen=True)
+class Currency:
+    code: str  # "EUR"
+    exponent: int  # digits after the decimal point: 2 for EUR, 0 for JPY
+    issuance_account: str | None = None  # the system account new money comes from
+    issued: int = 0  # all money issued so far, in minor units
+
+
+@dataclass(frozen=True)
+class BankAccount:
+    number: str  # "7KQ2-9XMD-R4TB-0HNE"
+    currency: str
+    name: str = ""
+    posted: int = 0  # the sum of the account's posted transfers ("balance.posted" in the JSON)
+    available: int = 0  # posted minus pending debits: what can still be spent
+    pending_debits: int = 0
+    pending_credits: int = 0
+    owner: str | None = None  # None for a currency's issuance account
+    system: bool = False
+    closed: bool = False
+    created_at: datetime | None = None
+    closed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BankBalance:
+    number: str
+    currency: str
+    posted: int
+    available: int
+
+
+@dataclass(frozen=True)
+class BankTransfer:
+    """An immutable transfer. ``kind``: "transfer", "issue", "pending" (reserves the
+    amount), or "post"/"void"/"expire" (resolves the pending transfer ``pending_id``)."""
+
+    id: str
+    debit: str
+    credit: str
+    amount: int
+    currency: str
+    memo: str = ""
+    kind: str = "transfer"
+    pending: bool = False
+    timeout: int | None = None  # seconds a pending transfer waits before it expires
+    pending_id: str | None = None
+    timestamp: datetime | None = None
+    state: str | None = None  # of a pending transfer read back: "pending", "posted", "voided" or "expired"
+    # Set by the client, not the server: False when the server answered with a transfer
+    # already committed under this id (a retry), True when this call created it.
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class StatementEntry:
+    """One transfer seen from the account: ``amount`` is signed (credit +, debit -),
+    ``effect`` what it did to the posted balance (0 for a pending one or a void), and
+    ``balance`` the posted balance right after it."""
+
+    id: str
+    kind: str
+    amount: int
+    balance: int
+    effect: int = 0
+    counterparty: str = ""
+    memo: str = ""
+    pending_id: str | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StatementPage:
+    account: str
+    currency: str
+    entries: list[StatementEntry]
+    next: str | None = None
+    """Pass as ``cursor`` for the next page ("next_cursor" in the JSON); None on the last page."""
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """The admin's invariant check: ``problems`` is empty when the ledger is sound."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)

@@ -9,6 +9,7 @@ import httpx
 
 from agora.client import core
 from agora.client._http import DEFAULT_TIMEOUT, SyncAPI, SyncTransport, Verify
+from agora.client.bank import SyncBank
 from agora.client.files import SyncFiles
 from agora.client.mail import SyncMail
 from agora.client.models import AuditPage, Health, NewToken, Token, User
@@ -29,6 +30,7 @@ class Client(SyncAPI):
         super().__init__(SyncTransport(base_url, token=token, verify=verify, timeout=timeout,
                                        transport=transport, headers=headers))
         self.files = SyncFiles(self._transport)
+        self.bank = SyncBank(self._transport)
         self.mail = SyncMail(self._transport)
 
     @property
