@@ -339,6 +339,17 @@ SETTINGS += [
     Setting("mail.outbound_timeout", _duration, 60.0, "Connecting to and talking with another mail server, per step."),
 ]
 
+SETTINGS += [
+    # postgres: the PostgreSQL wire protocol in front of the hosted SQL databases
+    Setting("postgres.port", _port, 15432, "PostgreSQL wire-protocol listener for hosted SQL databases (psql, psycopg, asyncpg); 0 = any free port, off = disabled."),
+    Setting("postgres.max_connections", _int(1, 1_000_000), 1000, "Concurrent PostgreSQL connections; beyond this new ones get SQLSTATE 53300."),
+    Setting("postgres.max_connections_per_ip", _int(1, 1_000_000), 100, "Concurrent PostgreSQL connections from one address."),
+    Setting("postgres.startup_timeout", _duration, 30.0, "Time a new connection has to send its startup packet, negotiate TLS and authenticate."),
+    Setting("postgres.idle_timeout", _duration, 8 * 3600.0, "A connection that sends nothing for this long is closed (SQLSTATE 57P05); 0 = never."),
+    Setting("postgres.max_message", parse_size, 64 * 1024**2, "Largest frontend message (a query with its parameters) in bytes; a longer one closes the connection (54000)."),
+    Setting("postgres.password_method", _choice("scram-sha-256", "password"), "scram-sha-256", "How passwords are checked: SCRAM-SHA-256 (cleartext only for users without a SCRAM verifier yet), or cleartext always (lets API tokens serve as passwords); cleartext only over TLS or from loopback."),
+]
+
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 
@@ -347,6 +358,7 @@ LISTENERS: dict[str, str] = {
     "http": "http.port", "https": "https.port", "ftp": "ftp.port", "ftps": "ftps.port",
     "smtp": "smtp.port", "submission": "submission.port", "imap": "imap.port",
     "imaps": "imaps.port", "pop3": "pop3.port", "pop3s": "pop3s.port",
+    "postgres": "postgres.port",
 }
 
 
