@@ -340,6 +340,21 @@ SETTINGS += [
 ]
 
 SETTINGS += [
+    # sql: hosted SQLite databases over HTTP and the PostgreSQL wire protocol
+    Setting("sql.enabled", _bool, True, "Serve hosted SQL databases (HTTP API, PostgreSQL wire protocol, SQL console)."),
+    Setting("sql.query_timeout", _duration, 30.0, "A statement still running after this is stopped (SQLSTATE 57014); the connection stays usable."),
+    Setting("sql.max_rows", _int(1, 100_000_000), 10000, "Rows one query returns over HTTP (and the console); beyond, the result is marked truncated. Streaming and CSV export are not capped."),
+    Setting("sql.max_result_bytes", parse_size, 16 * 1024**2, "Bytes of values one query returns over HTTP; beyond, the result is marked truncated."),
+    Setting("sql.max_database_size", parse_size, 1024**3, "Size of one hosted database file; a write beyond fails with SQLSTATE 53100."),
+    Setting("sql.max_databases", _int(0, 100000), 100, "Hosted databases one user may own."),
+    Setting("sql.max_value_size", parse_size, 64 * 1024**2, "Largest single string or blob value in a hosted database (SQLite's length limit)."),
+    Setting("sql.max_statement", parse_size, 1024**2, "Longest SQL statement text accepted."),
+    Setting("sql.max_batch", _int(1, 100000), 1000, "Statements in one batch request."),
+    Setting("sql.lock_timeout", _duration, 5.0, "How long a write waits for another connection's write transaction on the same database (then SQLSTATE 55P03)."),
+    Setting("sql.pool_size", _int(0, 1000), 4, "Idle connections kept per database and user for HTTP queries."),
+]
+
+SETTINGS += [
     # postgres: the PostgreSQL wire protocol in front of the hosted SQL databases
     Setting("postgres.port", _port, 15432, "PostgreSQL wire-protocol listener for hosted SQL databases (psql, psycopg, asyncpg); 0 = any free port, off = disabled."),
     Setting("postgres.max_connections", _int(1, 1_000_000), 1000, "Concurrent PostgreSQL connections; beyond this new ones get SQLSTATE 53300."),

@@ -41,6 +41,9 @@ def enabled_services(config: Config) -> list[type[Service]]:
     if config.mail.enabled:
         from agora.mail.service import MailService
         services.append(MailService)
+    if config.sql.enabled:
+        from agora.sql.service import SQLService
+        services.append(SQLService)
     return services
 
 
@@ -52,8 +55,10 @@ def attach_services(runtime: Runtime) -> None:
     """
     from agora.files.access import forget_user_files
     from agora.mail.store import forget_user_mail
+    from agora.sql.hosted import forget_user_sql
     runtime.identity.deletion_hooks.append(forget_user_files(runtime))
     runtime.identity.deletion_hooks.append(forget_user_mail(runtime))
+    runtime.identity.deletion_hooks.append(forget_user_sql(runtime))
 
 
 def _bind(name: str, address: str, port: int) -> socket.socket:

@@ -1,0 +1,328 @@
+"""Frontend messages of the PostgreSQL protocol v3, parsed from bytes (sans-IO).
+
+:class:`FrontendParser` takes whatever bytes arrived and returns the complete messages
+in them as events. Framing comes first: a startup packet has no type byte, everything
+after it does. A length that cannot be right (negative, below the header, over the
+limit) is fatal: :class:`Fatal` is returned and the parser takes nothing more, since
+where the next message starts is unknown. A message whose frame is fine but whose body
+is malformed is :class:`Malformed` — answered with an error, the connection lives on.
+
+https://www.postgresql.org/docs/current/protocol-message-formats.html
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+PROTOCOL_3 = 3 << 16
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+MAX_STARTUP = 10_000  # PostgreSQL's own limit on a startup packet
+
+
+# -- events ------------------------------------------------------------------------
+
+@dataclass
+class SSLRequest:
+    pass
+
+
+@dataclass
+class GSSENCRequest:
+    pass
+
+
+@dataclass
+class CancelRequest:
+    process_id: int
+    secret: int
+
+
+@dataclass
+class Startup:
+    version: int
+    params: dict[str, str]
+
+
+@dataclass
+class Password:
+    """A 'p' message: a password, SASLInitialResponse or SASLResponse (the
+    authentication step decides which)."""
+    data: bytes
+
+
+@dataclass
+class Query:
+    sql: str
+
+
+@dataclass
+class Parse:
+    name: str
+    sql: str
+    param_types: list[int]
+
+
+@dataclass
+class Bind:
+    portal: str
+    statement: str
+    param_formats: list[int]
+    params: list[bytes | None]
+    result_formats: list[int]
+
+
+@dataclass
+class Describe:
+    kind: str  # "S" statement or "P" portal
+    name: str
+
+
+@dataclass
+class Execute:
+    portal: str
+    max_rows: int
+
+
+@dataclass
+class Close:
+    kind: str
+    name: str
+
+
+@dataclass
+class Sync:
+    pass
+
+
+@dataclass
+class Flush:
+    pass
+
+
+@dataclass
+class Terminate:
+    pass
+
+
+@dataclass
+class Malformed:
+    """A well-framed message that cannot be understood; answer with an error."""
+    type: bytes
+    sqlstate: str
+    message: str
+
+
+@dataclass
+class Fatal:
+    """The stream cannot be read any further: send the error, then close."""
+    sqlstate: str
+    message: str
+
+
+Event = (SSLRequest | GSSENCRequest | CancelRequest | Startup | Password | Query | Parse | Bind
+         | Describe | Execute | Close | Sync | Flush | Terminate | Malformed | Fatal)
+
+
+class _Bad(Exception):
+    def __init__(self, message: str, sqlstate: str = "08P01"):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class _Reader:
+    """Reads a message body; every overrun is a _Bad, never an IndexError."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def int16(self) -> int:
+        if self.pos + 2 > len(self.data):
+            raise _Bad("message too short")
+        value = struct.unpack_from("!h", self.data, self.pos)[0]
+        self.pos += 2
+        return value
+
+    def int32(self) -> int:
+        if self.pos + 4 > len(self.data):
+            raise _Bad("message too short")
+        value = struct.unpack_from("!i", self.data, self.pos)[0]
+        self.pos += 4
+        return value
+
+    def count(self) -> int:
+        value = self.int16()
+        if value < 0:
+            raise _Bad("negative count")
+        return value
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\x00", self.pos)
+        if end < 0:
+            raise _Bad("string not terminated")
+        raw = self.data[self.pos:end]
+        self.pos = end + 1
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad("invalid byte sequence for encoding \"UTF8\"", "22021") from None
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.pos + size > len(self.data):
+            raise _Bad("message too short")
+        value = self.data[self.pos:self.pos + size]
+        self.pos += size
+        return value
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise _Bad("unexpected bytes at the end of a message")
+
+
+def _formats(reader: _Reader) -> list[int]:
+    formats = [reader.int16() for _ in range(reader.count())]
+    if any(f not in (0, 1) for f in formats):
+        raise _Bad("unsupported format code", "22023")
+    return formats
+
+
+def _parse_typed(kind: bytes, body: bytes) -> Event:
+    r = _Reader(body)
+    if kind == b"Q":
+        sql = r.cstring()
+        r.end()
+        return Query(sql)
+    if kind == b"P":
+        name, sql = r.cstring(), r.cstring()
+        types = [r.int32() & 0xFFFFFFFF for _ in range(r.count())]
+        r.end()
+        return Parse(name, sql, types)
+    if kind == b"B":
+        portal, statement = r.cstring(), r.cstring()
+        formats = _formats(r)
+        params: list[bytes | None] = []
+        for _ in range(r.count()):
+            size = r.int32()
+            params.append(None if size == -1 else r.take(size))
+        results = _formats(r)
+        r.end()
+        return Bind(portal, statement, formats, params, results)
+    if kind in (b"D", b"C"):
+        what = r.take(1).decode("latin-1")
+        if what not in ("S", "P"):
+            raise _Bad(f"invalid {'DESCRIBE' if kind == b'D' else 'CLOSE'} message subtype {what!r}")
+        name = r.cstring()
+        r.end()
+        return Describe(what, name) if kind == b"D" else Close(what, name)
+    if kind == b"E":
+        portal = r.cstring()
+        max_rows = r.int32()
+        r.end()
+        return Execute(portal, max(0, max_rows))
+    if kind == b"p":
+        return Password(body)
+    simple = {b"S": Sync, b"H": Flush, b"X": Terminate}
+    if kind in simple:
+        r.end()
+        return simple[kind]()
+    raise _Bad(f"unsupported frontend message type {kind!r}", "0A000" if kind in b"Fdcf" else "08P01")
+
+
+class FrontendParser:
+    """Bytes in, events out. ``startup`` is True until the startup packet is read."""
+
+    def __init__(self, max_message: int = 1 << 20):
+        self.max_message = max_message
+        self.startup = True
+        self.dead = False
+        self._buffer = bytearray()
+
+    def expect_startup(self) -> None:
+        """After SSLRequest/GSSENCRequest the client sends another startup packet."""
+        self.startup = True
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self.dead:
+            return []
+        self._buffer += data
+        events: list[Event] = []
+        while not self.dead:
+            event = self._next()
+            if event is None:
+                break
+            events.append(event)
+            if isinstance(event, Fatal):
+                self.dead = True
+                self._buffer.clear()
+            elif isinstance(event, (Startup, CancelRequest, Terminate)):
+                # Nothing is read after a startup packet until the server has answered
+                # it (authentication is a dialogue), nor after a cancel or goodbye.
+                break
+        return events
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def _next(self) -> Event | None:
+        buf = self._buffer
+        if self.startup:
+            if len(buf) < 4:
+                return None
+            length = struct.unpack_from("!i", buf)[0]
+            if not 8 <= length <= MAX_STARTUP:
+                return Fatal("08P01", "invalid length of startup packet")
+            if len(buf) < length:
+                return None
+            body = bytes(buf[4:length])
+            del buf[:length]
+            return self._startup(body)
+        if len(buf) < 5:
+            return None
+        kind = bytes(buf[:1])
+        length = struct.unpack_from("!i", buf, 1)[0]
+        if length < 4:
+            return Fatal("08P01", f"invalid message length {length}")
+        if length > self.max_message:
+            return Fatal("54000", f"message of {length} bytes is longer than the limit of {self.max_message}")
+        if len(buf) < 1 + length:
+            return None
+        body = bytes(buf[5:1 + length])
+        del buf[:1 + length]
+        try:
+            return _parse_typed(kind, body)
+        except _Bad as bad:
+            return Malformed(kind, bad.sqlstate, str(bad))
+
+    def _startup(self, body: bytes) -> Event:
+        code = struct.unpack_from("!i", body)[0]
+        if code == SSL_REQUEST and len(body) == 4:
+            return SSLRequest()
+        if code == GSSENC_REQUEST and len(body) == 4:
+            return GSSENCRequest()
+        if code == CANCEL_REQUEST and len(body) == 12:
+            _, pid, secret = struct.unpack("!iii", body)
+            return CancelRequest(pid, secret)
+        if code >> 16 != 3:
+            return Fatal("0A000", f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                                  "server supports 3.0")
+        parts = body[4:].split(b"\x00")
+        # key\0value\0 ... \0 : the list ends with an empty key.
+        if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"" or len(parts) % 2 != 0:
+            return Fatal("08P01", "invalid startup packet layout: expected terminator as last byte")
+        params: dict[str, str] = {}
+        try:
+            for i in range(0, len(parts) - 2, 2):
+                params[parts[i].decode()] = parts[i + 1].decode()
+        except UnicodeDecodeError:
+            return Fatal("22021", "invalid byte sequence for encoding \"UTF8\" in the startup packet")
+        self.startup = False
+        return Startup(code, params)
+
+
+def discard_buffered(parser: FrontendParser) -> None:
+    """Drop bytes that arrived in clear before a TLS handshake: they are never run as
+    if they had come over TLS (CVE-2021-23214)."""
+    parser._buffer.clear()
