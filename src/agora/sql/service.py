@@ -14,7 +14,7 @@ from agora.sql.hosted import hosted_sql
 
 class SQLService:
     name = "sql"
-    listeners: tuple[str, ...] = ()  # "postgres" once the wire protocol is in
+    listeners: tuple[str, ...] = ("postgres",)
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -23,8 +23,8 @@ class SQLService:
     async def start(self, sockets: dict[str, socket.socket]) -> None:
         hosted_sql(self.runtime)
         for name, sock in sockets.items():
-            from agora.sql.pgwire.listener import PostgresListener  # type: ignore[import-not-found]
-            listener = PostgresListener(self.runtime, sock, name)
+            from agora.sql.pgwire.server import PGListener
+            listener = PGListener(self.runtime, sock, name)
             await listener.start()
             self.started.append(listener)
 
