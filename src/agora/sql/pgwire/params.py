@@ -16,7 +16,8 @@ Runner = Callable[[str, list[Any]], Awaitable[Any]]
 _COMPARE_LEFT = re.compile(r'(?i)(?:"?(\w+)"?\.)?"?(\w+)"?\s*(?:=|<>|!=|<=|>=|<|>|\bLIKE\b|\bIN\b\s*\()\s*\?(\d+)')
 _COMPARE_RIGHT = re.compile(r'(?i)\?(\d+)\s*(?:=|<>|!=|<=|>=|<|>)\s*(?:"?(\w+)"?\.)?"?(\w+)"?')
 _LIMIT = re.compile(r"(?i)\b(?:LIMIT|OFFSET)\s+\?(\d+)")
-_INSERT = re.compile(r'(?is)\bINSERT\s+(?:OR\s+\w+\s+)?INTO\s+"?(\w+)"?\s*\(([^)]*)\)\s*VALUES\s*\((.*?)\)')
+_INSERT = re.compile(r'(?is)\b(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO\s+"?(\w+)"?\s*(?:\(([^)]*)\))?\s*VALUES\s*(.*)')
+_TUPLE = re.compile(r"\(((?:[^()]|\([^()]*\))*)\)")
 _TABLES = re.compile(r'(?i)\b(?:FROM|JOIN|UPDATE|INTO)\s+"?(\w+)"?')
 
 
@@ -31,12 +32,14 @@ async def infer_param_types(sql: str, run: Runner) -> dict[int, int]:
     if not tables:
         return guesses
     columns: dict[str, dict[str, str]] = {}
+    ordered: dict[str, list[str]] = {}
     for table in tables[:8]:
         try:
             result = await run(f"SELECT name, type FROM pragma_table_info('{table}')", [])
         except Exception:
             continue
         columns[table.lower()] = {str(r[0]).lower(): r[1] or "" for r in result.rows}
+        ordered[table.lower()] = [str(r[0]) for r in result.rows]
 
     def declared(table: str | None, column: str) -> int | None:
         places = [columns.get(table.lower(), {})] if table else list(columns.values())
@@ -47,9 +50,12 @@ async def infer_param_types(sql: str, run: Runner) -> dict[int, int]:
 
     insert = _INSERT.search(sql)
     if insert:
-        names = [n.strip().strip('"') for n in insert.group(2).split(",")]
-        values = [v.strip() for v in insert.group(3).split(",")]
-        for name, value in zip(names, values):
+        names = ([n.strip().strip('"') for n in insert.group(2).split(",")] if insert.group(2)
+                 else ordered.get(insert.group(1).lower(), []))
+        pairs = []
+        for row in _TUPLE.finditer(insert.group(3)):
+            pairs += zip(names, [v.strip() for v in row.group(1).split(",")])
+        for name, value in pairs:
             placeholder = re.fullmatch(r"(?:CAST\()?\?(\d+).*", value)
             if placeholder:
                 oid = declared(insert.group(1), name)
