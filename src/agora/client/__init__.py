@@ -15,6 +15,7 @@ from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidd
 from agora.client.models import (AuditEntry, AuditPage, DeletedMail, FileEntry, Health, MailAlias, MailAttachment,
                                  MailFolder, MailMessage, MailPage, MailQuota, MailSummary, MovedMail, NewShare,
                                  NewToken, SentMail, Share, Token, TransferProgress, Usage, User)
+from agora.client.sql import SQLDatabase, SQLGrant, SQLResult
 from agora.client.sync import Client
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FileEntry", "Usage", "Share", "NewShare", "TransferProgress",
     "MailFolder", "MailSummary", "MailPage", "MailMessage", "MailAttachment", "SentMail", "MovedMail",
     "DeletedMail", "MailQuota", "MailAlias",
+    "SQLDatabase", "SQLGrant", "SQLResult",
     "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
     "Forbidden", "NotFound", "Conflict", "PreconditionFailed", "TooLarge", "RateLimited", "ServerError",
 ]

@@ -11,6 +11,7 @@ from agora.client import core
 from agora.client._http import DEFAULT_TIMEOUT, AsyncAPI, AsyncTransport, Verify
 from agora.client.files import AsyncFiles
 from agora.client.mail import AsyncMail
+from agora.client.sql import AsyncSQL
 from agora.client.models import AuditPage, Health, NewToken, Token, User
 
 
@@ -25,6 +26,7 @@ class AsyncClient(AsyncAPI):
                                         transport=transport, headers=headers))
         self.files = AsyncFiles(self._transport)
         self.mail = AsyncMail(self._transport)
+        self.sql = AsyncSQL(self._transport)
 
     @property
     def base_url(self) -> str:

@@ -11,6 +11,7 @@ from agora.client import core
 from agora.client._http import DEFAULT_TIMEOUT, SyncAPI, SyncTransport, Verify
 from agora.client.files import SyncFiles
 from agora.client.mail import SyncMail
+from agora.client.sql import SyncSQL
 from agora.client.models import AuditPage, Health, NewToken, Token, User
 
 
@@ -30,6 +31,7 @@ class Client(SyncAPI):
                                        transport=transport, headers=headers))
         self.files = SyncFiles(self._transport)
         self.mail = SyncMail(self._transport)
+        self.sql = SyncSQL(self._transport)
 
     @property
     def base_url(self) -> str:
