@@ -254,8 +254,8 @@ class FrontendParser:
             if event is None:
                 break
             events.append(event)
-            if isinstance(event, Fatal):
-                self.dead = True
+            if isinstance(event, (Fatal, Terminate)):
+                self.dead = True  # nothing after these is read
                 self._buffer.clear()
             elif isinstance(event, (Startup, CancelRequest, Terminate)):
                 # Nothing is read after a startup packet until the server has answered
