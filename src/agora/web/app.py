@@ -48,8 +48,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.include_router(mail_api.router)
         app.include_router(mail_pages.router)
     if runtime.config.sql.enabled:
-        from agora.sql import api as sql_api
+        from agora.sql import api as sql_api, pages as sql_pages
         app.include_router(sql_api.router)
+        app.include_router(sql_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "Storage is unreachable"}})
