@@ -42,6 +42,7 @@ class Prepared:
     sql: str
     param_types: list[int]
     columns: list[tuple[str, int]] | None = None  # described: (name, oid)
+    plain: bool = False  # nothing for this module to answer: straight to the domain
 
 
 @dataclass
@@ -68,7 +69,6 @@ class QueryRunner:
         s = self.session
         self.send(messages.ready_for_query(self.status()))
         while not s.stopping:
-            await s.flush()
             event = await s.next_event(s.settings.idle_timeout)
             if event is None or isinstance(event, frames.Terminate):
                 return
@@ -184,7 +184,8 @@ class QueryRunner:
         if any(t == 0 for t in types):
             guessed = await infer_param_types(info.sql, self.schema_runner())
             types = [t or guessed.get(i + 1, TEXT) for i, t in enumerate(types)]
-        self.statements[event.name] = Prepared(event.sql, [TEXT if t == UNKNOWN else t for t in types])
+        self.statements[event.name] = Prepared(event.sql, [TEXT if t == UNKNOWN else t for t in types],
+                                               plain=self.plain(event.sql))
         self.send(messages.parse_complete())
 
     def bind(self, event: frames.Bind) -> None:
@@ -253,7 +254,8 @@ class QueryRunner:
 
     async def run_portal(self, portal: Portal) -> None:
         if portal.rows is None:
-            portal.rows = await self.execute(portal.statement.sql, portal.params)
+            run = self.domain if portal.statement.plain else self.execute
+            portal.rows = await run(portal.statement.sql, portal.params)
             described = portal.statement.columns
             if described and len(described) == len(portal.rows.columns):
                 portal.oids = [oid for _, oid in described]
@@ -328,6 +330,12 @@ class QueryRunner:
         if catalog.is_catalog_query(sql):
             return await catalog.answer(sql, self.schema_runner(), self.databases, self.session_info())
         return await self.domain(sql, params)
+
+    def plain(self, sql: str) -> bool:
+        """True for statements execute() would hand to the domain unchanged."""
+        words = first_words(sql, 1)
+        return bool(words) and words[0] in ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "REPLACE") \
+            and not catalog.simple_function(sql, self.session_info()) and not catalog.is_catalog_query(sql)
 
     def set(self, sql: str) -> Rows:
         match = re.match(r"(?is)^\s*set\s+(?:session\s+|local\s+)?([a-z_][a-z0-9_.]*)\s*(?:to|=)\s*(.*?)\s*;?\s*$", sql)

@@ -79,6 +79,9 @@ class PGSession:
                 break
             if self.parser.dead:
                 return None
+            # Replies go out only when every message already received is answered: one
+            # write per pipelined batch (Bind/Execute/Sync), not one per message.
+            await self.flush()
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout or None)
             except asyncio.TimeoutError:
