@@ -30,6 +30,15 @@ async def main(plan):
             await hosted.create(await runtime.identity.get_user(owner), name)
         for owner, name, grantee, access in plan["grants"]:
             await hosted.grant(await runtime.identity.get_user(owner), name, grantee, access)
+        for name in plan["disable"]:
+            await runtime.identity.update_user(name, disabled=True)
+        if plan["forget_verifiers"]:
+            # As users from before SCRAM verifiers existed are stored.
+            from sqlalchemy import update
+            from agora.core.tables import users
+            async with runtime.db.write() as conn:
+                await conn.execute(update(users).where(users.c.name.in_(plan["forget_verifiers"]))
+                                   .values(scram_verifier=None))
     finally:
         await hosted.close()
         await runtime.close()
@@ -43,11 +52,12 @@ def server_env() -> dict[str, str]:
             "AGORA_IDENTITY_ARGON2_MEMORY_KIB": "1024"}
 
 
-def provision(server: AgoraServer, databases=(), grants=()) -> None:
+def provision(server: AgoraServer, databases=(), grants=(), disable=(), forget_verifiers=()) -> None:
     env = clean_env(AGORA_DATA_DIR=str(server.data_dir))
     if server.database_url:
         env["AGORA_DATABASE_URL"] = server.database_url
-    plan = json.dumps({"databases": list(databases), "grants": list(grants)})
+    plan = json.dumps({"databases": list(databases), "grants": list(grants), "disable": list(disable),
+                       "forget_verifiers": list(forget_verifiers)})
     done = subprocess.run([sys.executable, "-c", _PROVISION, plan], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,78 @@
+"""How the postgres listener checks passwords: SCRAM-SHA-256 (with channel binding on
+TLS), the cleartext fallback that gives users from before SCRAM verifiers existed a
+verifier at their first login, disabled accounts, and what happens without TLS."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from conftest import ServerFactory
+from pgwire_support import account, provision, server_env
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
+
+pytestmark = pytest.mark.xdist_group("sql-wire")
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory, backend):
+    factory = ServerFactory(tmp_path_factory.mktemp(f"pgauth-{backend}"), backend)
+    yield factory(env=server_env())
+    factory.close()
+
+
+def connect(dsn: str, **extra: str):
+    return psycopg.connect(dsn + "".join(f" {k}={v}" for k, v in extra.items()), autocommit=True)
+
+
+def test_scram_with_and_without_channel_binding(pg_server):
+    ann = account(pg_server, "db")
+    with connect(ann.dsn("db"), channel_binding="require", require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with connect(ann.dsn("db", sslmode="disable"), require_auth="scram-sha-256") as conn:
+        assert conn.info.parameter_status("server_version").startswith("16.0")
+        assert conn.info.parameter_status("session_authorization") == ann.name
+        assert conn.info.parameter_status("standard_conforming_strings") == "on"
+    with pytest.raises(psycopg.OperationalError, match="SASL"):
+        connect(ann.dsn("db"), require_auth="password")
+
+
+def test_users_without_a_verifier_get_one_at_their_next_login(pg_server):
+    ann = account(pg_server, "db")
+    provision(pg_server, forget_verifiers=[ann.name])
+    with pytest.raises(psycopg.OperationalError):
+        connect(ann.dsn("db"), require_auth="scram-sha-256")
+    # asked for the password itself (over TLS), which makes the verifier...
+    with connect(ann.dsn("db"), require_auth="password") as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    # ... so SCRAM works from then on
+    with connect(ann.dsn("db"), require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+    provision(pg_server, forget_verifiers=[ann.name])
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(ann.dsn("db", password="wrong-password"), require_auth="password")
+
+
+def test_disabled_users_are_refused(pg_server):
+    ann = account(pg_server, "db")
+    provision(pg_server, disable=[ann.name])
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(ann.dsn("db"))
+
+
+def test_ssl_and_gssenc_requests_are_answered(pg_server):
+    port = pg_server.ports["postgres"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack("!ii", 8, 80877104))  # GSSENCRequest
+        assert sock.recv(1) == b"N"
+        sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert sock.recv(1) == b"S"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # a startup packet without a user name is refused with FATAL 28000
+        body = struct.pack("!i", 3 << 16) + b"database\x00x\x00\x00"
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        reply = sock.recv(4096)
+        assert reply[:1] == b"E" and b"C28000" in reply and b"SFATAL" in reply
