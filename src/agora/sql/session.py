@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 import apsw
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from agora.sql.hosted import DatabaseInfo
 
 PROGRESS_STEPS = 1000  # SQLite VM steps between two looks at the clock
+# A statement that only reads is first tried on the event loop itself (a thread hop
+# costs more than a point select); past this many progress calls (~steps/1000) it is
+# stopped and run again on the session's thread, so nothing slow ever blocks the loop.
+INLINE_BUDGET = 3
+
+
+class _NotInline(Exception):
+    """The statement must run on the session's thread (it writes, or is not quick)."""
 _DML = re.compile(r"\b(INSERT|REPLACE|UPDATE|DELETE)\b", re.IGNORECASE)
 _READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.IGNORECASE)
 _STORAGE = {int: "integer", float: "real", str: "text", bytes: "blob", bool: "integer"}
@@ -68,11 +76,21 @@ def _value_size(value: Any) -> int:
 
 
 def _with_storage(columns: list[Column], rows: list[tuple]) -> list[Column]:
-    out = []
+    """The columns with, where no type is declared, the storage class of the first
+    non-NULL value (what an expression's values are)."""
+    out = columns
     for i, column in enumerate(columns):
-        kind = next((_STORAGE.get(type(row[i])) for row in rows if row[i] is not None), None)
-        out.append(replace(column, storage=kind) if kind else column)
+        if column.decltype is None and column.storage is None:
+            kind = next((_STORAGE.get(type(row[i])) for row in rows if row[i] is not None), None)
+            if kind:
+                if out is columns:
+                    out = list(columns)
+                out[i] = Column(column.name, None, kind)
     return out
+
+
+def _is_control(stmt: Statement) -> bool:
+    return stmt.keywords[0] in ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE")
 
 
 def _command_tag(stmt: Statement, readonly: bool, rows: int, changes: int) -> str:
@@ -109,6 +127,7 @@ class SQLSession:
         self._deadline = 0.0
         self._why: str | None = None  # "timeout" | "cancel" while a statement is being stopped
         self._busy = threading.Lock()
+        self._inline = 0  # > 0: running on the event loop, with this many progress calls left
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
 
     @property
@@ -123,7 +142,18 @@ class SQLSession:
 
     async def execute(self, sql: str, params: Sequence[Any] = (), *, limits: Limits | None = None) -> Result:
         """Run one statement (several is error 42601: use execute_batch or split them)."""
-        return await self._run(self._execute, sql, params, limits or self.limits)
+        limits = limits or self.limits
+        if not self.closed and not self.revoked and self._busy.acquire(blocking=False):
+            try:
+                self._why = None
+                self._inline = INLINE_BUDGET
+                return self._execute(sql, params, limits)
+            except _NotInline:
+                pass
+            finally:
+                self._inline = 0
+                self._busy.release()
+        return await self._run(self._execute, sql, params, limits)
 
     async def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Result]:
         """Run statements in one transaction: all committed, or none (SQLError.index says
@@ -190,6 +220,11 @@ class SQLSession:
             return fn(*args)
 
     def _progress(self) -> bool:
+        if self._inline:
+            self._inline -= 1
+            if not self._inline:
+                self._why = "inline"
+                return True
         if time.monotonic() > self._deadline:
             self._why = self._why or "timeout"
             return True
@@ -206,6 +241,8 @@ class SQLSession:
         stmt = one_statement(sql)
         if stmt is None:
             return Result([], [], 0, False, "")
+        if self._inline and _is_control(stmt):
+            raise _NotInline()  # COMMIT fsyncs, BEGIN IMMEDIATE may wait for a lock
         control = self._transaction_control(stmt)
         if control is not None:
             return control
@@ -225,10 +262,13 @@ class SQLSession:
     def _statement(self, stmt: Statement, params: Sequence[Any], limits: Limits) -> Result:
         seen: dict[str, Any] = {}
 
+        inline = bool(self._inline)
+
         def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
             seen["description"] = cursor.get_description()
             seen["readonly"] = cursor.is_readonly
-            return True
+            # On the event loop only what reads; the rest goes to the thread unrun.
+            return cursor.is_readonly or not inline
 
         cursor = self._conn.cursor()
         cursor.exec_trace = trace
@@ -245,7 +285,11 @@ class SQLSession:
                     break
                 rows.append(row)
                 size += row_size
+        except apsw.ExecTraceAbort:
+            raise _NotInline() from None
         except (apsw.Error, OverflowError, TypeError) as error:
+            if self._why == "inline":
+                raise _NotInline() from None
             raise self._error(error) from None
         finally:
             cursor.close(True)
