@@ -170,3 +170,29 @@ def test_denials(pg_server):
     # never sends the password at all
     with psycopg.connect(ann.dsn("mine", sslmode="disable"), autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_asyncpg_types_binary_and_expressions(pg_server):
+    import datetime
+    import decimal
+
+    ann = account(pg_server, "types")
+
+    async def scenario():
+        conn = await asyncpg.connect(host="127.0.0.1", port=ann.port, user=ann.name, password=ann.password,
+                                     database="types", ssl="require")
+        try:
+            await conn.execute("CREATE TABLE ty (i INTEGER, r REAL, t TEXT, b BLOB, ok BOOLEAN, n NUMERIC(10,2), "
+                               "ts TIMESTAMP)")
+            row = (5, 2.5, "x", b"\x01\x00", True, decimal.Decimal("12.34"), datetime.datetime(2024, 1, 2, 3, 4, 5))
+            await conn.execute("INSERT INTO ty VALUES ($1, $2, $3, $4, $5, $6, $7)", *row)
+            await conn.execute("INSERT INTO ty VALUES (NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+            rows = await conn.fetch("SELECT * FROM ty ORDER BY i NULLS LAST")
+            assert tuple(rows[0]) == row and tuple(rows[1]) == (None,) * 7
+            record = await conn.fetchrow("SELECT count(*) AS c, $1::int AS n, 1.5 AS f, upper(t) AS u FROM ty "
+                                         "WHERE i = 5", 3)
+            assert tuple(record) == (1, 3, 1.5, "X")
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())

@@ -250,7 +250,12 @@ class QueryRunner:
         if isinstance(result, tuple) and len(result) == 2:  # (parameter count, columns)
             result = result[1]
         columns = columns_of(result)
-        return [(name, oid_for_expression(name, decltype)) for name, decltype in columns]
+        # An expression's text says more than its alias: `count(*) AS n`, `$1::int AS b`.
+        items = catalog.select_items(sql) if words == ["SELECT"] else []
+        if len(items) != len(columns) or any(expr.strip().endswith("*") for _, expr in items):
+            items = [(name, name) for name, _ in columns]
+        return [(name, oid_for_expression(_without_alias(expr), decltype))
+                for (name, decltype), (_, expr) in zip(columns, items)]
 
     async def run_portal(self, portal: Portal) -> None:
         if portal.rows is None:
@@ -365,6 +370,10 @@ class QueryRunner:
             ref = name if owner == self.session.user.name else f"{owner}/{name}"
             out.append({"name": ref, "owner": owner, "privileges": get("access") or ""})
         return out
+
+
+def _without_alias(expression: str) -> str:
+    return re.sub(r'(?is)\s+AS\s+("[^"]*"|\w+)\s*$', "", expression)
 
 
 def _tag(sql: str, nrows: int, affected: int) -> str:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from agora.sql.pgwire import messages
-from agora.sql.pgwire.types import (BOOL, FLOAT8, INT8, TEXT, encode_binary, encode_text, oid_for_declared,
-                                    oid_for_value)
+from agora.sql.pgwire.types import (BOOL, FLOAT8, INT8, TEXT, encode_binary, encode_text, oid_for_cast,
+                                    oid_for_declared, oid_for_value)
 
 
 @dataclass
@@ -47,10 +47,19 @@ _EXPRESSIONS = (
 )
 
 
+_CAST = re.compile(r"(?is)^\s*CAST\s*\(.*\bAS\s+([A-Za-z_][A-Za-z0-9_ ]*(?:\(\s*\d+(?:\s*,\s*\d+)?\s*\))?)\s*\)\s*$")
+_PG_CAST = re.compile(r"(?s)::\s*([A-Za-z_][A-Za-z0-9_ ]*(?:\(\s*\d+(?:\s*,\s*\d+)?\s*\))?)\s*$")
+
+
 def oid_for_expression(name: str, decltype: str | None) -> int:
+    """An expression column's OID from its text (or its name, which SQLite makes the
+    text when there is no alias): casts, counts, literals; else text."""
     oid = oid_for_declared(decltype)
     if oid is not None:
         return oid
+    cast = _PG_CAST.search(name) or _CAST.match(name)
+    if cast:
+        return oid_for_cast(cast.group(1))
     for pattern, kind in _EXPRESSIONS:
         if pattern.search(name):
             return kind
