@@ -76,3 +76,23 @@ def test_ssl_and_gssenc_requests_are_answered(pg_server):
         sock.sendall(struct.pack("!i", len(body) + 4) + body)
         reply = sock.recv(4096)
         assert reply[:1] == b"E" and b"C28000" in reply and b"SFATAL" in reply
+
+
+def test_connection_limits_and_idle_timeout(make_server):
+    server = make_server(env={**server_env(), "AGORA_POSTGRES_MAX_CONNECTIONS_PER_IP": "2",
+                              "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5"})
+    ann = account(server, "db")
+    first, second = connect(ann.dsn("db")), connect(ann.dsn("db"))
+    try:
+        with pytest.raises(psycopg.OperationalError, match="too many connections from your address"):
+            connect(ann.dsn("db"))
+    finally:
+        first.close()
+    # the idle one is closed with 57P05 after postgres.idle_timeout
+    import time
+    time.sleep(3)
+    with pytest.raises(psycopg.OperationalError):
+        second.execute("SELECT 1")
+    second.close()
+    with connect(ann.dsn("db")) as conn:  # the address has its slots back
+        assert conn.execute("SELECT 1").fetchone() == (1,)

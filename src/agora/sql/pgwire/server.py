@@ -18,6 +18,7 @@ from agora.core.tls import server_context
 from agora.sql.pgwire import messages
 
 log = logging.getLogger("agora.sql.pgwire")
+REFUSAL_TIMEOUT = 5.0  # how long a refused connection may take to hear why
 
 
 def _end_point_hash(cert_path: Any) -> bytes | None:
@@ -60,8 +61,15 @@ class PGListener:
         address = str(peer[0]) if peer else ""
         refusal = self._admit(address)
         if refusal:
-            writer.write(messages.error_response("53300", refusal, severity="FATAL"))
-            writer.close()
+            # Said after the startup packet (and TLS, if asked), as PostgreSQL does: an
+            # error in place of the answer to SSLRequest reaches no one readably.
+            session = PGSession(self, reader, writer, address, refusal=refusal)
+            try:
+                await asyncio.wait_for(session.run(), REFUSAL_TIMEOUT)
+            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
             return
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

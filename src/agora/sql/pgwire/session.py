@@ -40,8 +40,9 @@ class Goodbye(Exception):
 
 class PGSession:
     def __init__(self, listener: "PGListener", reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 address: str):
+                 address: str, refusal: str | None = None):
         self.listener = listener
+        self.refusal = refusal
         self.runtime = listener.runtime
         self.settings = listener.settings
         self.reader = reader
@@ -161,6 +162,8 @@ class PGSession:
                 self.secure = True
                 continue
             if isinstance(event, frames.Startup):
+                if self.refusal:
+                    raise Goodbye("53300", self.refusal)
                 await self.authenticate(event, deadline)
                 return True
             raise Goodbye("08P01", "expected a startup packet")
