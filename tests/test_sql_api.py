@@ -180,3 +180,11 @@ def test_info_and_bad_requests(ann):
     assert ann.http.post(f"{API}/x/query", json={"nosql": 1}).status_code == 422
     assert ann.query("x", "SELECT ?", [True])["rows"] == [[1]]
     assert httpx.post(f"{ann.http.base_url}{API}/x/query", json={"sql": "SELECT 1"}).status_code == 401
+
+
+def test_sql_enabled_false_serves_no_sql(make_server):
+    server = make_server(env={"AGORA_SQL_ENABLED": "false"})
+    assert "postgres" not in server.ports
+    with server.admin() as http:
+        assert http.get(f"{API}/databases").status_code == 404
+        assert http.get("/sql", headers={"Accept": "text/html"}).status_code == 404

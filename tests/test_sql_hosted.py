@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from agora import config as configuration
 from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -298,3 +299,15 @@ def test_deleting_a_user_deletes_their_databases_and_grants(open_runtime):
             await runtime.close()
 
     run(scenario())
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab $1?:;'\"-/*\n()[]`x")), max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_statement_splitting_never_fails_and_keeps_literals(text):
+    from agora.sql.statements import split_statements
+
+    for statement in split_statements(text):
+        assert statement.sql.strip() and statement.keywords
+    literal = text.replace("'", "")
+    (only,) = split_statements(f"SELECT '{literal}'")
+    assert only.sql == f"SELECT '{literal}'"
