@@ -84,8 +84,13 @@ class PGSession:
             # write per pipelined batch (Bind/Execute/Sync), not one per message.
             await self.flush()
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout or None)
-            except asyncio.TimeoutError:
+                if timeout:
+                    # asyncio.timeout, not wait_for: no task per read on the hot path.
+                    async with asyncio.timeout(timeout):
+                        data = await self.reader.read(READ_SIZE)
+                else:
+                    data = await self.reader.read(READ_SIZE)
+            except TimeoutError:
                 raise Goodbye("57P05" if self.user else "08006",
                               "terminating connection due to idle-session timeout" if self.user
                               else "timeout waiting for the startup packet") from None
