@@ -96,3 +96,51 @@ def test_connection_limits_and_idle_timeout(make_server):
     second.close()
     with connect(ann.dsn("db")) as conn:  # the address has its slots back
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def _messages(sock: socket.socket, until: bytes) -> list[tuple[bytes, bytes]]:
+    """Backend messages up to and including the first of type ``until``."""
+    buffer, out = b"", []
+    while True:
+        while len(buffer) >= 5 and len(buffer) >= 1 + struct.unpack("!i", buffer[1:5])[0]:
+            size = struct.unpack("!i", buffer[1:5])[0]
+            out.append((buffer[:1], buffer[5:1 + size]))
+            buffer = buffer[1 + size:]
+            if out[-1][0] == until:
+                return out
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; got {out}"
+        buffer += chunk
+
+
+def test_malformed_messages_after_login_get_errors_and_the_session_goes_on(pg_server):
+    """Raw protocol over the cleartext login (a user without a verifier, from loopback)."""
+    ann = account(pg_server, "db")
+    provision(pg_server, forget_verifiers=[ann.name])
+    with socket.create_connection(("127.0.0.1", pg_server.ports["postgres"]), timeout=10) as sock:
+        body = struct.pack("!i", 3 << 16) + f"user\0{ann.name}\0database\0db\0\0".encode()
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        assert _messages(sock, b"R")[-1] == (b"R", struct.pack("!i", 3))
+        password = ann.password.encode() + b"\0"
+        sock.sendall(b"p" + struct.pack("!i", len(password) + 4) + password)
+        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+        # a Query whose string is not terminated: an error, then ready again
+        sock.sendall(b"Q" + struct.pack("!i", 8) + b"SELE")
+        replies = _messages(sock, b"Z")
+        assert [k for k, _ in replies] == [b"E", b"Z"] and b"C08P01" in replies[0][1]
+        # extended protocol: after an error everything up to Sync is skipped
+        parse = b"\0SELECT 1/0 + $1\0" + struct.pack("!h", 0)
+        bad_bind = b"\0nosuch\0" + struct.pack("!hhh", 0, 0, 0)
+        sock.sendall(b"P" + struct.pack("!i", len(parse) + 4) + parse
+                     + b"B" + struct.pack("!i", len(bad_bind) + 4) + bad_bind
+                     + b"E" + struct.pack("!i", 9) + b"\0" + struct.pack("!i", 0)
+                     + b"S" + struct.pack("!i", 4))
+        replies = _messages(sock, b"Z")
+        assert [k for k, _ in replies] == [b"1", b"E", b"Z"] and b"C26000" in replies[1][1]
+        # and the session still answers
+        query = b"SELECT 40 + 2\0"
+        sock.sendall(b"Q" + struct.pack("!i", len(query) + 4) + query)
+        replies = _messages(sock, b"Z")
+        assert [k for k, _ in replies] == [b"T", b"D", b"C", b"Z"] and replies[1][1].endswith(b"42")
+        sock.sendall(b"X" + struct.pack("!i", 4))
+        assert sock.recv(10) == b""

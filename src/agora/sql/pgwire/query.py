@@ -88,6 +88,10 @@ class QueryRunner:
             try:
                 if isinstance(event, frames.Query):
                     await self.simple_query(event.sql)
+                elif isinstance(event, frames.Malformed) and event.type == b"Q":
+                    # A simple-query client sends no Sync: answer and be ready again.
+                    self.error(StatementError(event.sqlstate, event.message))
+                    self.send(messages.ready_for_query(self.status()))
                 else:
                     try:
                         await self.extended(event)
