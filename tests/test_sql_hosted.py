@@ -194,6 +194,10 @@ def test_limits_time_rows_bytes_and_size(open_runtime):
                     await session.execute("INSERT INTO big VALUES (randomblob(10000))")
             assert e.value.sqlstate == "53100"
             assert (await session.execute("SELECT count(*) > 0 FROM big")).rows == [(1,)]
+            await session.execute("CREATE TEMP TABLE scratch (b BLOB)")
+            with pytest.raises(SQLError) as e:
+                await session.execute("INSERT INTO scratch SELECT randomblob(300000)")
+            assert e.value.sqlstate == "53100"
             await session.close()
         finally:
             await hosted.close()
@@ -311,3 +315,28 @@ def test_statement_splitting_never_fails_and_keeps_literals(text):
     literal = text.replace("'", "")
     (only,) = split_statements(f"SELECT '{literal}'")
     assert only.sql == f"SELECT '{literal}'"
+
+
+def test_pool_reuses_connections_rolls_back_and_stays_bounded(open_runtime):
+    async def scenario():
+        runtime = await open_runtime(**{"sql.pool_size": "2", "sql.max_idle_connections": "1"})
+        hosted = hosted_sql(runtime)
+        try:
+            (ann,) = await _users(runtime, "ann")
+            await hosted.create(ann, "p")
+            async with hosted.session(ann, "p") as first:
+                await first.execute("CREATE TABLE t (x)")
+                await first.execute("BEGIN")
+                await first.execute("INSERT INTO t VALUES (1)")  # left open: rolled back on release
+                async with hosted.session(ann, "p") as second:
+                    assert second is not first
+            async with hosted.session(ann, "p") as again:
+                assert again is first and not again.in_transaction
+                assert (await again.execute("SELECT count(*) FROM t")).rows == [(0,)]
+            assert sum(len(idle) for idle in hosted._pool.values()) == 1
+            assert second.closed
+        finally:
+            await hosted.close()
+            await runtime.close()
+
+    run(scenario())

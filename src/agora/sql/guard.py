@@ -9,7 +9,8 @@ Layers, each enough on its own for what it covers:
   ATTACH/DETACH, load_extension and other dangerous functions, virtual tables other
   than the full-text and R-tree ones, and every PRAGMA outside a read-only allow-list
   are denied; with read access, every write is denied as well (and ``query_only`` is set).
-- Size: ``max_page_count`` caps the file (a write beyond fails with SQLITE_FULL).
+- Size: ``max_page_count`` caps the file, and the temporary tables (a write beyond
+  fails with SQLITE_FULL).
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ def open_database(path: Path, *, read_only: bool, create: bool, max_bytes: int,
         conn.execute("PRAGMA journal_mode=WAL").fetchall()
         conn.execute("PRAGMA synchronous=FULL")
         page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
-        conn.execute(f"PRAGMA max_page_count={max(1, max_bytes // page_size)}").fetchall()
+        pages = max(1, max_bytes // page_size)
+        conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
+        # Temporary tables count too: they live in files outside the data dir.
+        conn.execute(f"PRAGMA temp.max_page_count={pages}").fetchall()
         if read_only:
             conn.execute("PRAGMA query_only=1")
         conn.authorizer = authorizer(read_only)

@@ -46,6 +46,7 @@ import logging
 import re
 import shutil
 import weakref
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,6 +107,9 @@ class HostedSQL:
         self.root = runtime.data_dir / "sql"
         self._sessions: dict[int, weakref.WeakSet[SQLSession]] = {}
         self._pool: dict[tuple[int, int, str], list[SQLSession]] = {}
+        # Every idle pooled session, oldest first: beyond sql.max_idle_connections the
+        # oldest is closed (each holds a file, a thread and SQLite's page cache).
+        self._idle: OrderedDict[SQLSession, tuple[int, int, str]] = OrderedDict()
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
@@ -307,7 +311,11 @@ class HostedSQL:
         info = await self.get(user, ref)
         key = (info.id, user.id, info.access)
         idle = self._pool.get(key)
-        session = idle.pop() if idle else await self._open(info, user)
+        if idle:
+            session = idle.pop()
+            self._idle.pop(session, None)
+        else:
+            session = await self._open(info, user)
         session.database = info
         try:
             yield session
@@ -322,6 +330,11 @@ class HostedSQL:
                 idle = self._pool.setdefault(key, [])
                 if len(idle) < self.settings.pool_size:
                     idle.append(session)
+                    self._idle[session] = key
+                    while len(self._idle) > self.settings.max_idle_connections:
+                        oldest, old_key = self._idle.popitem(last=False)
+                        self._pool[old_key].remove(oldest)
+                        await oldest.close()
                     return
             except Exception:  # a session that cannot roll back is not reused
                 log.exception("sql: dropping a pooled connection")
@@ -330,6 +343,7 @@ class HostedSQL:
     async def _disconnect(self, db_id: int, user_id: int | None, why: str) -> None:
         for key in [k for k in self._pool if k[0] == db_id and (user_id is None or k[1] == user_id)]:
             for session in self._pool.pop(key):
+                self._idle.pop(session, None)
                 await session.close()
         for session in list(self._sessions.get(db_id, ())):
             if user_id is None or session.user_id == user_id:
@@ -341,6 +355,7 @@ class HostedSQL:
             for session in idle:
                 await session.close()
         self._pool.clear()
+        self._idle.clear()
         for sessions in self._sessions.values():
             for session in list(sessions):
                 await session.close()
