@@ -80,7 +80,7 @@ def test_ssl_and_gssenc_requests_are_answered(pg_server):
 
 def test_connection_limits_and_idle_timeout(make_server):
     server = make_server(env={**server_env(), "AGORA_POSTGRES_MAX_CONNECTIONS_PER_IP": "2",
-                              "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5"})
+                              "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5", "AGORA_IDENTITY_LOGIN_FREE_FAILURES": "2"})
     ann = account(server, "db")
     first, second = connect(ann.dsn("db")), connect(ann.dsn("db"))
     try:
@@ -96,6 +96,14 @@ def test_connection_limits_and_idle_timeout(make_server):
     second.close()
     with connect(ann.dsn("db")) as conn:  # the address has its slots back
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    # wrong passwords count as on every other protocol: after the free ones, backoff
+    errors = []
+    for _ in range(4):
+        with pytest.raises(psycopg.OperationalError) as failed:
+            connect(ann.dsn("db", password="wrong-password"))
+        errors.append(str(failed.value))
+    assert "password authentication failed" in errors[0]
+    assert any("too many failed attempts" in e for e in errors[2:]), errors
 
 
 def _messages(sock: socket.socket, until: bytes) -> list[tuple[bytes, bytes]]:
