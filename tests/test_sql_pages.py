@@ -48,6 +48,10 @@ def test_list_console_share_and_drop(server):
     assert result.status_code == 200
     assert "SELECT 2" in result.text and "&lt;b&gt;x&lt;/b&gt;" in result.text and "\\xcafe" in result.text
     assert 'class="null">NULL' in result.text
+    exported = ann.post("/sql/export", db=f"{ann.name}/pages", sql="SELECT id, s FROM t ORDER BY id")
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
+    assert exported.text == "id,s\r\n1,<b>x</b>\r\n2,\r\n"
+    assert ann.post("/sql/export", db=f"{ann.name}/pages", sql="DELETE FROM t").status_code == 400
     error = ann.run(f"{ann.name}/pages", "SELECT * FROM nope")
     assert error.status_code == 400 and 'id="sql-error"' in error.text and "42P01" in error.text
     assert "SELECT * FROM nope" in error.text  # the statement stays in the editor

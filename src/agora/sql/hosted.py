@@ -21,8 +21,9 @@ and ``-``, starting with a letter or digit. User names never contain ``/``.
 
 ``SQLSession`` (session.py): ``access`` ("owner" | "write" | "read"), ``database``,
 ``in_transaction``, ``failed`` (PostgreSQL's aborted-transaction state),
-``await execute(sql, params) -> Result`` (one statement; ``$1``-style or ``?``
-parameters), ``await execute_batch([(sql, params), ...])`` (all or nothing),
+``await execute(sql, params, limits=None) -> Result`` (one statement; ``$1``-style or
+``?`` parameters; a statement that only reads is tried on the event loop first with a
+tiny step budget, anything else runs on the session's own thread), ``await execute_batch([(sql, params), ...])`` (all or nothing),
 ``await describe(sql) -> (param_count, [Column])`` (prepares without running),
 ``stream(sql, params)`` (async iterator of (columns, rows) chunks), ``cancel()``
 (thread-safe), ``await rollback()``, ``await close()``.
