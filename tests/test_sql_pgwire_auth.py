@@ -54,6 +54,10 @@ def test_users_without_a_verifier_get_one_at_their_next_login(pg_server):
     provision(pg_server, forget_verifiers=[ann.name])
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect(ann.dsn("db", password="wrong-password"), require_auth="password")
+    # a login through any other protocol makes the verifier too
+    pg_server.login(ann.name, ann.password)
+    with connect(ann.dsn("db"), require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 4").fetchone() == (4,)
 
 
 def test_disabled_users_are_refused(pg_server):
