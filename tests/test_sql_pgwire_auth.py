@@ -38,6 +38,9 @@ def test_scram_with_and_without_channel_binding(pg_server):
         assert conn.info.parameter_status("standard_conforming_strings") == "on"
     with pytest.raises(psycopg.OperationalError, match="SASL"):
         connect(ann.dsn("db"), require_auth="password")
+    # an unknown name goes through the same SCRAM exchange, and fails only at its end
+    with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "nosuchuser"'):
+        connect(ann.dsn("db").replace(f"user={ann.name}", "user=nosuchuser"), require_auth="scram-sha-256")
 
 
 def test_users_without_a_verifier_get_one_at_their_next_login(pg_server):

@@ -340,10 +340,15 @@ class Identity:
             return None
         return decode_verifier(row.scram_verifier)
 
-    async def has_scram_verifier(self, name: str) -> bool:
+    async def lacks_scram_verifier(self, name: str) -> bool:
+        """True for an existing user who has no SCRAM verifier yet (one made before
+        verifiers existed): such a user can log in with SCRAM only after giving the
+        password once. False for everyone else, unknown names included."""
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH):
+            return False
         async with self.db.read() as conn:
             row = (await conn.execute(select(users.c.scram_verifier).where(users.c.name == name))).first()
-        return row is not None and decode_verifier(row.scram_verifier) is not None
+        return row is not None and decode_verifier(row.scram_verifier) is None
 
     async def record_login(self, name: str, ok: bool, client: ClientInfo) -> User:
         """Second half of a login checked outside authenticate() (SCRAM proofs): counts

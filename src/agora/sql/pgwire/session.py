@@ -184,13 +184,13 @@ class PGSession:
         if (startup.version & 0xFFFF) > 0 or any(k.startswith("_pq_.") for k in params):
             self.send(messages.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")]))
         try:
-            if self.settings.password_method == "scram-sha-256" and await identity.has_scram_verifier(name):
-                self.user = await self._scram(name, client, deadline)
-            elif client.secure or client.loopback or self.runtime.config.identity.allow_plaintext_remote:
+            plaintext_ok = client.secure or client.loopback or self.runtime.config.identity.allow_plaintext_remote
+            cleartext = self.settings.password_method == "password" or await identity.lacks_scram_verifier(name)
+            if cleartext and plaintext_ok:
                 self.user = await self._cleartext(name, client, deadline)
             else:
-                # No verifier and no safe way to take the password: a SCRAM exchange
-                # that cannot succeed, so as not to tell a stranger who exists.
+                # Unknown names get SCRAM against a made-up verifier, as real users do,
+                # so that the method asked for tells a stranger nothing.
                 self.user = await self._scram(name, client, deadline)
         except RateLimited as error:
             raise Goodbye("53400", error.detail) from None
