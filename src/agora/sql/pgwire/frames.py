@@ -13,7 +13,7 @@ https://www.postgresql.org/docs/current/protocol-message-formats.html
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PROTOCOL_3 = 3 << 16
 SSL_REQUEST = 80877103
@@ -321,8 +321,3 @@ class FrontendParser:
         self.startup = False
         return Startup(code, params)
 
-
-def discard_buffered(parser: FrontendParser) -> None:
-    """Drop bytes that arrived in clear before a TLS handshake: they are never run as
-    if they had come over TLS (CVE-2021-23214)."""
-    parser._buffer.clear()

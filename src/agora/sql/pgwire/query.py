@@ -18,7 +18,7 @@ from agora.core.errors import AgoraError
 from agora.sql.pgwire import catalog, frames, messages
 from agora.sql.pgwire.params import infer_param_types
 from agora.sql.pgwire.results import Rows, columns_of, encode_rows, oid_for_expression, result_oids
-from agora.sql.pgwire.rewrite import first_words, is_empty, rewrite, split_statements
+from agora.sql.pgwire.rewrite import first_words, rewrite, split_statements
 from agora.sql.pgwire.types import TEXT, UNKNOWN, decode_param
 
 if TYPE_CHECKING:

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import hashes
 
 from agora.core.runtime import Runtime
 from agora.core.tls import server_context
-from agora.sql.pgwire import messages
 
 log = logging.getLogger("agora.sql.pgwire")
 REFUSAL_TIMEOUT = 5.0  # how long a refused connection may take to hear why

@@ -13,7 +13,6 @@ makes their verifier.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from agora.core.errors import AgoraError, AuthenticationFailed, EncryptionRequired, Forbidden, NotFound, RateLimited

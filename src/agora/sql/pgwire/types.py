@@ -238,9 +238,6 @@ def _numeric_from_binary(data: bytes) -> Any:
     return float(number)
 
 
-_TYPE_WORD = re.compile(r"[a-z_][a-z0-9_ ]*")
-
-
 def oid_for_cast(type_text: str) -> int:
     """The OID a `::type` cast in a query names (unknown names: text)."""
     name = re.sub(r"\(.*", "", type_text.strip().lower()).strip()
