@@ -148,7 +148,7 @@ class QueryRunner:
     def complete(self, rows: Rows) -> None:
         if rows.truncated:
             self.send(messages.notice_response(
-                f"the result was cut at {len(rows.rows)} rows (sql.max_rows / sql.max_response_bytes)",
+                f"the result was cut at {len(rows.rows)} rows (sql.max_rows / sql.max_result_bytes)",
                 sqlstate="01000", severity="WARNING"))
         self.send(messages.command_complete(rows.tag))
 
