@@ -16,7 +16,7 @@ from pgwire_support import QUERY_TIMEOUT, account, provision, server_env
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
 asyncpg = pytest.importorskip("asyncpg")
 
-pytestmark = pytest.mark.xdist_group("sql-wire")
+pytestmark = pytest.mark.xdist_group("sql-drivers")
 
 SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 

@@ -14,7 +14,7 @@ from pgwire_support import account, provision, server_env
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
 
-pytestmark = pytest.mark.xdist_group("sql-wire")
+pytestmark = pytest.mark.xdist_group("sql-pgwire-auth")
 
 
 @pytest.fixture(scope="module")

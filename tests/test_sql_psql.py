@@ -12,7 +12,7 @@ import pytest
 from conftest import ServerFactory
 from pgwire_support import Account, account, provision, server_env
 
-pytestmark = [pytest.mark.xdist_group("sql-wire"),
+pytestmark = [pytest.mark.xdist_group("sql-psql"),
               pytest.mark.skipif(shutil.which("psql") is None,
                                  reason="psql is not installed (Debian package postgresql-client; scripts/test-env.sh installs it)")]
 
