@@ -231,6 +231,78 @@ def _parse_typed(kind: bytes, body: bytes) -> Event:
     raise _Bad(f"unsupported frontend message type {kind!r}", "0A000" if kind in b"Fdcf" else "08P01")
 
 
+_LENGTH = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
+_SYNC, _FLUSH = Sync(), Flush()
+
+
+def _fast_sync(body: bytes) -> Event | None:
+    return _SYNC if not body else None
+
+
+def _fast_flush(body: bytes) -> Event | None:
+    return _FLUSH if not body else None
+
+
+def _fast_execute(body: bytes) -> Event | None:
+    end = body.find(b"\x00")
+    if end < 0 or len(body) != end + 5:
+        return None
+    try:
+        portal = body[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return Execute(portal, max(0, _LENGTH.unpack_from(body, end + 1)[0]))
+
+
+def _fast_describe(body: bytes) -> Event | None:
+    if len(body) < 2 or body[-1] != 0 or body[0] not in (83, 80) or body.find(b"\x00", 1) != len(body) - 1:
+        return None
+    try:
+        return Describe(chr(body[0]), body[1:-1].decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def _fast_bind(body: bytes) -> Event | None:
+    """Bind without a reader object; None sends it down the careful path (which also
+    names what is wrong with a malformed one)."""
+    try:
+        a = body.index(b"\x00")
+        b = body.index(b"\x00", a + 1)
+        portal, statement = body[:a].decode("utf-8"), body[a + 1:b].decode("utf-8")
+        pos = b + 1
+        count = _INT16.unpack_from(body, pos)[0]
+        formats = list(struct.unpack_from(f"!{count}h", body, pos + 2))
+        pos += 2 + 2 * count
+        nparams = _INT16.unpack_from(body, pos)[0]
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(nparams):
+            length = _LENGTH.unpack_from(body, pos)[0]
+            pos += 4
+            if length == -1:
+                params.append(None)
+            elif 0 <= length <= len(body) - pos:
+                params.append(body[pos:pos + length])
+                pos += length
+            else:
+                return None
+        count = _INT16.unpack_from(body, pos)[0]
+        results = list(struct.unpack_from(f"!{count}h", body, pos + 2))
+        if pos + 2 + 2 * count != len(body) or count < 0 or nparams < 0:
+            return None
+    except (ValueError, struct.error, UnicodeDecodeError):
+        return None
+    if any(f not in (0, 1) for f in formats) or any(f not in (0, 1) for f in results):
+        return None
+    return Bind(portal, statement, formats, params, results)
+
+
+_FAST = {ord("S"): _fast_sync, ord("H"): _fast_flush, ord("E"): _fast_execute, ord("D"): _fast_describe,
+         ord("B"): _fast_bind}
+
+
 class FrontendParser:
     """Bytes in, events out. ``startup`` is True until the startup packet is read."""
 
@@ -249,52 +321,74 @@ class FrontendParser:
             return []
         self._buffer += data
         events: list[Event] = []
-        while not self.dead:
+        while self.startup and not self.dead:
             event = self._next()
             if event is None:
-                break
+                return events
             events.append(event)
-            if isinstance(event, (Fatal, Terminate)):
-                self.dead = True  # nothing after these is read
+            if isinstance(event, Fatal):
+                self.dead = True
                 self._buffer.clear()
-            elif isinstance(event, (Startup, CancelRequest, Terminate)):
+            elif isinstance(event, (Startup, CancelRequest)):
                 # Nothing is read after a startup packet until the server has answered
-                # it (authentication is a dialogue), nor after a cancel or goodbye.
-                break
+                # it (authentication is a dialogue), nor after a cancel.
+                return events
+        if not self.dead:
+            self._typed(events)
         return events
+
+    def _typed(self, events: list[Event]) -> None:
+        """Every complete typed message in the buffer (the hot path: one pass, one
+        compaction of the buffer at the end)."""
+        buf = self._buffer
+        size = len(buf)
+        pos = 0
+        while size - pos >= 5:
+            length = _LENGTH.unpack_from(buf, pos + 1)[0]
+            if length < 4:
+                events.append(Fatal("08P01", f"invalid message length {length}"))
+            elif length > self.max_message:
+                events.append(Fatal("54000", f"message of {length} bytes is longer than the limit of "
+                                             f"{self.max_message}"))
+            else:
+                end = pos + 1 + length
+                if end > size:
+                    break
+                kind = buf[pos]
+                body = bytes(buf[pos + 5:end])
+                pos = end
+                fast = _FAST.get(kind)
+                event = fast(body) if fast is not None else None
+                if event is None:
+                    try:
+                        event = _parse_typed(bytes((kind,)), body)
+                    except _Bad as bad:
+                        event = Malformed(bytes((kind,)), bad.sqlstate, str(bad))
+                events.append(event)
+                if not isinstance(event, Terminate):
+                    continue
+            # Fatal or Terminate: nothing after it is read.
+            self.dead = True
+            buf.clear()
+            return
+        del buf[:pos]
 
     def pending(self) -> int:
         return len(self._buffer)
 
     def _next(self) -> Event | None:
+        """The startup packet (no type byte), or None until it is complete."""
         buf = self._buffer
-        if self.startup:
-            if len(buf) < 4:
-                return None
-            length = struct.unpack_from("!i", buf)[0]
-            if not 8 <= length <= MAX_STARTUP:
-                return Fatal("08P01", "invalid length of startup packet")
-            if len(buf) < length:
-                return None
-            body = bytes(buf[4:length])
-            del buf[:length]
-            return self._startup(body)
-        if len(buf) < 5:
+        if len(buf) < 4:
             return None
-        kind = bytes(buf[:1])
-        length = struct.unpack_from("!i", buf, 1)[0]
-        if length < 4:
-            return Fatal("08P01", f"invalid message length {length}")
-        if length > self.max_message:
-            return Fatal("54000", f"message of {length} bytes is longer than the limit of {self.max_message}")
-        if len(buf) < 1 + length:
+        length = struct.unpack_from("!i", buf)[0]
+        if not 8 <= length <= MAX_STARTUP:
+            return Fatal("08P01", "invalid length of startup packet")
+        if len(buf) < length:
             return None
-        body = bytes(buf[5:1 + length])
-        del buf[:1 + length]
-        try:
-            return _parse_typed(kind, body)
-        except _Bad as bad:
-            return Malformed(kind, bad.sqlstate, str(bad))
+        body = bytes(buf[4:length])
+        del buf[:length]
+        return self._startup(body)
 
     def _startup(self, body: bytes) -> Event:
         code = struct.unpack_from("!i", body)[0]

@@ -70,25 +70,24 @@ class QueryRunner:
         self.send(messages.ready_for_query(self.status()))
         while not s.stopping:
             event = await s.next_event(s.settings.idle_timeout)
-            if event is None or isinstance(event, frames.Terminate):
+            kind = type(event)
+            if event is None or kind is frames.Terminate:
                 return
-            if isinstance(event, frames.Fatal):
-                from agora.sql.pgwire.session import Goodbye
-                raise Goodbye(event.sqlstate, event.message)
-            if isinstance(event, frames.Sync):
+            if kind is frames.Sync:
                 self.skipping = False
                 self.portals.pop("", None)
                 self.send(messages.ready_for_query(self.status()))
                 continue
-            if isinstance(event, frames.Flush):
-                continue
-            if self.skipping:
+            if kind is frames.Fatal:
+                from agora.sql.pgwire.session import Goodbye
+                raise Goodbye(event.sqlstate, event.message)
+            if kind is frames.Flush or self.skipping:
                 continue
             s.busy = True
             try:
-                if isinstance(event, frames.Query):
+                if kind is frames.Query:
                     await self.simple_query(event.sql)
-                elif isinstance(event, frames.Malformed) and event.type == b"Q":
+                elif kind is frames.Malformed and event.type == b"Q":
                     # A simple-query client sends no Sync: answer and be ready again.
                     self.error(StatementError(event.sqlstate, event.message))
                     self.send(messages.ready_for_query(self.status()))
@@ -155,21 +154,22 @@ class QueryRunner:
     # -- extended query -------------------------------------------------------------
 
     async def extended(self, event: frames.Event) -> None:
-        if isinstance(event, frames.Malformed):
-            raise StatementError(event.sqlstate, event.message)
-        if isinstance(event, frames.Parse):
-            await self.parse(event)
-        elif isinstance(event, frames.Bind):
+        kind = type(event)
+        if kind is frames.Bind:
             self.bind(event)
-        elif isinstance(event, frames.Describe):
-            await self.describe(event)
-        elif isinstance(event, frames.Execute):
+        elif kind is frames.Execute:
             await self.execute_portal(event)
-        elif isinstance(event, frames.Close):
+        elif kind is frames.Describe:
+            await self.describe(event)
+        elif kind is frames.Parse:
+            await self.parse(event)
+        elif kind is frames.Close:
             (self.statements if event.kind == "S" else self.portals).pop(event.name, None)
             self.send(messages.close_complete())
+        elif kind is frames.Malformed:
+            raise StatementError(event.sqlstate, event.message)
         else:
-            raise StatementError("08P01", f"unexpected message {type(event).__name__} in the query phase")
+            raise StatementError("08P01", f"unexpected message {kind.__name__} in the query phase")
 
     async def parse(self, event: frames.Parse) -> None:
         if event.name and event.name in self.statements:
