@@ -33,6 +33,10 @@ def is_catalog_query(sql: str) -> bool:
     return bool(_CATALOG.search(sql)) and first_words(sql, 1) in (["SELECT"], ["WITH"])
 
 
+def is_simple_function(sql: str) -> bool:
+    return bool(_SIMPLE_FUNC.match(sql) or _SETTING_FUNC.match(sql))
+
+
 def simple_function(sql: str, session: dict[str, str]) -> Rows | None:
     """SELECT version() and its kin, SELECT current_setting('x')."""
     match = _SIMPLE_FUNC.match(sql)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class Prepared:
     param_types: list[int]
     columns: list[tuple[str, int]] | None = None  # described: (name, oid)
     plain: bool = False  # nothing for this module to answer: straight to the domain
+    unknown: list[int] = field(default_factory=list)  # parameters the client gave no type
 
 
 @dataclass
@@ -176,20 +178,20 @@ class QueryRunner:
             raise StatementError("42P05", f'prepared statement "{event.name}" already exists')
         if len(self.statements) + len(self.portals) >= MAX_PREPARED:
             raise StatementError("54000", f"too many prepared statements (at most {MAX_PREPARED})")
-        if len(split_statements(event.sql)) > 1:
-            raise StatementError("42601", "cannot insert multiple commands into a prepared statement")
         try:
-            info = rewrite(event.sql)
+            nparams, cast_types, several = _analyse(event.sql)
         except ValueError as error:
             raise StatementError("42P02", str(error)) from None
-        count = max(info.nparams, len(event.param_types))
+        if several:
+            raise StatementError("42601", "cannot insert multiple commands into a prepared statement")
+        count = max(nparams, len(event.param_types))
         given = list(event.param_types) + [0] * (count - len(event.param_types))
-        types = [given[i] or info.cast_types.get(i + 1, 0) for i in range(count)]
-        if any(t == 0 for t in types):
-            guessed = await infer_param_types(info.sql, self.schema_runner())
-            types = [t or guessed.get(i + 1, TEXT) for i, t in enumerate(types)]
-        self.statements[event.name] = Prepared(event.sql, [TEXT if t == UNKNOWN else t for t in types],
-                                               plain=self.plain(event.sql))
+        types = [given[i] or cast_types.get(i + 1, 0) for i in range(count)]
+        # Untyped parameters are read as text (SQLite's column affinity converts them);
+        # a client that asks (Describe) gets a better guess from the schema then.
+        unknown = [i for i, t in enumerate(types) if t in (0, UNKNOWN)]
+        self.statements[event.name] = Prepared(event.sql, [TEXT if t in (0, UNKNOWN) else t for t in types],
+                                               plain=self.plain(event.sql), unknown=unknown)
         self.send(messages.parse_complete())
 
     def bind(self, event: frames.Bind) -> None:
@@ -219,6 +221,11 @@ class QueryRunner:
             statement = self.statements.get(event.name)
             if statement is None:
                 raise StatementError("26000", f'prepared statement "{event.name}" does not exist')
+            if statement.unknown:
+                guessed = await infer_param_types(rewrite(statement.sql).sql, self.schema_runner())
+                for i in statement.unknown:
+                    statement.param_types[i] = guessed.get(i + 1, TEXT)
+                statement.unknown = []
             self.send(messages.parameter_description(statement.param_types))
             if statement.columns is None:
                 statement.columns = await self.describe_sql(statement.sql)
@@ -340,11 +347,9 @@ class QueryRunner:
             return await catalog.answer(sql, self.schema_runner(), self.databases, self.session_info())
         return await self.domain(sql, params)
 
-    def plain(self, sql: str) -> bool:
-        """True for statements execute() would hand to the domain unchanged."""
-        words = first_words(sql, 1)
-        return bool(words) and words[0] in ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "REPLACE") \
-            and not catalog.simple_function(sql, self.session_info()) and not catalog.is_catalog_query(sql)
+    @staticmethod
+    def plain(sql: str) -> bool:
+        return _plain(sql)
 
     def set(self, sql: str) -> Rows:
         match = re.match(r"(?is)^\s*set\s+(?:session\s+|local\s+)?([a-z_][a-z0-9_.]*)\s*(?:to|=)\s*(.*?)\s*;?\s*$", sql)
@@ -374,6 +379,22 @@ class QueryRunner:
             ref = name if owner == self.session.user.name else f"{owner}/{name}"
             out.append({"name": ref, "owner": owner, "privileges": get("access") or ""})
         return out
+
+
+@lru_cache(maxsize=1024)
+def _plain(sql: str) -> bool:
+    """True for statements execute() would hand to the domain unchanged."""
+    words = first_words(sql, 1)
+    return bool(words) and words[0] in ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "REPLACE") \
+        and not catalog.is_simple_function(sql) and not catalog.is_catalog_query(sql)
+
+
+@lru_cache(maxsize=1024)
+def _analyse(sql: str) -> tuple[int, dict[int, int], bool]:
+    """(highest $N, types named by casts, several statements?) of a statement's text;
+    cached, since drivers send the same few statements over and over."""
+    info = rewrite(sql)
+    return info.nparams, info.cast_types, len(split_statements(sql)) > 1
 
 
 def _without_alias(expression: str) -> str:
