@@ -1,7 +1,7 @@
 """Hosted SQL over the PostgreSQL wire protocol: Agora against this machine's PostgreSQL,
 in one run, with the same client (pgbench) on both sides.
 
-    python bench/sql.py [--duration 10] [--clients 16] [--rows 100000] [--json out.json]
+    python bench/sql.py [--duration 5] [--clients 16] [--rows 100000] [--json out.json]
 
 Starts `python -m agora serve` on ephemeral loopback ports in a temporary data dir,
 creates a hosted database for the admin account and, in PostgreSQL at 127.0.0.1:5432
@@ -156,7 +156,7 @@ def pgbench(conninfo: str, env: dict[str, str], script: str, clients: int, durat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--json", help="also write the figures here")
