@@ -78,6 +78,10 @@ def test_psql_errors_transactions_and_multiple_statements(pg_server):
                 "SELECT string_agg(id, ',') AS ids FROM (SELECT id FROM n ORDER BY id)", "\\d nosuch")
     assert "1,2\n" in done.stdout, done.stdout + done.stderr
     assert 'Did not find any relation named "nosuch"' in done.stderr
+    # errors carry SQLSTATE and, where SQLite names a token, its position
+    done = psql(ann, "notes", "\\set VERBOSITY verbose", "SELECT nosuch FROM n")
+    assert "ERROR:  42703: no such column: nosuch" in done.stderr, done.stderr
+    assert "LINE 1: SELECT nosuch FROM n\n               ^" in done.stderr
 
 
 def test_psql_denials(pg_server):

@@ -311,7 +311,7 @@ class QueryRunner:
             result = await _await(self.session.sql.execute(sql, params))
         except AgoraError as error:
             raise StatementError(getattr(error, "sqlstate", None) or "XX000", error.detail,
-                                 getattr(error, "position", None)) from None
+                                 getattr(error, "position", None) or error_position(sql, error.detail)) from None
         if getattr(result, "notice", None):
             self.send(messages.notice_response(result.notice, severity="WARNING",
                                                sqlstate="25P01" if "no transaction" in result.notice else "25001"))
@@ -379,6 +379,21 @@ class QueryRunner:
             ref = name if owner == self.session.user.name else f"{owner}/{name}"
             out.append({"name": ref, "owner": owner, "privileges": get("access") or ""})
         return out
+
+
+_NAMED = re.compile(r'near "(?P<near>[^"]+)": syntax error|no such (?:table|column|function): (?P<name>[\w.]+)')
+
+
+def error_position(sql: str, message: str) -> int | None:
+    """Where in the statement SQLite's error points (1-based, as ErrorResponse's P
+    field): the token it names, if it appears in the text. psql then marks it."""
+    match = _NAMED.search(message)
+    if not match:
+        return None
+    token = match.group("near") or match.group("name").split(".")[-1]
+    found = re.search(r"(?<![\w])" + re.escape(token) + r"(?![\w])", sql, re.IGNORECASE) or \
+        re.search(re.escape(token), sql, re.IGNORECASE)
+    return found.start() + 1 if found else None
 
 
 @lru_cache(maxsize=1024)
