@@ -117,7 +117,7 @@ async def run(request: Request, session: Session = Depends(actor)) -> Response:
         async with hosted.session(session.user, ref) as conn:
             result = await conn.execute(sql, limits=_limits(hosted))
     except SQLError as error:
-        return await _console(request, session, ref, sql, error=error, status=400)
+        return await _console(request, session, ref, sql, error=error)
     return await _console(request, session, ref, sql, result=result)
 
 
@@ -142,7 +142,7 @@ async def export(request: Request, session: Session = Depends(actor)) -> Respons
     except SQLError as error:
         await chunks.aclose()
         await manager.__aexit__(None, None, None)
-        return await _console(request, session, ref, sql, error=error, status=400)
+        return await _console(request, session, ref, sql, error=error)
     except BaseException as error:
         await manager.__aexit__(type(error), error, None)
         raise
