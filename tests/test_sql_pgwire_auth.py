@@ -87,7 +87,8 @@ def test_ssl_and_gssenc_requests_are_answered(pg_server):
 
 def test_connection_limits_and_idle_timeout(make_server):
     server = make_server(env={**server_env(), "AGORA_POSTGRES_MAX_CONNECTIONS_PER_IP": "2",
-                              "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5", "AGORA_IDENTITY_LOGIN_FREE_FAILURES": "2"})
+                              "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5", "AGORA_IDENTITY_LOGIN_FREE_FAILURES": "2",
+                              "AGORA_POSTGRES_PASSWORD_METHOD": "password"})
     ann = account(server, "db")
     first, second = connect(ann.dsn("db")), connect(ann.dsn("db"))
     try:
@@ -103,6 +104,14 @@ def test_connection_limits_and_idle_timeout(make_server):
     second.close()
     with connect(ann.dsn("db")) as conn:  # the address has its slots back
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    # postgres.password_method = password: the password in clear (here from loopback),
+    # and an API token of the user serves as one
+    token = server.login(ann.name, ann.password, label="pg")
+    with connect(ann.dsn("db", password=token), require_auth="password") as conn:
+        assert conn.execute("SELECT 5").fetchone() == (5,)
+    other = account(server)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(other.dsn(f"{ann.name}/db", password=token))
     # wrong passwords count as on every other protocol: after the free ones, backoff
     errors = []
     for _ in range(4):
