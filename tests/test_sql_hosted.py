@@ -340,3 +340,30 @@ def test_pool_reuses_connections_rolls_back_and_stays_bounded(open_runtime):
             await runtime.close()
 
     run(scenario())
+
+
+def test_a_grant_withdrawn_elsewhere_ends_a_connection_at_the_next_check(open_runtime):
+    async def scenario():
+        runtime = await open_runtime(**{"sql.recheck_interval": "0"})
+        hosted = hosted_sql(runtime)
+        try:
+            ann, bob = await _users(runtime, "ann", "bob")
+            await hosted.create(ann, "a")
+            await hosted.grant(ann, "a", "bob", "write")
+            session = await hosted.connect(bob, "ann/a")
+            assert (await session.execute("SELECT 1")).rows == [(1,)]
+            # As another node would: the catalogue changes, this node's sessions are not told.
+            from sqlalchemy import delete
+
+            from agora.sql.tables import sql_grants
+            async with runtime.db.write() as conn:
+                await conn.execute(delete(sql_grants))
+            with pytest.raises(SQLError) as e:
+                await session.execute("SELECT 1")
+            assert e.value.sqlstate == "42501" and "withdrawn" in e.value.detail
+            await session.close()
+        finally:
+            await hosted.close()
+            await runtime.close()
+
+    run(scenario())

@@ -352,6 +352,7 @@ SETTINGS += [
     Setting("sql.max_batch", _int(1, 100000), 1000, "Statements in one batch request."),
     Setting("sql.lock_timeout", _duration, 5.0, "How long a write waits for another connection's write transaction on the same database (then SQLSTATE 55P03)."),
     Setting("sql.pool_size", _int(0, 1000), 4, "Idle connections kept per database and user for HTTP queries."),
+    Setting("sql.recheck_interval", _duration, 5.0, "A long-lived connection (PostgreSQL protocol) checks that its access still holds this often (grants changed on another node)."),
     Setting("sql.max_idle_connections", _int(0, 100000), 256, "Idle pooled connections kept in all; beyond, the oldest is closed."),
 ]
 

@@ -290,9 +290,21 @@ class HostedSQL:
     # -- connections ------------------------------------------------------------------
 
     async def connect(self, user: User, ref: str) -> SQLSession:
-        """A dedicated connection (the wire protocol's): closed by the caller."""
+        """A dedicated connection (the wire protocol's): closed by the caller. Its access
+        is checked again every ``sql.recheck_interval`` (a grant revoked on another node)."""
         info = await self.get(user, ref)
-        return await self._open(info, user)
+        session = await self._open(info, user)
+
+        async def recheck() -> str | None:
+            try:
+                now = await self.get(user, info.ref)
+            except NotFound:
+                return None
+            return now.access if now.id == info.id else None
+
+        session.recheck = recheck
+        session.recheck_interval = self.settings.recheck_interval
+        return session
 
     async def _open(self, info: DatabaseInfo, user: User) -> SQLSession:
         path = self.path(info.owner, info.name)

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import apsw
 
@@ -122,6 +122,11 @@ class SQLSession:
         self.failed = False
         self.closed = False
         self.revoked: str | None = None  # set when access is withdrawn while connected
+        # Set by HostedSQL for long-lived connections: an awaitable that says whether the
+        # access still holds (a grant changed on another node), asked every interval.
+        self.recheck: Callable[[], Awaitable[str | None]] | None = None
+        self.recheck_interval = 0.0
+        self._checked_at = time.monotonic()
         self._conn = conn
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sql-{database.name}")
         self._deadline = 0.0
@@ -143,6 +148,8 @@ class SQLSession:
     async def execute(self, sql: str, params: Sequence[Any] = (), *, limits: Limits | None = None) -> Result:
         """Run one statement (several is error 42601: use execute_batch or split them)."""
         limits = limits or self.limits
+        if self.recheck is not None and time.monotonic() - self._checked_at >= self.recheck_interval:
+            await self._recheck()
         if not self.closed and not self.revoked and self._busy.acquire(blocking=False):
             try:
                 self._why = None
@@ -206,7 +213,17 @@ class SQLSession:
 
     # -- on the session's thread ------------------------------------------------
 
+    async def _recheck(self) -> None:
+        assert self.recheck is not None
+        self._checked_at = time.monotonic()
+        access = await self.recheck()
+        if access != self.access and not self.revoked:
+            self.revoked = (f"your access to {self.database.ref} was withdrawn" if access is None else
+                            f"your access to {self.database.ref} changed to {access}; reconnect")
+
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        if self.recheck is not None and time.monotonic() - self._checked_at >= self.recheck_interval:
+            await self._recheck()
         if self.closed:
             raise SQLError("the connection to this database is closed", "08003")
         if self.revoked:
