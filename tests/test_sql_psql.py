@@ -45,19 +45,23 @@ def test_psql_sql_and_meta_commands(pg_server):
                 "UPDATE fruit SET price = 0.8 WHERE name = 'pear'",
                 "DELETE FROM fruit WHERE id = 3",
                 "SELECT id, name, price FROM fruit ORDER BY id",
-                "\\dt", "\\d fruit", "\\l", "\\conninfo")
+                "CREATE TABLE basket (id INTEGER PRIMARY KEY, fruit INTEGER REFERENCES fruit (id) ON DELETE CASCADE)",
+                "\\dt", "\\d fruit", "\\d basket", "\\l", "\\conninfo")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for tag in ("CREATE TABLE", "CREATE INDEX", "INSERT 0 3", "UPDATE 1", "DELETE 1", "(2 rows)"):
         assert tag in out, out
     assert " 1 | apple |   0.5" in out and " 2 | pear  |   0.8" in out
     # \dt lists the table, \d shows its columns and indexes
-    assert "List of relations" in out and " public | fruit | table | " + ann.name in out
+    assert "List of relations" in out and " public | fruit  | table | " + ann.name in out
     assert 'Table "public.fruit"' in out
     assert " id     | integer |           | not null |" in out
     assert " name   | text    |           | not null |" in out
     assert " price  | real    |           |          | 1.5" in out
     assert '"fruit_pkey" PRIMARY KEY, btree (id)' in out and '"fruit_name" btree (name)' in out
+    # foreign keys both ways
+    assert '"basket_fruit_fkey" FOREIGN KEY (fruit) REFERENCES fruit(id) ON DELETE CASCADE' in out
+    assert 'TABLE "basket" CONSTRAINT "basket_fruit_fkey" FOREIGN KEY (fruit) REFERENCES fruit(id)' in out
     # \l shows the user's databases; \conninfo the TLS connection
     assert "List of databases" in out and f" shop | {ann.name} " in out
     assert f'You are connected to database "shop" as user "{ann.name}"' in out

@@ -187,10 +187,21 @@ async def answer(sql: str, run: Runner, databases: Callable[[], Awaitable[list[d
     if rel is not None and "relchecks" in lowered:
         kind = _KIND.get(rel["type"], "r")
         return _shape(items, [{"relchecks": "0", "relkind": kind, "relhasindex": "t", "relhasrules": "f",
-                               "relhastriggers": "f", "relrowsecurity": "f", "relforcerowsecurity": "f",
+                               "relhastriggers": "t", "relrowsecurity": "f", "relforcerowsecurity": "f",
                                "relhasoids": "f", "relispartition": "f", "reltablespace": "0",
                                "reloftype": "", "relpersistence": "p", "relreplident": "d",
                                "amname": "heap" if kind == "r" else None}])
+    if rel is not None and "contype = 'f'" in lowered and "conrelid = '" in lowered:
+        return _shape(items, await _foreign_keys(run, rel))
+    referenced = re.search(r"pg_partition_ancestors\('(\d+)'\)", sql)
+    if referenced and "contype = 'f'" in lowered:
+        target = next((r for r in await _relations(run) if str(r["oid"]) == referenced.group(1)), None)
+        records = []
+        if target is not None:
+            for other in await _relations(run):
+                if other["type"] == "table":
+                    records += [fk for fk in await _foreign_keys(run, other) if fk["target"] == target["name"]]
+        return _shape(items, records)
     if rel is not None and "pg_attribute a" in lowered and "attname" in lowered:
         return _shape(items, await _attributes(run, rel))
     if rel is not None and "pg_index i" in lowered and "indisprimary" in lowered:
@@ -252,6 +263,30 @@ def _index_record(name: str, table: str, columns: str, primary: bool, unique: bo
             "pg_get_constraintdef": ("PRIMARY KEY" if primary else "UNIQUE") + f" ({columns})" if kind else None,
             "contype": kind, "condeferrable": "f" if kind else None, "condeferred": "f" if kind else None,
             "indisreplident": "f", "reltablespace": "0"}
+
+
+async def _foreign_keys(run: Runner, rel: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's foreign keys as pg_constraint rows (SQLite's are unnamed: named as
+    PostgreSQL would name them)."""
+    result = await run(f"SELECT id, \"table\", \"from\", \"to\", on_update, on_delete "
+                       f"FROM pragma_foreign_key_list({_sql_string(rel['name'])}) ORDER BY id, seq", [])
+    keys: dict[int, dict[str, Any]] = {}
+    for key_id, target, source, to, on_update, on_delete in result.rows:
+        key = keys.setdefault(key_id, {"target": target, "from": [], "to": [], "actions": ""})
+        key["from"].append(str(source))
+        if to is not None:
+            key["to"].append(str(to))
+        actions = "".join(f" ON {verb} {action}" for verb, action in (("UPDATE", on_update), ("DELETE", on_delete))
+                          if action and action != "NO ACTION")
+        key["actions"] = actions
+    records = []
+    for key in keys.values():
+        columns = ", ".join(key["from"])
+        to = f"({', '.join(key['to'])})" if key["to"] else ""
+        records.append({"sametable": "t", "conname": f"{rel['name']}_{'_'.join(key['from'])}_fkey",
+                        "condef": f"FOREIGN KEY ({columns}) REFERENCES {key['target']}{to}{key['actions']}",
+                        "ontable": rel["name"], "target": key["target"]})
+    return records
 
 
 def _sql_string(text: str) -> str:
