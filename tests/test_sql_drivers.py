@@ -143,6 +143,12 @@ def test_time_limit_and_cancel_keep_the_connection(pg_server):
         assert "user request" in str(cancelled.value)
         assert time.monotonic() - started < QUERY_TIMEOUT
         assert conn.execute("SELECT 'still here'").fetchone() == ("still here",)
+        # libpq 17's cancel connection goes over TLS too (SSLRequest, then CancelRequest)
+        if hasattr(conn, "cancel_safe"):
+            threading.Timer(0.3, conn.cancel_safe).start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(SLOW)
+            assert conn.execute("SELECT 3").fetchone() == (3,)
 
 
 def test_denials(pg_server):
