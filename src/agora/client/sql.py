@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, many, nothing, one
+from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, nothing, one
 from agora.client.errors import error_for
 from agora.client.models import from_json
 

@@ -26,11 +26,9 @@ batch, ``statement`` (0-based index of the failing one).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from datetime import datetime
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
@@ -39,9 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from agora.core.errors import InvalidInput
 from agora.core.identity import User
 from agora.sql.errors import SQLError
+from agora.sql.export import csv_rows, ndjson, open_result
 from agora.sql.hosted import DatabaseInfo, HostedSQL, hosted_sql
 from agora.sql.session import Result
-from agora.sql.values import from_json, row_to_json, to_csv
+from agora.sql.values import from_json, row_to_json
 from agora.web.auth import api_user
 from agora.web.problems import problem
 
@@ -223,83 +222,26 @@ async def batch(request: Request, body: BatchRequest, db: str = DbRef, user: Use
     return {"results": [result_json(r) for r in results]}
 
 
-async def _first_chunk(request: Request, user: User, db: str, body: QueryRequest):  # type: ignore[no-untyped-def]
-    """Open the stream before answering, so that an error in the statement is a problem
-    document with its status rather than a broken 200."""
-    hosted = _hosted(request)
-    manager = hosted.session(user, ref_of(db))
-    session = await manager.__aenter__()
-    try:
-        chunks = session.stream(body.sql, _params(body.params))
-        first = await chunks.__anext__()
-    except BaseException as error:
-        await manager.__aexit__(type(error), error, None)
-        raise
-    return manager, chunks, first
-
-
 @api.post("/{db}/stream", responses={**QUERY_ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
           response_class=StreamingResponse, summary="A query's whole result as NDJSON")
 async def stream(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
     try:
-        manager, chunks, (columns, rows) = await _first_chunk(request, user, db, body)
+        result = await open_result(_hosted(request).session(user, ref_of(db)), body.sql, _params(body.params))
     except SQLError as error:
         return sql_problem(request, error)
-
-    async def lines() -> AsyncIterator[bytes]:
-        count = 0
-        try:
-            yield json.dumps({"columns": [c.name for c in columns], "types": [c.type for c in columns]}).encode() + b"\n"
-            batch = rows
-            while True:
-                count += len(batch)
-                yield b"".join(json.dumps(row_to_json(r)).encode() + b"\n" for r in batch)
-                try:
-                    _, batch = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            yield json.dumps({"rows": count}).encode() + b"\n"
-        except SQLError as error:
-            yield json.dumps({"error": {"detail": error.detail, "sqlstate": error.sqlstate}}).encode() + b"\n"
-        finally:
-            await chunks.aclose()
-            await manager.__aexit__(None, None, None)
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(ndjson(result), media_type="application/x-ndjson")
 
 
 @api.post("/{db}/export", responses={**QUERY_ERRORS, 200: {"content": {"text/csv": {}}}},
           response_class=StreamingResponse, summary="A query's whole result as CSV")
 async def export(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
     try:
-        manager, chunks, (columns, rows) = await _first_chunk(request, user, db, body)
+        result = await open_result(_hosted(request).session(user, ref_of(db)), body.sql, _params(body.params))
     except SQLError as error:
         return sql_problem(request, error)
-
-    def encode(batch: list[list[Any]]) -> bytes:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\r\n").writerows(batch)
-        return buffer.getvalue().encode()
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            yield encode([[c.name for c in columns]])
-            batch = rows
-            while True:
-                yield encode([[to_csv(v) for v in r] for r in batch])
-                try:
-                    _, batch = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-        except SQLError:
-            # Headers are gone: the body ends early, with a last line saying why.
-            yield b"# error: query stopped\r\n"
-        finally:
-            await chunks.aclose()
-            await manager.__aexit__(None, None, None)
-
-    return StreamingResponse(lines(), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{ref_of(db).replace("/", "-")}.csv"'})
+    name = ref_of(db).replace("/", "-")
+    return StreamingResponse(csv_rows(result), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
 router.include_router(api)

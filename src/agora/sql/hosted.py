@@ -54,7 +54,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import AsyncIterator
 
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge

@@ -15,12 +15,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader
 
 from agora.core.identity import Session
 from agora.sql.errors import SQLError
+from agora.sql.export import csv_rows, open_result
 from agora.sql.hosted import HostedSQL, hosted_sql
 from agora.web import pages
 from agora.web.pages import PageRoute, actor, viewer
@@ -124,52 +125,14 @@ async def run(request: Request, session: Session = Depends(actor)) -> Response:
 @router.post("/export")
 async def export(request: Request, session: Session = Depends(actor)) -> Response:
     """The console's statement, its whole result as a CSV download."""
-    import csv
-    import io
-
-    from fastapi.responses import StreamingResponse
-
-    from agora.sql.values import to_csv
-
     form = await request.form()
     ref, sql = _value(form, "db"), _value(form, "sql", MAX_SQL)
-    hosted = _hosted(request)
-    manager = hosted.session(session.user, ref)
-    conn = await manager.__aenter__()
-    chunks = conn.stream(sql)
     try:
-        columns, rows = await chunks.__anext__()
+        result = await open_result(_hosted(request).session(session.user, ref), sql)
     except SQLError as error:
-        await chunks.aclose()
-        await manager.__aexit__(None, None, None)
         return await _console(request, session, ref, sql, error=error)
-    except BaseException as error:
-        await manager.__aexit__(type(error), error, None)
-        raise
-
-    def encode(batch: list) -> bytes:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\r\n").writerows(batch)
-        return buffer.getvalue().encode()
-
-    async def body():  # type: ignore[no-untyped-def]
-        try:
-            yield encode([[c.name for c in columns]])
-            batch = rows
-            while True:
-                yield encode([[to_csv(v) for v in r] for r in batch])
-                try:
-                    _, batch = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-        except SQLError:
-            yield b"# error: query stopped\r\n"
-        finally:
-            await chunks.aclose()
-            await manager.__aexit__(None, None, None)
-
     name = ref.replace("/", "-") or "result"
-    return StreamingResponse(body(), media_type="text/csv; charset=utf-8",
+    return StreamingResponse(csv_rows(result), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="{name}.csv"',
                                       "Cache-Control": "no-store"})
 
