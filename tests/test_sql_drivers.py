@@ -170,8 +170,14 @@ def test_denials(pg_server):
         assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("INSERT INTO t VALUES (2)")
-        with pytest.raises(psycopg.Error):
-            conn.execute("ATTACH DATABASE '/tmp/x.sqlite' AS x")
+    # nothing outside the database, whatever the grant: the owner is refused too
+    with psycopg.connect(bob.dsn("bobs"), autocommit=True) as conn:
+        for escape in ("ATTACH DATABASE '/tmp/agora-escape.sqlite' AS x", "SELECT load_extension('/tmp/x.so')",
+                       "VACUUM INTO '/tmp/agora-escape.sqlite'", "PRAGMA writable_schema = ON"):
+            with pytest.raises(psycopg.Error) as denied:
+                conn.execute(escape)
+            assert denied.value.sqlstate in ("42501", "42883"), (escape, denied.value.sqlstate, str(denied.value))
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
     # plaintext passwords without TLS are fine from loopback, as elsewhere in Agora; SCRAM
     # never sends the password at all
     with psycopg.connect(ann.dsn("mine", sslmode="disable"), autocommit=True) as conn:
