@@ -144,6 +144,16 @@ def test_transactions_follow_postgresql(open_runtime):
             assert (await two.execute("SELECT x FROM t ORDER BY x")).rows == [(1,)]
             r = await one.execute("ROLLBACK")
             assert r.command_tag == "ROLLBACK" and r.notice
+            # A read too long for the event loop moves to the session's thread, and the
+            # transaction around it is intact.
+            await one.execute("BEGIN")
+            await one.execute("INSERT INTO t VALUES (3)")
+            r = await one.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) "
+                                  "SELECT count(*) FROM c")
+            assert r.rows == [(200000,)] and one.in_transaction and not one.failed
+            await one.execute("COMMIT")
+            assert (await two.execute("SELECT x FROM t ORDER BY x")).rows == [(1,), (3,)]
+            await one.execute("DELETE FROM t WHERE x = 3")
             results = await one.execute_batch([("INSERT INTO t VALUES (?)", [5]), ("INSERT INTO t VALUES (?)", [6])])
             assert [r.command_tag for r in results] == ["INSERT 0 1", "INSERT 0 1"]
             with pytest.raises(SQLError) as e:
