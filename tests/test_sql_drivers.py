@@ -98,6 +98,13 @@ def test_asyncpg_parameters_and_transactions(pg_server):
             assert await conn.fetchval("SELECT group_concat(id) FROM (SELECT id FROM entries ORDER BY id)") == "1,2,3,4"
             with pytest.raises(asyncpg.exceptions.UniqueViolationError):
                 await conn.execute("INSERT INTO entries (id) VALUES ($1)", 1)
+            # cursors: named portals, Execute with a row limit and PortalSuspended
+            async with conn.transaction():
+                cursor = await conn.cursor("SELECT id FROM entries WHERE id <= $1 ORDER BY id", 4)
+                assert [r["id"] for r in await cursor.fetch(3)] == [1, 2, 3]
+                assert [r["id"] for r in await cursor.fetch(3)] == [4]
+                assert [r["id"] async for r in conn.cursor("SELECT id FROM entries ORDER BY id", prefetch=2)] == \
+                    [1, 2, 3, 4]
         finally:
             await conn.close()
 

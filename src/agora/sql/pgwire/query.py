@@ -77,8 +77,12 @@ class QueryRunner:
                 return
             if kind is frames.Sync:
                 self.skipping = False
-                self.portals.pop("", None)
-                self.send(messages.ready_for_query(self.status()))
+                status = self.status()
+                if status == "I":
+                    self.portals.clear()  # portals end with their transaction, as in PostgreSQL
+                else:
+                    self.portals.pop("", None)
+                self.send(messages.ready_for_query(status))
                 continue
             if kind is frames.Fatal:
                 from agora.sql.pgwire.session import Goodbye
