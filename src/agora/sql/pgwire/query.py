@@ -151,6 +151,9 @@ class QueryRunner:
             raise StatementError("22P02", f"a value does not fit its column's type: {error}") from None
 
     def complete(self, rows: Rows) -> None:
+        if not rows.tag and not rows.columns:  # the domain's answer to an empty statement
+            self.send(messages.empty_query_response())
+            return
         if rows.truncated:
             self.send(messages.notice_response(
                 f"the result was cut at {len(rows.rows)} rows (sql.max_rows / sql.max_result_bytes)",
