@@ -74,9 +74,10 @@ class PGSession:
     async def next_event(self, timeout: float | None) -> frames.Event | None:
         """The next frontend message; None when the client has gone."""
         while not self.pending:
-            self.pending.extend(self.parser.feed(b""))
-            if self.pending:
-                break
+            if self.parser.pending():  # what a startup packet left behind, or a partial message
+                self.pending.extend(self.parser.feed(b""))
+                if self.pending:
+                    break
             if self.parser.dead:
                 return None
             # Replies go out only when every message already received is answered: one
