@@ -246,8 +246,8 @@ class QueryRunner:
         assert portal.rows is not None and portal.oids is not None
         portal.described = True
         if portal.rows.columns:
-            self.send(messages.row_description([(n, o) for (n, _), o in zip(portal.rows.columns, portal.oids)],
-                                               portal.result_formats))
+            self.send(_row_description(tuple(n for n, _ in portal.rows.columns), tuple(portal.oids),
+                                       tuple(portal.result_formats)))
         else:
             self.send(messages.no_data())
 
@@ -401,6 +401,12 @@ def error_position(sql: str, message: str) -> int | None:
     found = re.search(r"(?<![\w])" + re.escape(token) + r"(?![\w])", sql, re.IGNORECASE) or \
         re.search(re.escape(token), sql, re.IGNORECASE)
     return found.start() + 1 if found else None
+
+
+@lru_cache(maxsize=1024)
+def _row_description(names: tuple[str, ...], oids: tuple[int, ...], formats: tuple[int, ...]) -> bytes:
+    # The same statement describes the same way on every execution: encode it once.
+    return messages.row_description(list(zip(names, oids)), formats)
 
 
 @lru_cache(maxsize=1024)

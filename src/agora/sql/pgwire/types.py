@@ -13,6 +13,7 @@ import re
 import struct
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 BOOL, BYTEA, INT8, INT2, INT4, TEXT, OID, FLOAT4, FLOAT8, UNKNOWN = 16, 17, 20, 21, 23, 25, 26, 700, 701, 705
@@ -44,6 +45,7 @@ def type_name(oid: int) -> str:
     return TYPES.get(oid, ("text", -1))[0]
 
 
+@lru_cache(maxsize=4096)
 def oid_for_declared(decltype: str | None) -> int | None:
     """The OID for a column's declared type, or None (an expression: decide by value)."""
     if not decltype:
