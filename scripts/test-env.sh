@@ -20,9 +20,9 @@ PG_ADMIN_URL="postgresql://postgres@$PG_HOST:$PG_PORT/postgres"
 # Debian packages the tests use; each service's issue adds its own client programs.
 # Chromium only recommends fonts, and pages render without text where there are none.
 # swaks speaks TLS only through Net::SSLeay, which it merely recommends.
-TEST_DEBS=(chromium fonts-liberation curl lftp litmus fetchmail mutt swaks libnet-ssleay-perl)
+TEST_DEBS=(chromium fonts-liberation curl lftp litmus fetchmail mutt swaks libnet-ssleay-perl postgresql-client)
 # What shows a package is there, where that is not a command of its name.
-declare -A PROVIDES=([chromium]=/usr/bin/chromium [fonts-liberation]=/usr/share/fonts/truetype/liberation [litmus]=/usr/bin/litmus)
+declare -A PROVIDES=([chromium]=/usr/bin/chromium [fonts-liberation]=/usr/share/fonts/truetype/liberation [litmus]=/usr/bin/litmus [postgresql-client]=/usr/bin/psql)
 
 is_root() { [ "$(id -u)" = 0 ]; }
 in_ci() { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }

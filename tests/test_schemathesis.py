@@ -16,6 +16,7 @@ EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "200"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # as long as the schemathesis run itself may take (below)
 def test_no_server_errors(make_server, tmp_path: Path):
     executable = Path(sys.executable).with_name("schemathesis")
     if not executable.exists() and not shutil.which("schemathesis"):

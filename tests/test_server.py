@@ -33,7 +33,7 @@ def test_first_start_creates_the_data_dir(make_server):
     assert oct((data / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
     if not server.database_url:
         assert (data / "agora.db").is_file()
-    assert set(server.ports) == {"http", "https", "ftp", "ftps", *MAIL_LISTENERS}
+    assert set(server.ports) == {"http", "https", "ftp", "ftps", *MAIL_LISTENERS, "postgres"}
     # The generated admin password is printed once (stdout) and works.
     server.stop()
     output = server.log()
@@ -127,7 +127,7 @@ def test_json_logs(make_server):
 
 def test_port_off_disables_a_listener(make_server):
     server = make_server(args=("--https-port", "off"))
-    assert set(server.ports) == {"http", "ftp", "ftps", *MAIL_LISTENERS}
+    assert set(server.ports) == {"http", "ftp", "ftps", *MAIL_LISTENERS, "postgres"}
 
 
 def test_binds_loopback_by_default(make_server):
@@ -227,13 +227,14 @@ def test_healthz_and_metrics(server: AgoraServer):
 
 
 def test_a_service_can_be_disabled(make_server):
-    server = make_server(args=("--files-enabled", "false", "--mail-enabled", "false"))
+    server = make_server(args=("--files-enabled", "false", "--mail-enabled", "false", "--sql-enabled", "false"))
     assert set(server.ports) == {"http", "https"}
     with server.client() as http:
         assert http.get("/api/v1/files/usage").status_code == 404
         assert http.get("/api/v1/mail/folders").status_code == 404
     assert server.stop() == 0
-    server = make_server(args=("--web-enabled", "false", "--files-enabled", "false", "--mail-enabled", "false"))
+    server = make_server(args=("--web-enabled", "false", "--files-enabled", "false", "--mail-enabled", "false",
+                               "--sql-enabled", "false"))
     assert server.ports == {}
     assert "no listeners" in server.log()
     assert server.stop() == 0

@@ -351,6 +351,34 @@ SETTINGS += [
     Setting("bank.max_statement_page", _int(1, 100000), 1000, "Most statement entries in one page."),
 ]
 
+SETTINGS += [
+    # sql: hosted SQLite databases over HTTP and the PostgreSQL wire protocol
+    Setting("sql.enabled", _bool, True, "Serve hosted SQL databases (HTTP API, PostgreSQL wire protocol, SQL console)."),
+    Setting("sql.query_timeout", _duration, 30.0, "A statement still running after this is stopped (SQLSTATE 57014); the connection stays usable."),
+    Setting("sql.max_rows", _int(1, 100_000_000), 10000, "Rows one query returns over HTTP (and the console); beyond, the result is marked truncated. Streaming and CSV export are not capped."),
+    Setting("sql.max_result_bytes", parse_size, 16 * 1024**2, "Bytes of values one query returns over HTTP; beyond, the result is marked truncated."),
+    Setting("sql.max_database_size", parse_size, 1024**3, "Size of one hosted database file; a write beyond fails with SQLSTATE 53100."),
+    Setting("sql.max_databases", _int(0, 100000), 100, "Hosted databases one user may own."),
+    Setting("sql.max_value_size", parse_size, 64 * 1024**2, "Largest single string or blob value in a hosted database (SQLite's length limit)."),
+    Setting("sql.max_statement", parse_size, 1024**2, "Longest SQL statement text accepted."),
+    Setting("sql.max_batch", _int(1, 100000), 1000, "Statements in one batch request."),
+    Setting("sql.lock_timeout", _duration, 5.0, "How long a write waits for another connection's write transaction on the same database (then SQLSTATE 55P03)."),
+    Setting("sql.pool_size", _int(0, 1000), 4, "Idle connections kept per database and user for HTTP queries."),
+    Setting("sql.recheck_interval", _duration, 5.0, "A long-lived connection (PostgreSQL protocol) checks that its access still holds this often (grants changed on another node)."),
+    Setting("sql.max_idle_connections", _int(0, 100000), 256, "Idle pooled connections kept in all; beyond, the oldest is closed."),
+]
+
+SETTINGS += [
+    # postgres: the PostgreSQL wire protocol in front of the hosted SQL databases
+    Setting("postgres.port", _port, 15432, "PostgreSQL wire-protocol listener for hosted SQL databases (psql, psycopg, asyncpg); 0 = any free port, off = disabled."),
+    Setting("postgres.max_connections", _int(1, 1_000_000), 1000, "Concurrent PostgreSQL connections; beyond this new ones get SQLSTATE 53300."),
+    Setting("postgres.max_connections_per_ip", _int(1, 1_000_000), 100, "Concurrent PostgreSQL connections from one address."),
+    Setting("postgres.startup_timeout", _duration, 30.0, "Time a new connection has to send its startup packet, negotiate TLS and authenticate."),
+    Setting("postgres.idle_timeout", _duration, 8 * 3600.0, "A connection that sends nothing for this long is closed (SQLSTATE 57P05); 0 = never."),
+    Setting("postgres.max_message", parse_size, 64 * 1024**2, "Largest frontend message (a query with its parameters) in bytes; a longer one closes the connection (54000)."),
+    Setting("postgres.password_method", _choice("scram-sha-256", "password"), "scram-sha-256", "How passwords are checked: SCRAM-SHA-256 (cleartext only for users without a SCRAM verifier yet), or cleartext always (lets API tokens serve as passwords); cleartext only over TLS or from loopback."),
+]
+
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
 
@@ -359,6 +387,7 @@ LISTENERS: dict[str, str] = {
     "http": "http.port", "https": "https.port", "ftp": "ftp.port", "ftps": "ftps.port",
     "smtp": "smtp.port", "submission": "submission.port", "imap": "imap.port",
     "imaps": "imaps.port", "pop3": "pop3.port", "pop3s": "pop3s.port",
+    "postgres": "postgres.port",
 }
 
 

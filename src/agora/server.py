@@ -44,6 +44,9 @@ def enabled_services(config: Config) -> list[type[Service]]:
     if config.bank.enabled:
         from agora.bank.service import BankService
         services.append(BankService)
+    if config.sql.enabled:
+        from agora.sql.service import SQLService
+        services.append(SQLService)
     return services
 
 
@@ -53,14 +56,16 @@ def attach_services(runtime: Runtime) -> None:
 
     Regardless of which services are enabled: data on disk outlives a disabled service.
     """
+    from agora.bank.ledger import refuse_deleting_holders
     from agora.files.access import forget_user_files
     from agora.mail.store import forget_user_mail
+    from agora.sql.hosted import forget_user_sql
+    # First: it refuses to delete a user who holds money (money must never vanish), and
+    # must do so before the other hooks have deleted their files, mail and databases.
+    runtime.identity.deletion_hooks.insert(0, refuse_deleting_holders(runtime))
     runtime.identity.deletion_hooks.append(forget_user_files(runtime))
     runtime.identity.deletion_hooks.append(forget_user_mail(runtime))
-    from agora.bank.ledger import refuse_deleting_holders
-    # First: it refuses to delete a user who holds money (money must never vanish), and
-    # must do so before the other hooks have deleted their files and mail.
-    runtime.identity.deletion_hooks.insert(0, refuse_deleting_holders(runtime))
+    runtime.identity.deletion_hooks.append(forget_user_sql(runtime))
 
 
 def _bind(name: str, address: str, port: int) -> socket.socket:

@@ -17,6 +17,7 @@ from agora.cli.files import files
 from agora.cli.mail import mail
 from agora.cli.serve import serve
 from agora.cli.session import login, logout, whoami
+from agora.cli.sql import sql
 from agora.cli.users import user
 
 
@@ -35,6 +36,7 @@ cli.add_command(config)
 cli.add_command(files)
 cli.add_command(mail)
 cli.add_command(bank)
+cli.add_command(sql)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from agora.client.models import (AuditEntry, AuditPage, BankAccount, BankBalance
                                  DeletedMail, FileEntry, Health, LedgerCheck, MailAlias, MailAttachment, MailFolder,
                                  MailMessage, MailPage, MailQuota, MailSummary, MovedMail, NewShare, NewToken, SentMail,
                                  Share, StatementEntry, StatementPage, Token, TransferProgress, Usage, User)
+from agora.client.sql import SQLDatabase, SQLGrant, SQLResult
 from agora.client.sync import Client
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "parse_amount", "format_amount",
     "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownCurrency", "NotPending",
     "UnknownAccount", "UnknownTransfer", "IdConflict", "AlreadyResolved", "AccountNotEmpty", "LinkedBatchFailed",
+    "SQLDatabase", "SQLGrant", "SQLResult",
     "AgoraError", "ConnectionFailed", "UnexpectedResponse", "InvalidRequest", "Unauthorized",
     "Forbidden", "NotFound", "Conflict", "PreconditionFailed", "TooLarge", "RateLimited", "ServerError",
 ]

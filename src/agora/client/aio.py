@@ -12,6 +12,7 @@ from agora.client._http import DEFAULT_TIMEOUT, AsyncAPI, AsyncTransport, Verify
 from agora.client.bank import AsyncBank
 from agora.client.files import AsyncFiles
 from agora.client.mail import AsyncMail
+from agora.client.sql import AsyncSQL
 from agora.client.models import AuditPage, Health, NewToken, Token, User
 
 
@@ -27,6 +28,7 @@ class AsyncClient(AsyncAPI):
         self.files = AsyncFiles(self._transport)
         self.bank = AsyncBank(self._transport)
         self.mail = AsyncMail(self._transport)
+        self.sql = AsyncSQL(self._transport)
 
     @property
     def base_url(self) -> str:

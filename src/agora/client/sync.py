@@ -12,6 +12,7 @@ from agora.client._http import DEFAULT_TIMEOUT, SyncAPI, SyncTransport, Verify
 from agora.client.bank import SyncBank
 from agora.client.files import SyncFiles
 from agora.client.mail import SyncMail
+from agora.client.sql import SyncSQL
 from agora.client.models import AuditPage, Health, NewToken, Token, User
 
 
@@ -32,6 +33,7 @@ class Client(SyncAPI):
         self.files = SyncFiles(self._transport)
         self.bank = SyncBank(self._transport)
         self.mail = SyncMail(self._transport)
+        self.sql = SyncSQL(self._transport)
 
     @property
     def base_url(self) -> str:

@@ -6,6 +6,7 @@ Every change to a user or a token is written to the audit log in the same transa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import re
@@ -25,6 +26,7 @@ from agora.core.errors import (AuthenticationFailed, Conflict, EncryptionRequire
                                NotFound, RateLimited)
 from agora.core.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from agora.core.ratelimit import LoginLimiter
+from agora.core.scram import ITERATIONS, Verifier, decode_verifier, encode_verifier, make_verifier
 from agora.core.tables import sessions, tokens, users, utcnow
 
 ROLES = ("admin", "user")
@@ -109,6 +111,11 @@ def validate_password(password: str) -> str:
     return password
 
 
+async def _scram_verifier(password: str) -> str:
+    # PBKDF2 with 4096 rounds: a few milliseconds, off the event loop.
+    return encode_verifier(await asyncio.to_thread(make_verifier, password))
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -159,11 +166,12 @@ class Identity:
         if quota_bytes is not None and quota_bytes < 0:
             raise InvalidInput("quota_bytes must not be negative")
         password_hash = await self.hasher.hash(password)
+        verifier = await _scram_verifier(password)
         now = utcnow()
         try:
             async with self.db.write() as conn:
                 await conn.execute(insert(users).values(
-                    name=name, password_hash=password_hash, role=role, disabled=False,
+                    name=name, password_hash=password_hash, scram_verifier=verifier, role=role, disabled=False,
                     quota_bytes=self.config.identity.default_quota if quota_bytes is None else quota_bytes,
                     created_at=now, updated_at=now))
                 await self._audit(conn, "user.create", actor, name, client, {"role": role})
@@ -195,6 +203,7 @@ class Identity:
         changes: dict[str, Any] = {}
         if password is not None:
             changes["password_hash"] = await self.hasher.hash(validate_password(password))
+            changes["scram_verifier"] = await _scram_verifier(password)
         if role is not None:
             if role not in ROLES:
                 raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
@@ -216,7 +225,7 @@ class Identity:
             if password is not None or changes.get("disabled"):
                 # A new password or a disabled account ends every web login at once.
                 await conn.execute(delete(sessions).where(sessions.c.user_id == before.id))
-            shown = {k: v for k, v in changes.items() if k not in ("password_hash", "updated_at")}
+            shown = {k: v for k, v in changes.items() if k not in ("password_hash", "scram_verifier", "updated_at")}
             if password is not None:
                 shown["password"] = "changed"
             action = "user.update"
@@ -275,7 +284,8 @@ class Identity:
         if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
             async with self.db.read() as conn:
                 row = (await conn.execute(
-                    select(*_USER_COLUMNS, users.c.password_hash).where(users.c.name == name))).first()
+                    select(*_USER_COLUMNS, users.c.password_hash, users.c.scram_verifier)
+                    .where(users.c.name == name))).first()
         valid = isinstance(password, str) and len(password) <= MAX_PASSWORD_LENGTH
         ok = await self.hasher.verify(row.password_hash if row else None, password if valid else "")
         ok = ok and valid and row is not None
@@ -289,15 +299,76 @@ class Identity:
             raise AuthenticationFailed("wrong user name or password")
         self.limiter.succeeded(key, client.address)
         self._observe(client.protocol, "ok")
+        upgrades: dict[str, Any] = {}
         if self.hasher.needs_rehash(row.password_hash):
             # Parameters were raised since this hash was made: upgrade it now that we
             # have the password.
-            new_hash = await self.hasher.hash(password)
+            upgrades["password_hash"] = await self.hasher.hash(password)
+        current = decode_verifier(row.scram_verifier)
+        if current is None or current.iterations != ITERATIONS:
+            # Users from before SCRAM verifiers existed get one at their next login.
+            upgrades["scram_verifier"] = await _scram_verifier(password)
+        if upgrades:
             async with self.db.write() as conn:
-                await conn.execute(update(users).where(users.c.id == row.id).values(password_hash=new_hash))
+                await conn.execute(update(users).where(users.c.id == row.id).values(**upgrades))
         await self.audit.record("login", actor=name, outcome="ok", protocol=client.protocol,
                                 client_addr=client.address)
         return _user(row)
+
+    async def scram_verifier(self, name: str, client: ClientInfo) -> Verifier | None:
+        """First half of a SCRAM login (the password never travels, so no TLS is needed):
+        the verifier of an enabled user, or None (unknown, disabled, or no verifier yet:
+        the caller runs the exchange against a made-up one, to reveal nothing).
+
+        Raises RateLimited exactly as authenticate() does. The outcome must be given to
+        :meth:`record_login`.
+        """
+        key = name if isinstance(name, str) else ""
+        wait = self.limiter.retry_after(key, client.address)
+        if wait > 0:
+            self._observe(client.protocol, "rate_limited")
+            if self.limiter.first_refusal(key, client.address):
+                await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
+                                        protocol=client.protocol, client_addr=client.address)
+            raise RateLimited(wait)
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH):
+            return None
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users.c.disabled, users.c.scram_verifier)
+                                      .where(users.c.name == name))).first()
+        if row is None or row.disabled:
+            return None
+        return decode_verifier(row.scram_verifier)
+
+    async def lacks_scram_verifier(self, name: str) -> bool:
+        """True for an existing user who has no SCRAM verifier yet (one made before
+        verifiers existed): such a user can log in with SCRAM only after giving the
+        password once. False for everyone else, unknown names included."""
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH):
+            return False
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users.c.scram_verifier).where(users.c.name == name))).first()
+        return row is not None and decode_verifier(row.scram_verifier) is None
+
+    async def record_login(self, name: str, ok: bool, client: ClientInfo) -> User:
+        """Second half of a login checked outside authenticate() (SCRAM proofs): counts
+        it for rate limiting, metrics and the audit log as authenticate() does; returns
+        the user, or raises AuthenticationFailed (also for a user disabled meanwhile)."""
+        key = name if isinstance(name, str) else ""
+        user = await self.find_user(name) if ok else None
+        if user is None or user.disabled:
+            if user is None:
+                self.limiter.failed(key, client.address)
+            self._observe(client.protocol, "failed")
+            await self.audit.record("login", actor=key[:64] or None, outcome="failed",
+                                    protocol=client.protocol, client_addr=client.address,
+                                    details={"reason": "disabled"} if user else None)
+            raise AuthenticationFailed("wrong user name or password")
+        self.limiter.succeeded(key, client.address)
+        self._observe(client.protocol, "ok")
+        await self.audit.record("login", actor=name, outcome="ok", protocol=client.protocol,
+                                client_addr=client.address)
+        return user
 
     def _observe(self, protocol: str, outcome: str) -> None:
         for observer in self.login_observers:

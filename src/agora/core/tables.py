@@ -45,6 +45,8 @@ users = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(32), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
+    # SCRAM-SHA-256 verifier (core/scram.py) for protocols that need one; NULL until made.
+    Column("scram_verifier", String(255), nullable=True),
     Column("role", String(8), nullable=False, server_default="user"),
     Column("disabled", Boolean, nullable=False, server_default="0"),
     Column("quota_bytes", BigInteger, nullable=False),

@@ -56,6 +56,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     if runtime.config.bank.enabled:
         from agora.bank import pages as bank_pages
         app.include_router(bank_pages.router)
+    if runtime.config.sql.enabled:
+        from agora.sql import api as sql_api, pages as sql_pages
+        app.include_router(sql_api.router)
+        app.include_router(sql_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "Storage is unreachable"}})

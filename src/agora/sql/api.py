@@ -1,0 +1,247 @@
+"""The hosted-SQL JSON API, ``/api/v1/sql/...``.
+
+A database in a URL (``{db}``) is ``name`` (yours) or ``owner:name`` (anyone's that is
+shared with you; ``:`` appears in no user or database name). Shapes:
+
+- ``GET /api/v1/sql/info``: ``{"postgres_port": n | null, "tls": true, limits...}``
+- ``POST /api/v1/sql/databases`` ``{"name"}`` -> 201 database; ``GET`` lists yours and
+  those shared with you; ``GET``/``DELETE /api/v1/sql/databases/{db}``;
+  ``PUT /api/v1/sql/databases/{db}/grants/{user}`` ``{"access": "read"|"write"}``,
+  ``DELETE`` to revoke. A database: ``{"name", "owner", "ref", "access", "size",
+  "created_at", "grants": [{"user", "access"}]}``.
+- ``POST /api/v1/sql/{db}/query`` ``{"sql", "params": [...]}`` -> ``{"columns": [names],
+  "types": [declared type or storage class], "rows": [[...]], "rows_affected": n,
+  "truncated": bool, "command": "SELECT 2"}``. Values: integers stay integers, NULL is
+  null, blobs ``{"$base64": "..."}`` (accepted as parameters too).
+- ``POST /api/v1/sql/{db}/batch`` ``{"statements": [{"sql", "params"}]}`` -> ``{"results":
+  [query result...]}``: one transaction, all or nothing.
+- ``POST /api/v1/sql/{db}/stream``: NDJSON, a ``{"columns", "types"}`` line, one JSON
+  array per row, then ``{"rows": n}`` (or ``{"error": problem}`` if it failed midway).
+- ``POST /api/v1/sql/{db}/export``: CSV with a header line (blobs base64, NULL empty).
+
+SQL errors are problem documents (status 400; 403 for denials, 409 for a lock wait that
+timed out, 507 for a full database) with ``sqlstate`` (PostgreSQL's code) and, in a
+batch, ``statement`` (0-based index of the failing one).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from agora.core.errors import InvalidInput
+from agora.core.identity import User
+from agora.sql.errors import SQLError
+from agora.sql.export import csv_rows, ndjson, open_result
+from agora.sql.hosted import DatabaseInfo, HostedSQL, hosted_sql
+from agora.sql.session import Result
+from agora.sql.values import from_json, row_to_json
+from agora.web.auth import api_user
+from agora.web.problems import problem
+
+router = APIRouter()
+api = APIRouter(prefix="/api/v1/sql", tags=["sql"])
+
+PROBLEM = {"model": None, "content": {"application/problem+json": {}}}
+AUTH_ERRORS = {401: {"description": "Missing, unknown, revoked or expired token", **PROBLEM}}
+DB_ERRORS = {**AUTH_ERRORS, 404: {"description": "No such database, or not shared with you", **PROBLEM}}
+QUERY_ERRORS = {**DB_ERRORS, 400: {"description": "The statement failed (see sqlstate)", **PROBLEM},
+                403: {"description": "Not allowed (read-only access, or denied by isolation)", **PROBLEM},
+                507: {"description": "The database is full (sql.max_database_size)", **PROBLEM}}
+_STATUS = {"42501": 403, "55P03": 409, "53100": 507}
+
+DbRef = Path(description="A database: `name` (yours) or `owner:name`", max_length=200)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GrantOut(BaseModel):
+    user: str
+    access: str = Field(description="read or write")
+
+
+class DatabaseOut(BaseModel):
+    name: str
+    owner: str
+    ref: str = Field(description="owner/name, as psql's dbname")
+    access: str = Field(description="Yours: owner, write or read")
+    size: int = Field(description="Bytes on disk")
+    created_at: datetime
+    grants: list[GrantOut] = Field(description="Who else may use it (shown to the owner)")
+
+
+class CreateRequest(Strict):
+    name: str = Field(max_length=63)
+
+
+class GrantRequest(Strict):
+    access: str = Field(pattern="^(read|write)$")
+
+
+class QueryRequest(Strict):
+    sql: str
+    params: list[Any] = Field(default_factory=list)
+
+
+class BatchRequest(Strict):
+    statements: list[QueryRequest] = Field(min_length=1)
+
+
+class QueryOut(BaseModel):
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]
+    rows_affected: int
+    truncated: bool
+    command: str
+
+
+class BatchOut(BaseModel):
+    results: list[QueryOut]
+
+
+def _hosted(request: Request) -> HostedSQL:
+    return hosted_sql(request.app.state.runtime)
+
+
+def ref_of(db: str) -> str:
+    """The domain's ``owner/name`` for a URL's ``owner:name``."""
+    if "/" in db:
+        raise InvalidInput("in a URL, another user's database is owner:name")
+    return db.replace(":", "/", 1)
+
+
+def _out(info: DatabaseInfo) -> DatabaseOut:
+    return DatabaseOut(name=info.name, owner=info.owner, ref=info.ref, access=info.access, size=info.size,
+                       created_at=info.created_at, grants=[GrantOut(user=g.user, access=g.access) for g in info.grants])
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    return {"columns": [c.name for c in result.columns], "types": [c.type for c in result.columns],
+            "rows": [row_to_json(r) for r in result.rows], "rows_affected": result.rows_affected,
+            "truncated": result.truncated, "command": result.command_tag}
+
+
+def sql_problem(request: Request, error: SQLError) -> Response:
+    extra: dict[str, Any] = {"sqlstate": error.sqlstate}
+    if error.index is not None:
+        extra["statement"] = error.index
+    return problem(_STATUS.get(error.sqlstate, 400), error.detail, slug=error.slug, title=error.title,
+                   instance=request.url.path, **extra)
+
+
+def _params(values: list[Any]) -> list[Any]:
+    return [from_json(v) for v in values]
+
+
+@api.get("/info", summary="How to reach hosted SQL: the PostgreSQL port and the limits")
+async def info(request: Request, user: User = Depends(api_user)) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    try:
+        ports = json.loads((runtime.data_dir / "run" / "ports.json").read_text())
+    except (OSError, ValueError):
+        ports = {}
+    s = runtime.config.sql
+    return {"postgres_port": ports.get("postgres"), "tls": True, "query_timeout": s.query_timeout,
+            "max_rows": s.max_rows, "max_result_bytes": s.max_result_bytes,
+            "max_database_size": s.max_database_size, "max_databases": s.max_databases}
+
+
+@api.get("/databases", response_model=list[DatabaseOut], responses=AUTH_ERRORS,
+         summary="Your databases, then those shared with you")
+async def list_databases(request: Request, user: User = Depends(api_user)) -> list[DatabaseOut]:
+    return [_out(i) for i in await _hosted(request).list(user)]
+
+
+@api.post("/databases", response_model=DatabaseOut, status_code=201, summary="Create a database",
+          responses={**AUTH_ERRORS, 409: {"description": "You have one of that name", **PROBLEM},
+                     413: {"description": "You have sql.max_databases already", **PROBLEM},
+                     422: {"description": "Not a valid name", **PROBLEM}})
+async def create_database(request: Request, body: CreateRequest, user: User = Depends(api_user)) -> DatabaseOut:
+    return _out(await _hosted(request).create(user, body.name))
+
+
+@api.get("/databases/{db}", response_model=DatabaseOut, responses=DB_ERRORS, summary="One database")
+async def get_database(request: Request, db: str = DbRef, user: User = Depends(api_user)) -> DatabaseOut:
+    return _out(await _hosted(request).get(user, ref_of(db)))
+
+
+@api.delete("/databases/{db}", status_code=204, response_class=Response, summary="Drop a database (owner)",
+            responses={**DB_ERRORS, 403: {"description": "Not the owner", **PROBLEM}})
+async def drop_database(request: Request, db: str = DbRef, user: User = Depends(api_user)) -> Response:
+    await _hosted(request).drop(user, ref_of(db))
+    return Response(status_code=204)
+
+
+@api.put("/databases/{db}/grants/{grantee}", response_model=GrantOut, summary="Share a database (owner)",
+         responses={**DB_ERRORS, 403: {"description": "Not the owner", **PROBLEM}})
+async def grant(request: Request, body: GrantRequest, db: str = DbRef, grantee: str = Path(max_length=64),
+                user: User = Depends(api_user)) -> GrantOut:
+    g = await _hosted(request).grant(user, ref_of(db), grantee, body.access)
+    return GrantOut(user=g.user, access=g.access)
+
+
+@api.delete("/databases/{db}/grants/{grantee}", status_code=204, response_class=Response,
+            summary="Stop sharing a database with a user (owner)",
+            responses={**DB_ERRORS, 403: {"description": "Not the owner", **PROBLEM}})
+async def revoke(request: Request, db: str = DbRef, grantee: str = Path(max_length=64),
+                 user: User = Depends(api_user)) -> Response:
+    await _hosted(request).revoke(user, ref_of(db), grantee)
+    return Response(status_code=204)
+
+
+@api.post("/{db}/query", response_model=QueryOut, responses=QUERY_ERRORS, summary="Run one statement")
+async def query(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Any:
+    params = _params(body.params)
+    try:
+        async with _hosted(request).session(user, ref_of(db)) as session:
+            return result_json(await session.execute(body.sql, params))
+    except SQLError as error:
+        return sql_problem(request, error)
+
+
+@api.post("/{db}/batch", response_model=BatchOut, responses=QUERY_ERRORS,
+          summary="Run statements in one transaction: all or nothing")
+async def batch(request: Request, body: BatchRequest, db: str = DbRef, user: User = Depends(api_user)) -> Any:
+    limit = request.app.state.runtime.config.sql.max_batch
+    if len(body.statements) > limit:
+        raise InvalidInput(f"a batch has at most {limit} statements (sql.max_batch)")
+    statements = [(s.sql, _params(s.params)) for s in body.statements]
+    try:
+        async with _hosted(request).session(user, ref_of(db)) as session:
+            results = await session.execute_batch(statements)
+    except SQLError as error:
+        return sql_problem(request, error)
+    return {"results": [result_json(r) for r in results]}
+
+
+@api.post("/{db}/stream", responses={**QUERY_ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
+          response_class=StreamingResponse, summary="A query's whole result as NDJSON")
+async def stream(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
+    try:
+        result = await open_result(_hosted(request).session(user, ref_of(db)), body.sql, _params(body.params))
+    except SQLError as error:
+        return sql_problem(request, error)
+    return StreamingResponse(ndjson(result), media_type="application/x-ndjson")
+
+
+@api.post("/{db}/export", responses={**QUERY_ERRORS, 200: {"content": {"text/csv": {}}}},
+          response_class=StreamingResponse, summary="A query's whole result as CSV")
+async def export(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
+    try:
+        result = await open_result(_hosted(request).session(user, ref_of(db)), body.sql, _params(body.params))
+    except SQLError as error:
+        return sql_problem(request, error)
+    name = ref_of(db).replace("/", "-")
+    return StreamingResponse(csv_rows(result), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+
+router.include_router(api)

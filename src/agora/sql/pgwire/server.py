@@ -1,0 +1,135 @@
+"""The ``postgres`` listener: accepts connections, enforces connection limits, keeps the
+cancel keys, and runs one :class:`~agora.sql.pgwire.session.PGSession` per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import ssl
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from agora.core.runtime import Runtime
+from agora.core.tls import server_context
+
+log = logging.getLogger("agora.sql.pgwire")
+REFUSAL_TIMEOUT = 5.0  # how long a refused connection may take to hear why
+
+
+def _end_point_hash(cert_path: Any) -> bytes | None:
+    """tls-server-end-point channel binding (RFC 5929): the certificate's hash, with
+    SHA-256 where the certificate's own signature uses MD5 or SHA-1 or SHA-256."""
+    try:
+        cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+    except (OSError, ValueError):
+        return None
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or algorithm.name in ("md5", "sha1", "sha256"):
+        algorithm = hashes.SHA256()
+    return cert.fingerprint(algorithm)
+
+
+class PGListener:
+    def __init__(self, runtime: Runtime, sock: socket.socket, name: str = "postgres"):
+        self.runtime = runtime
+        self.sock = sock
+        self.name = name
+        self.settings = runtime.config.postgres
+        self.ssl_context: ssl.SSLContext | None = server_context(runtime.tls) if runtime.tls else None
+        self.channel_binding = _end_point_hash(runtime.tls.cert) if runtime.tls else None
+        self.server: asyncio.AbstractServer | None = None
+        self.sessions: dict[int, Any] = {}       # process id -> session (for CancelRequest)
+        self.per_address: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        # For made-up SCRAM salts of unknown users: stable within this process.
+        self.secret = secrets.token_bytes(32)
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, sock=self.sock, limit=1 << 16)
+        self.runtime.metrics.count_connections(self.name, lambda: len(self.tasks))
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from agora.sql.pgwire.session import PGSession
+
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        refusal = self._admit(address)
+        if refusal:
+            # Said after the startup packet (and TLS, if asked), as PostgreSQL does: an
+            # error in place of the answer to SSLRequest reaches no one readably.
+            session = PGSession(self, reader, writer, address, refusal=refusal)
+            try:
+                await asyncio.wait_for(session.run(), REFUSAL_TIMEOUT)
+            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+            return
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        session = PGSession(self, reader, writer, address)
+        try:
+            await session.run()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except Exception:
+            log.exception("PostgreSQL session from %s failed", address)
+        finally:
+            self.tasks.discard(task)
+            self.sessions.pop(session.process_id, None)
+            count = self.per_address.get(address, 1) - 1
+            if count > 0:
+                self.per_address[address] = count
+            else:
+                self.per_address.pop(address, None)
+            await session.close()
+
+    def _admit(self, address: str) -> str | None:
+        if self.stopping:
+            return "the server is shutting down"
+        if len(self.tasks) >= self.settings.max_connections:
+            return "sorry, too many clients already"
+        count = self.per_address.get(address, 0)
+        if count >= self.settings.max_connections_per_ip:
+            return "too many connections from your address"
+        self.per_address[address] = count + 1
+        return None
+
+    def register(self, session: Any) -> tuple[int, int]:
+        """A process id and secret key for a session's BackendKeyData."""
+        while True:
+            pid = secrets.randbelow(2**31 - 2) + 1
+            if pid not in self.sessions:
+                break
+        self.sessions[pid] = session
+        return pid, secrets.randbits(32)
+
+    def cancel(self, pid: int, secret: int) -> None:
+        session = self.sessions.get(pid)
+        # The secret is compared in constant time: it is what makes a cancel legitimate.
+        if session is not None and secrets.compare_digest(session.secret.to_bytes(4, "big"),
+                                                          (secret & 0xFFFFFFFF).to_bytes(4, "big")):
+            session.cancel()
+
+    async def stop(self, timeout: float) -> None:
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        for session in list(self.sessions.values()):
+            session.stop()
+        tasks = list(self.tasks)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)

@@ -1,0 +1,170 @@
+"""How the postgres listener checks passwords: SCRAM-SHA-256 (with channel binding on
+TLS), the cleartext fallback that gives users from before SCRAM verifiers existed a
+verifier at their first login, disabled accounts, and what happens without TLS."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from conftest import ServerFactory
+from pgwire_support import account, provision, server_env
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
+
+pytestmark = pytest.mark.xdist_group("sql-pgwire-auth")
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory, backend):
+    factory = ServerFactory(tmp_path_factory.mktemp(f"pgauth-{backend}"), backend)
+    yield factory(env=server_env())
+    factory.close()
+
+
+def connect(dsn: str, **extra: str):
+    return psycopg.connect(dsn + "".join(f" {k}={v}" for k, v in extra.items()), autocommit=True)
+
+
+def test_scram_with_and_without_channel_binding(pg_server):
+    ann = account(pg_server, "db")
+    with connect(ann.dsn("db"), channel_binding="require", require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with connect(ann.dsn("db", sslmode="disable"), require_auth="scram-sha-256") as conn:
+        assert conn.info.parameter_status("server_version").startswith("16.0")
+        assert conn.info.parameter_status("session_authorization") == ann.name
+        assert conn.info.parameter_status("standard_conforming_strings") == "on"
+    with pytest.raises(psycopg.OperationalError, match="SASL"):
+        connect(ann.dsn("db"), require_auth="password")
+    # an unknown name goes through the same SCRAM exchange, and fails only at its end
+    with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "nosuchuser"'):
+        connect(ann.dsn("db").replace(f"user={ann.name}", "user=nosuchuser"), require_auth="scram-sha-256")
+
+
+def test_users_without_a_verifier_get_one_at_their_next_login(pg_server):
+    ann = account(pg_server, "db")
+    provision(pg_server, forget_verifiers=[ann.name])
+    with pytest.raises(psycopg.OperationalError):
+        connect(ann.dsn("db"), require_auth="scram-sha-256")
+    # asked for the password itself (over TLS), which makes the verifier...
+    with connect(ann.dsn("db"), require_auth="password") as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    # ... so SCRAM works from then on
+    with connect(ann.dsn("db"), require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+    provision(pg_server, forget_verifiers=[ann.name])
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(ann.dsn("db", password="wrong-password"), require_auth="password")
+    # a login through any other protocol makes the verifier too
+    pg_server.login(ann.name, ann.password)
+    with connect(ann.dsn("db"), require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 4").fetchone() == (4,)
+
+
+def test_disabled_users_are_refused(pg_server):
+    ann = account(pg_server, "db")
+    provision(pg_server, disable=[ann.name])
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(ann.dsn("db"))
+
+
+def test_ssl_and_gssenc_requests_are_answered(pg_server):
+    port = pg_server.ports["postgres"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack("!ii", 8, 80877104))  # GSSENCRequest
+        assert sock.recv(1) == b"N"
+        sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert sock.recv(1) == b"S"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # a startup packet without a user name is refused with FATAL 28000
+        body = struct.pack("!i", 3 << 16) + b"database\x00x\x00\x00"
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        reply = sock.recv(4096)
+        assert reply[:1] == b"E" and b"C28000" in reply and b"SFATAL" in reply
+
+
+def test_connection_limits_and_idle_timeout(make_server):
+    server = make_server(env={**server_env(), "AGORA_POSTGRES_MAX_CONNECTIONS_PER_IP": "2",
+                              "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5", "AGORA_IDENTITY_LOGIN_FREE_FAILURES": "2",
+                              "AGORA_POSTGRES_PASSWORD_METHOD": "password"})
+    ann = account(server, "db")
+    first, second = connect(ann.dsn("db")), connect(ann.dsn("db"))
+    try:
+        with pytest.raises(psycopg.OperationalError, match="too many connections from your address"):
+            connect(ann.dsn("db"))
+    finally:
+        first.close()
+    # the idle one is closed with 57P05 after postgres.idle_timeout
+    import time
+    time.sleep(3)
+    with pytest.raises(psycopg.OperationalError):
+        second.execute("SELECT 1")
+    second.close()
+    with connect(ann.dsn("db")) as conn:  # the address has its slots back
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    # postgres.password_method = password: the password in clear (here from loopback),
+    # and an API token of the user serves as one
+    token = server.login(ann.name, ann.password, label="pg")
+    with connect(ann.dsn("db", password=token), require_auth="password") as conn:
+        assert conn.execute("SELECT 5").fetchone() == (5,)
+    other = account(server)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(other.dsn(f"{ann.name}/db", password=token))
+    # wrong passwords count as on every other protocol: after the free ones, backoff
+    errors = []
+    for _ in range(4):
+        with pytest.raises(psycopg.OperationalError) as failed:
+            connect(ann.dsn("db", password="wrong-password"))
+        errors.append(str(failed.value))
+    assert "password authentication failed" in errors[0]
+    assert any("too many failed attempts" in e for e in errors[2:]), errors
+
+
+def _messages(sock: socket.socket, until: bytes) -> list[tuple[bytes, bytes]]:
+    """Backend messages up to and including the first of type ``until``."""
+    buffer, out = b"", []
+    while True:
+        while len(buffer) >= 5 and len(buffer) >= 1 + struct.unpack("!i", buffer[1:5])[0]:
+            size = struct.unpack("!i", buffer[1:5])[0]
+            out.append((buffer[:1], buffer[5:1 + size]))
+            buffer = buffer[1 + size:]
+            if out[-1][0] == until:
+                return out
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; got {out}"
+        buffer += chunk
+
+
+def test_malformed_messages_after_login_get_errors_and_the_session_goes_on(pg_server):
+    """Raw protocol over the cleartext login (a user without a verifier, from loopback)."""
+    ann = account(pg_server, "db")
+    provision(pg_server, forget_verifiers=[ann.name])
+    with socket.create_connection(("127.0.0.1", pg_server.ports["postgres"]), timeout=10) as sock:
+        body = struct.pack("!i", 3 << 16) + f"user\0{ann.name}\0database\0db\0\0".encode()
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        assert _messages(sock, b"R")[-1] == (b"R", struct.pack("!i", 3))
+        password = ann.password.encode() + b"\0"
+        sock.sendall(b"p" + struct.pack("!i", len(password) + 4) + password)
+        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+        # a Query whose string is not terminated: an error, then ready again
+        sock.sendall(b"Q" + struct.pack("!i", 8) + b"SELE")
+        replies = _messages(sock, b"Z")
+        assert [k for k, _ in replies] == [b"E", b"Z"] and b"C08P01" in replies[0][1]
+        # extended protocol: after an error everything up to Sync is skipped
+        parse = b"\0SELECT 1/0 + $1\0" + struct.pack("!h", 0)
+        bad_bind = b"\0nosuch\0" + struct.pack("!hhh", 0, 0, 0)
+        sock.sendall(b"P" + struct.pack("!i", len(parse) + 4) + parse
+                     + b"B" + struct.pack("!i", len(bad_bind) + 4) + bad_bind
+                     + b"E" + struct.pack("!i", 9) + b"\0" + struct.pack("!i", 0)
+                     + b"S" + struct.pack("!i", 4))
+        replies = _messages(sock, b"Z")
+        assert [k for k, _ in replies] == [b"1", b"E", b"Z"] and b"C26000" in replies[1][1]
+        # and the session still answers
+        query = b"SELECT 40 + 2\0"
+        sock.sendall(b"Q" + struct.pack("!i", len(query) + 4) + query)
+        replies = _messages(sock, b"Z")
+        assert [k for k, _ in replies] == [b"T", b"D", b"C", b"Z"] and replies[1][1].endswith(b"42")
+        sock.sendall(b"X" + struct.pack("!i", 4))
+        assert sock.recv(10) == b""
