@@ -263,6 +263,16 @@ class Identity:
 
     # -- authentication -------------------------------------------------------------
 
+    async def _refuse_if_limited(self, key: str, client: ClientInfo) -> None:
+        """RateLimited while this name and address are backing off (audited once)."""
+        wait = self.limiter.retry_after(key, client.address)
+        if wait > 0:
+            self._observe(client.protocol, "rate_limited")
+            if self.limiter.first_refusal(key, client.address):
+                await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
+                                        protocol=client.protocol, client_addr=client.address)
+            raise RateLimited(wait)
+
     async def authenticate(self, name: str, password: str, client: ClientInfo) -> User:
         """Check a name and password from any protocol; the only place passwords are checked.
 
@@ -273,13 +283,7 @@ class Identity:
         if not client.secure and not client.loopback and not self.config.identity.allow_plaintext_remote:
             raise EncryptionRequired("passwords are accepted only over TLS from this address")
         key = name if isinstance(name, str) else ""
-        wait = self.limiter.retry_after(key, client.address)
-        if wait > 0:
-            self._observe(client.protocol, "rate_limited")
-            if self.limiter.first_refusal(key, client.address):
-                await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
-                                        protocol=client.protocol, client_addr=client.address)
-            raise RateLimited(wait)
+        await self._refuse_if_limited(key, client)
         row = None
         if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
             async with self.db.read() as conn:
@@ -324,13 +328,7 @@ class Identity:
         :meth:`record_login`.
         """
         key = name if isinstance(name, str) else ""
-        wait = self.limiter.retry_after(key, client.address)
-        if wait > 0:
-            self._observe(client.protocol, "rate_limited")
-            if self.limiter.first_refusal(key, client.address):
-                await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
-                                        protocol=client.protocol, client_addr=client.address)
-            raise RateLimited(wait)
+        await self._refuse_if_limited(key, client)
         if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH):
             return None
         async with self.db.read() as conn:
