@@ -7,34 +7,17 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from typing import Iterator
 
 import pytest
 
 from agora.client import Client
 from conftest import AgoraServer
+from test_browser import browser  # noqa: F401 - the shared Chromium fixture
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        reason = f"{CHROMIUM} is absent (Debian package chromium)"
-        print(f"\nskipping the bank browser test: {reason}")
-        pytest.skip(reason)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
-
-
-def test_transfer_through_the_form_with_confirmation(server: AgoraServer, chromium):
+def test_transfer_through_the_form_with_confirmation(server: AgoraServer, browser):
     alice, password = server.create_user("a" + secrets.token_hex(4))
     bob, bob_password = server.create_user("b" + secrets.token_hex(4))
     with Client(server.url, server.admin_token) as admin, Client(server.url) as client:
@@ -46,7 +29,7 @@ def test_transfer_through_the_form_with_confirmation(server: AgoraServer, chromi
         client.login(bob, bob_password)
         theirs = client.bank.open("EUR").number
 
-    context = chromium.new_context()
+    context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(15_000)
     errors: list[str] = []
