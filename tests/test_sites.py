@@ -5,6 +5,7 @@ tricks refused, changes live at once; and the protocol-level fast path in-proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import html
@@ -418,8 +419,10 @@ def test_large_files_stream_with_ranges(site: Site):
 # -- the fast path, in-process: kept pages answered by the protocol -------------------
 
 
-def test_kept_pages_are_answered_by_the_protocol(tmp_path: Path):
-    """Drive uvicorn with the sites protocol on a socket, as web/service.py does."""
+@contextlib.asynccontextmanager
+async def protocol_server(tmp_path: Path, keep_alive: int = 5):
+    """uvicorn with the sites protocol on a socket, as web/service.py drives it; yields
+    (runtime, protocol class, port) with user carol's site holding PAGE."""
     import uvicorn
 
     from agora import config as configuration
@@ -427,58 +430,126 @@ def test_kept_pages_are_answered_by_the_protocol(tmp_path: Path):
     from agora.files.sites import SitesFastPath
     from agora.web.app import create_app
 
-    async def scenario() -> None:
-        runtime = await Runtime.open(configuration.load({"data_dir": str(tmp_path / "data")}, environ={}))
-        app = SitesFastPath(create_app(runtime), runtime)
-        protocol = app.http_protocol
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        server = uvicorn.Server(uvicorn.Config(app, http=protocol, lifespan="off", log_config=None,
-                                               access_log=False))
-        server.config.load()
-        server.lifespan = server.config.lifespan_class(server.config)
-        await server.startup(sockets=[sock])
+    runtime = await Runtime.open(configuration.load({"data_dir": str(tmp_path / "data")}, environ={}))
+    app = SitesFastPath(create_app(runtime), runtime)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = uvicorn.Server(uvicorn.Config(app, http=app.http_protocol, lifespan="off", log_config=None,
+                                           access_log=False, timeout_keep_alive=keep_alive))
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)
+    await server.startup(sockets=[sock])
+    try:
+        await runtime.identity.create_user("carol", "password-123")
+        public = tmp_path / "data" / "files" / "carol" / "public"
+        public.mkdir(parents=True)
+        (public / "index.html").write_bytes(PAGE)
+        yield runtime, app.http_protocol, sock.getsockname()[1]
+    finally:
+        await server.shutdown()
+        await runtime.close()
+
+
+class Exchange:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> "Exchange":
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def __call__(self, request: bytes, count: int = 1) -> list[tuple[bytes, bytes]]:
+        self.writer.write(request)
+        answers = []
+        for _ in range(count):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"content-length: (\d+)", head)
+            body = await self.reader.readexactly(int(length.group(1))) if length else b""
+            answers.append((head, body))
+        return answers
+
+    async def closed_within(self, seconds: float) -> bool:
         try:
-            await runtime.identity.create_user("carol", "password-123")
-            public = tmp_path / "data" / "files" / "carol" / "public"
-            public.mkdir(parents=True)
-            (public / "index.html").write_bytes(PAGE)
-            port = sock.getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            return await asyncio.wait_for(self.reader.read(1), seconds) == b""
+        except asyncio.TimeoutError:
+            return False
 
-            async def exchange(request: bytes, count: int = 1) -> list[tuple[bytes, bytes]]:
-                writer.write(request)
-                answers = []
-                for _ in range(count):
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = re.search(rb"content-length: (\d+)", head)
-                    body = await reader.readexactly(int(length.group(1))) if length else b""
-                    answers.append((head, body))
-                return answers
 
-            get = b"GET /~carol/ HTTP/1.1\r\nHost: x\r\n\r\n"
+GET = b"GET /~carol/ HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_kept_pages_are_answered_by_the_protocol(tmp_path: Path):
+    async def scenario() -> None:
+        async with protocol_server(tmp_path) as (runtime, protocol, port):
+            exchange = await Exchange.open(port)
             before = protocol.answered
-            [(head, body)] = await exchange(get)  # a miss: through the app, and kept
+            [(head, body)] = await exchange(GET)  # a miss: through the app, and kept
             assert head.startswith(b"HTTP/1.1 200") and body == PAGE
             assert protocol.answered == before
-            [(head, body)] = await exchange(get)
+            [(head, body)] = await exchange(GET)
             assert head.startswith(b"HTTP/1.1 200") and body == PAGE and b"content-security-policy: sandbox" in head
             assert protocol.answered == before + 1
             # Pipelined: a kept page, an app route, a kept page again, answered in order.
-            answers = await exchange(get + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + get, 3)
+            answers = await exchange(GET + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + GET, 3)
             assert [body for _, body in answers][0::2] == [PAGE, PAGE]
             assert b'"status":"ok"' in answers[1][1]
             etag = re.search(rb"etag: (\"[^\"]+\")", head).group(1)
             [(head, _)] = await exchange(b"GET /~carol/ HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + etag + b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 304")
+            # Compression still to do goes to the app, which sees the request's headers.
+            gzipped = b"GET /~carol/ HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+            answered = protocol.answered
+            [(head, body)] = await exchange(gzipped)
+            assert b"content-encoding: gzip" in head and gzip.decompress(body) == PAGE
+            assert protocol.answered == answered
+            [(head, body)] = await exchange(gzipped)  # now kept compressed
+            assert b"content-encoding: gzip" in head and protocol.answered == answered + 1
+            # Answers given here are counted in the metrics like the app's.
+            metrics = runtime.metrics.render().decode()
+            count = re.search(r'agora_http_requests_total\{method="GET",route="/~\{user\}/\{path\}",status="200"\} '
+                              r'(\d+)', metrics)
+            assert count and int(count.group(1)) >= 6
+            assert 'agora_http_request_duration_seconds_count{method="GET",route="/~{user}/{path}"}' in metrics
             # Replaced on disk: the kept copy is not used.
-            (public / "index.html").write_bytes(b"new version")
-            [(head, body)] = await exchange(get)
+            (tmp_path / "data" / "files" / "carol" / "public" / "index.html").write_bytes(b"new version")
+            [(head, body)] = await exchange(GET)
             assert body == b"new version"
-            writer.close()
-        finally:
-            await server.shutdown()
-            await runtime.close()
+            exchange.writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_keep_alive_timeout_after_answers_given_by_the_protocol(tmp_path: Path):
+    """The protocol's lazy keep-alive timer: idle connections close after one to two
+    periods, busy ones stay open, and the app's responses keep uvicorn's own timer."""
+
+    async def scenario() -> None:
+        async with protocol_server(tmp_path, keep_alive=1) as (_, protocol, port):
+            idle, busy, mixed = [await Exchange.open(port) for _ in range(3)]
+            await idle(GET)  # kept now
+            before = protocol.answered
+            for exchange in (idle, busy, mixed):
+                assert (await exchange(GET))[0][1] == PAGE
+            assert protocol.answered == before + 3
+            await mixed(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Requests every 0.3 s for 2.4 s: more than two periods, the connection stays.
+            for _ in range(8):
+                await asyncio.sleep(0.3)
+                assert (await busy(GET))[0][1] == PAGE
+            assert await idle.closed_within(0.5)
+            assert await mixed.closed_within(0.5)
+            assert not await busy.closed_within(0.2)
+            assert await busy.closed_within(2.5)
+            # A request begun but unfinished is not cut by the timer.
+            slow = await Exchange.open(port)
+            await slow(GET)
+            slow.writer.write(b"GET /~carol/ HTTP/1.1\r\n")
+            for _ in range(3):
+                await asyncio.sleep(0.5)
+                slow.writer.write(b"X-Slow: 1\r\n")
+            slow.writer.write(b"\r\n")
+            head = await slow.reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
 
     asyncio.run(scenario())

@@ -79,6 +79,7 @@ class CachedFile:
     headers: dict[str | None, Headers] = field(default_factory=dict)
     blocks: dict[str | None, bytes] = field(default_factory=dict)
     cost: int = 0
+    plain: "Reply | None" = None  # the answer to a GET asking for nothing special
     _etags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class CachedFile:
                              and httpfile.MIN_COMPRESS <= self.size <= COMPRESS_MAX)
         self.cost = ENTRY_OVERHEAD + (len(self.body) if self.body is not None else 0)
         self._set_headers(None, self.size)
+        if self.body is not None:
+            self.plain = Reply(200, self.headers[None], self.body, self.blocks[None])
 
     def etag_of(self, encoding: str | None) -> str:
         # Each encoding is its own representation, so it gets its own strong ETag.
@@ -136,6 +139,8 @@ class CachedFile:
 def plan(item: CachedFile, asked: dict[bytes, str]) -> Reply:
     """The answer to a GET for ``item``; ``asked`` holds the request's conditional,
     range and accept-encoding headers (:func:`asked_of`)."""
+    if not asked and item.plain is not None:
+        return item.plain
     wanted_range = asked.get(b"range")
     if wanted_range is not None and not httpfile.range_applies(asked.get(b"if-range"), item.etag,
                                                                item.last_modified):

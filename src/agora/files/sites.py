@@ -147,8 +147,6 @@ class Sites:
         self.owners = Owners(runtime)
         self.cache: OrderedDict[str, CachedFile] = OrderedDict()
         self.cached_bytes = 0
-        self._counters: dict[tuple[str, int], Any] = {}
-        self._timers: dict[str, Any] = {}
 
     # -- the cache ----------------------------------------------------------------------
 
@@ -197,15 +195,7 @@ class Sites:
 
     def observe(self, method: str, status: int, elapsed: float, client: Any, path: str) -> None:
         """The metrics and access log line that the app's middleware records for others."""
-        counter = self._counters.get((method, status))
-        if counter is None:
-            counter = self._counters[(method, status)] = self.runtime.metrics.requests.labels(
-                method, ROUTE, str(status))
-        counter.inc()
-        timer = self._timers.get(method)
-        if timer is None:
-            timer = self._timers[method] = self.runtime.metrics.latency.labels(method, ROUTE)
-        timer.observe(elapsed)
+        self.runtime.metrics.http.record(method, ROUTE, status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info('%s "%s %s" %d %.1fms', (client or ("-", 0))[0], method, path, status, elapsed * 1000)
 

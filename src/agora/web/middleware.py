@@ -57,8 +57,7 @@ class ObserveMiddleware:
             # The template (/api/v1/users/{name}), never the raw path: labels stay few.
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
+            self.metrics.http.record(method, template, status, elapsed)
             client = scope.get("client") or ("-", 0)
             # json.dumps escapes control characters: a request for "/%00" must not put
             # a NUL in the log.
