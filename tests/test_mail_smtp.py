@@ -285,6 +285,45 @@ def test_message_bodies_in_pieces_dots_and_pipelined_commands(smtp_server, user)
     assert raw.endswith(b"Subject: dots\r\n\r\n.first\r\n..two\r\n.\r\nend\r\n")
 
 
+def test_pipelined_replies_come_in_order_and_none_waits_for_more_input(smtp_server, user):
+    """RFC 2920: replies to a pipelined group may be written together, but every reply
+    is sent once the client's input is used up; an error in the middle of a group is
+    answered in its place."""
+    name, _ = user
+    with socket.create_connection(("127.0.0.1", smtp_server.ports["smtp"]), timeout=TIMEOUT) as sock:
+        stream = sock.makefile("rwb")
+
+        def answers(count: int) -> list[bytes]:
+            return [stream.readline()[:3] for _ in range(count)]
+
+        def send(data: bytes) -> None:
+            stream.write(data)
+            stream.flush()
+
+        assert answers(1) == [b"220"]
+        send(b"EHLO client.example\r\n")
+        while stream.readline()[3:4] == b"-":
+            pass
+        # One group: RSET, MAIL, a bad RCPT, a good RCPT, DATA.
+        send(b"RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@" + DOMAIN.encode() + b">\r\n"
+             b"RCPT TO:<" + f"{name}@{DOMAIN}".encode() + b">\r\nDATA\r\n")
+        assert answers(5) == [b"250", b"250", b"550", b"250", b"354"]
+        send(b"Subject: pipelined\r\n\r\nbody\r\n.\r\n")
+        assert answers(1) == [b"250"]
+        # A lone command's 250 is not held back waiting for another command, nor is
+        # the last of a group whose next command has only partly arrived.
+        send(b"MAIL FROM:<a@b.example>\r\n")
+        assert answers(1) == [b"250"]
+        send(b"RSET\r\nRCPT TO:<" + f"{name}@{DOMAIN}".encode())
+        assert answers(1) == [b"250"]
+        send(b">\r\n")
+        assert answers(1) == [b"503"]  # RCPT after RSET needs MAIL first
+        send(b"NOOP\r\nNOOP\r\nQUIT\r\n")
+        assert answers(3) == [b"250", b"250", b"221"]
+    [raw] = stored(smtp_server, name)
+    assert b"Subject: pipelined" in raw
+
+
 def test_a_retried_transaction_is_not_delivered_twice(smtp_server, user):
     # What a client does after a lost reply or a 451: the same envelope and data again.
     name, _ = user

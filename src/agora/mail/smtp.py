@@ -83,6 +83,7 @@ class SMTPSession(SMTP):
         self.in_data = False  # receiving a message body: stop() waits for it
         self.refused = False
         self._released = False
+        self._held: list[bytes] = []  # replies not yet written (see push)
 
     # -- connection ------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class SMTPSession(SMTP):
     def close(self, reply: str | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():
             if reply:
-                self.transport.write(reply.encode() + b"\r\n")
+                self.transport.write(b"".join(self._held) + reply.encode() + b"\r\n")
             self.transport.close()
 
     @property
@@ -145,7 +146,18 @@ class SMTPSession(SMTP):
             match = _PLAIN_REPLY.fullmatch(status)
             if match and match.group(1) in ENHANCED:
                 status = f"{match.group(1)} {ENHANCED[match.group(1)]} {match.group(2)}"
-        await super().push(status)
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        self._held.append(status + b"\r\n")
+        # Replies to pipelined commands may go out together, as long as none is kept back
+        # once the client's input is used up (RFC 2920 3.2): a 250 waits while a whole
+        # further command is in the buffer, and goes out with the next reply. Anything
+        # else (an error, a 354, the 220 before TLS, a 221 before closing) goes at once
+        # with what waits: a pipelined RSET, MAIL, RCPT, DATA costs one write, not four.
+        if status[:3] == b"250" and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            return
+        self._writer.write(b"".join(self._held))
+        self._held.clear()
+        await self._writer.drain()
 
     # -- commands aiosmtpd does differently from what we need -----------------------------
 
