@@ -168,6 +168,7 @@ def summarize(raw: bytes) -> Summary:
     root = ms.parse(raw)
     env = ms.envelope(root)
     first_from = [a for a in env[2] or [] if a[3] is not None][:1]
+    body, bodystructure = ms.body_structures(raw, root)
     return Summary(
         message_id=(env[9] or "").strip() or None,
         subject=decode_words(env[1] or "").strip(),
@@ -176,8 +177,8 @@ def summarize(raw: bytes) -> Summary:
         cc=format_addresses(env[6]),
         date=_parse_date(env[0]),
         envelope=env,
-        body=ms.body_structure(raw, root, extended=False),
-        bodystructure=ms.body_structure(raw, root, extended=True),
+        body=body,
+        bodystructure=bodystructure,
         has_attachments=bool(_classify(root)[2]),
     )
 

@@ -534,33 +534,37 @@ def _extension(part: Part) -> list:
     return [_disposition(part), langs or None, part.mime_get("content-location")]
 
 
-def body_structure(raw: bytes, part: Part, extended: bool) -> list:
-    """RFC 3501 BODY (extended=False) or BODYSTRUCTURE (extended=True) of a part."""
+def body_structures(raw: bytes, part: Part) -> tuple[list, list]:
+    """RFC 3501 BODY and BODYSTRUCTURE of a part, made in one walk: the second is the
+    first with extension data, so the work of both (parameters, envelopes of attached
+    messages, line counts) is done once."""
     if part.kind == "multipart":
-        out = [body_structure(raw, child, extended) for child in part.children]
-        out.append(part.subtype.upper())
-        if extended:
-            out.append(_param_list(part.params))
-            out.extend(_extension(part))
-        return out
+        pairs = [body_structures(raw, child) for child in part.children]
+        subtype = part.subtype.upper()
+        return ([basic for basic, _ in pairs] + [subtype],
+                [extended for _, extended in pairs] + [subtype, _param_list(part.params), *_extension(part)])
     params = list(part.params)
     is_text = part.mtype.lower() == "text"
     if is_text and part.param("charset") is None:
         params.append(("charset", "us-ascii"))
     encoding = part.mime_get("content-transfer-encoding")
     encoding = encoding.split()[0] if encoding and encoding.split() else "7bit"
-    out = [part.mtype.upper(), part.subtype.upper(), _param_list(params), part.mime_get("content-id"),
-           part.mime_get("content-description"), encoding.upper(), part.body_end - part.body_start]
+    fields = [part.mtype.upper(), part.subtype.upper(), _param_list(params), part.mime_get("content-id"),
+              part.mime_get("content-description"), encoding.upper(), part.body_end - part.body_start]
     lines = raw.count(b"\n", part.body_start, part.body_end)
     if part.kind == "message":
         child = part.children[0]
-        out += [envelope(child), body_structure(raw, child, extended), lines]
+        child_basic, child_extended = body_structures(raw, child)
+        child_envelope = envelope(child)
+        basic = fields + [child_envelope, child_basic, lines]
+        extended = fields + [child_envelope, child_extended, lines]
     elif is_text:
-        out.append(lines)
-    if extended:
-        out.append(part.mime_get("content-md5"))
-        out.extend(_extension(part))
-    return out
+        basic = fields + [lines]
+        extended = list(basic)
+    else:
+        basic, extended = fields, list(fields)
+    extended += [part.mime_get("content-md5"), *_extension(part)]
+    return basic, extended
 
 
 def walk(part: Part, into_messages: bool = True):
