@@ -16,10 +16,8 @@ import httpx
 import pytest
 
 from conftest import AgoraServer
+from test_browser import browser  # noqa: F401 - the shared Chromium fixture
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HTMX = {"HX-Request": "true"}
 
 
@@ -245,23 +243,10 @@ def test_site_settings(server: AgoraServer, user: Browser):
 # -- in a real browser ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        reason = f"{CHROMIUM} is absent (Debian package chromium)"
-        print(f"\nskipping the browser upload test: {reason}")
-        pytest.skip(reason)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.mark.browser
-def test_upload_through_the_page(server: AgoraServer, chromium, tmp_path: Path):
+def test_upload_through_the_page(server: AgoraServer, browser, tmp_path: Path):
     name, password = server.create_user()
-    context = chromium.new_context(ignore_https_errors=True)
+    context = browser.new_context(ignore_https_errors=True)
     page = context.new_page()
     page.set_default_timeout(15_000)
     errors: list[str] = []

@@ -8,38 +8,21 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import AgoraServer
+from test_browser import browser  # noqa: F401 - the shared Chromium fixture
 from test_mail_pages import Mailer, drop_in
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        reason = f"{CHROMIUM} is absent (Debian package chromium)"
-        print(f"\nskipping the webmail browser test: {reason}")
-        pytest.skip(reason)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 class Tab:
     """One user's browser context, logged in at /mail, with every console error kept."""
 
-    def __init__(self, chromium, server: AgoraServer, name: str, password: str):
-        self.context = chromium.new_context(ignore_https_errors=True, accept_downloads=True)
+    def __init__(self, browser, server: AgoraServer, name: str, password: str):
+        self.context = browser.new_context(ignore_https_errors=True, accept_downloads=True)
         self.page = self.context.new_page()
         self.page.set_default_timeout(15_000)
         self.errors: list[str] = []
@@ -53,13 +36,13 @@ class Tab:
         self.page.wait_for_url(server.url + "/mail")
 
 
-def test_compose_read_download_and_reply(server: AgoraServer, chromium, tmp_path: Path):
+def test_compose_read_download_and_reply(server: AgoraServer, browser, tmp_path: Path):
     alice_name, alice_password = server.create_user("a" + secrets.token_hex(4))
     bob_name, bob_password = server.create_user("b" + secrets.token_hex(4))
     attachment = tmp_path / "minutes 2024.pdf"
     attachment.write_bytes(b"%PDF-1.4\n" + os.urandom(150_000))
     subject = "Minutes of the meeting " + secrets.token_hex(3)
-    alice = Tab(chromium, server, alice_name, alice_password)
+    alice = Tab(browser, server, alice_name, alice_password)
     bob = None
     try:
         page = alice.page
@@ -74,7 +57,7 @@ def test_compose_read_download_and_reply(server: AgoraServer, chromium, tmp_path
         page.wait_for_url(re.compile(r".*/mail\?notice=sent$"))
         page.locator("#notice", has_text="Message sent.").wait_for()
 
-        bob = Tab(chromium, server, bob_name, bob_password)
+        bob = Tab(browser, server, bob_name, bob_password)
         page = bob.page
         row = page.locator("#messages tr.unread", has_text=subject)
         row.wait_for()
@@ -121,7 +104,7 @@ def test_compose_read_download_and_reply(server: AgoraServer, chromium, tmp_path
             bob.context.close()
 
 
-def test_html_mail_is_shown_in_its_sandbox(server: AgoraServer, chromium):
+def test_html_mail_is_shown_in_its_sandbox(server: AgoraServer, browser):
     name, password = server.create_user("h" + secrets.token_hex(4))
     mailer = Mailer(server, name, password)  # makes the Maildir
     mailer.close()
@@ -130,7 +113,7 @@ def test_html_mail_is_shown_in_its_sandbox(server: AgoraServer, chromium):
            b"<h2 style=\"color: #a00\">Big news</h2><p id=x>Read <a href=\"https://example.org/\">more</a></p>"
            b"<script>alert('script ran')</script><img src=x onerror=\"alert('handler ran')\">\r\n")
     drop_in(mailer, raw, "1700000000.M2P2Q2.test")
-    tab = Tab(chromium, server, name, password)
+    tab = Tab(browser, server, name, password)
     try:
         page = tab.page
         page.locator("#messages a:has-text('newsletter')").first.click()
