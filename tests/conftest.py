@@ -15,9 +15,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sized
 
 import httpx
 import pytest
@@ -237,3 +238,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[A
     factory = ServerFactory(tmp_path_factory.mktemp(f"shared-{backend}"), backend)
     yield factory()
     factory.close()
+
+
+def kill_mid_load(server: AgoraServer, worker: Callable[[int, threading.Event], None], workers: int,
+                  acknowledged: Sized, at_least: int) -> None:
+    """The crash tests' load: ``worker(n, stop)`` in ``workers`` threads until
+    ``acknowledged`` holds ``at_least`` items, then kill -9 of the server mid-load; the
+    threads are stopped (the server gone, theirs fail) before this returns."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=worker, args=(n, stop), daemon=True) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.proc.kill()  # SIGKILL, mid-load
+    server.proc.wait()
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(acknowledged) >= at_least, server.log()[-3000:]

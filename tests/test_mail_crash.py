@@ -7,11 +7,11 @@ import email
 import email.policy
 import smtplib
 import threading
-import time
 from collections import Counter
 
 import pytest
 
+from conftest import kill_mid_load
 from test_mail_smtp import SERVER_ENV, maildir, receipt
 
 SENDERS = 20
@@ -37,9 +37,8 @@ def test_kill_9_under_smtp_load_loses_nothing_acknowledged(make_server):
     sent: dict[str, bytes] = {}
     acknowledged: set[str] = set()
     lock = threading.Lock()
-    stop = threading.Event()
 
-    def load(sender: int) -> None:
+    def load(sender: int, stop: threading.Event) -> None:
         number = 0
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
@@ -54,18 +53,7 @@ def test_kill_9_under_smtp_load_loses_nothing_acknowledged(make_server):
         except (OSError, smtplib.SMTPException):
             pass  # the server is gone
 
-    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(SENDERS)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while len(acknowledged) < 300 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    server.proc.kill()  # SIGKILL, mid-load
-    server.proc.wait()
-    stop.set()
-    for thread in threads:
-        thread.join(30)
-    assert len(acknowledged) >= 300, server.log()[-3000:]
+    kill_mid_load(server, load, SENDERS, acknowledged, 300)
 
     server.start()
     counts: Counter[str] = Counter()

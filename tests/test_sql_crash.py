@@ -4,11 +4,12 @@ was answered 200 is in the database, and PRAGMA integrity_check says ok."""
 from __future__ import annotations
 
 import threading
-import time
 
 import apsw
 import httpx
 import pytest
+
+from conftest import kill_mid_load
 
 WRITERS = 12
 
@@ -24,9 +25,8 @@ def test_kill_9_under_insert_load_loses_no_acknowledged_row(make_server):
             "sql": "CREATE TABLE rows (writer INTEGER, n INTEGER, pad TEXT, PRIMARY KEY (writer, n))"}).status_code == 200
     acknowledged: set[tuple[int, int]] = set()
     lock = threading.Lock()
-    stop = threading.Event()
 
-    def write(writer: int) -> None:
+    def write(writer: int, stop: threading.Event) -> None:
         n = 0
         try:
             with server.client(token) as http:
@@ -40,18 +40,7 @@ def test_kill_9_under_insert_load_loses_no_acknowledged_row(make_server):
         except httpx.HTTPError:
             pass  # the server is gone
 
-    threads = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while len(acknowledged) < 400 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    server.proc.kill()  # SIGKILL, mid-load
-    server.proc.wait()
-    stop.set()
-    for thread in threads:
-        thread.join(30)
-    assert len(acknowledged) >= 400, server.log()[-3000:]
+    kill_mid_load(server, write, WRITERS, acknowledged, 400)
 
     server.start()
     with server.client(token) as http:
