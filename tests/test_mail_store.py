@@ -266,6 +266,42 @@ def test_uids_survive_a_restart_and_other_tools_files_are_indexed(open_runtime):
     run(scenario())
 
 
+def test_a_mailbox_copied_in_is_indexed_in_bulk_and_flag_changes_too(open_runtime):
+    """Hundreds of files another tool put there: one scan indexes them in name order,
+    and renames by that tool (flags it can spell) keep the keywords only Agora knows."""
+    count = 400
+
+    async def scenario():
+        runtime = await open_runtime()
+        try:
+            [ann] = await _users(runtime, "ann")
+            store = mail_store(runtime)
+            await store.deliver(["ann"], RAW)  # makes the Maildir
+            inbox = runtime.data_dir / "mail" / "ann"
+            for number in range(count):
+                path = inbox / "cur" / f"1700000000.M{number:04d}.copied:2,{'F' if number % 2 else ''}"
+                path.write_bytes(RAW.replace(b"<m1@", f"<copied-{number}@".encode()))
+                os.utime(path, (1700000000, 1700000000))
+            _, messages = await store.messages(ann, "INBOX")
+            assert [m.uid for m in messages] == list(range(1, count + 2))
+            assert messages[2].flags == {"\\Flagged"} and messages[1].flags == set()
+            assert (await store.read(ann, "INBOX", count + 1)).count(f"<copied-{count - 1}@".encode()) == 1
+            await store.store_flags(ann, "INBOX", [2, 3], ["$Important"], "add")
+            # The other tool marks them all read.
+            for path in (inbox / "cur").iterdir():
+                if ".copied:2," in path.name:
+                    path.rename(path.with_name(path.name.split(":2,")[0] + ":2,S" + path.name.split(":2,")[1]))
+            _, messages = await store.messages(ann, "INBOX")
+            assert all("\\Seen" in m.flags for m in messages[1:])
+            assert messages[1].flags == {"\\Seen", "$Important"}
+            assert messages[2].flags == {"\\Seen", "\\Flagged", "$Important"}
+            assert "\\Seen" not in messages[0].flags  # Agora's own delivery, not renamed
+        finally:
+            await runtime.close()
+
+    run(scenario())
+
+
 def test_watch_wakes_on_delivery(open_runtime):
     async def scenario():
         runtime = await open_runtime()

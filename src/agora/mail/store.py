@@ -919,27 +919,40 @@ class MailStore:
         async with self.db.write() as conn:
             if gone:
                 await self._remove_rows(conn, folder_id, gone)
+            # In bulk: a mailbox copied in, or marked read by another tool, is thousands
+            # of files, and a statement per file took a millisecond each.
             if moved:
                 _, modseq = await self._bump(conn, folder_id)
+                current: dict[int, str] = {}
+                for chunk in _chunks([row.id for row, _ in moved]):
+                    current.update((row.id, row.flags) for row in (await conn.execute(select(
+                        mail_messages.c.id, mail_messages.c.flags).where(mail_messages.c.id.in_(chunk)))).all())
+                changes = []
                 for row, filename in moved:
                     # Another tool changed flags it can spell; keep our keywords.
-                    current = (await conn.execute(select(mail_messages.c.flags).where(
-                        mail_messages.c.id == row.id))).scalar_one()
-                    kept = {f for f in _flags(current) if f.lower() not in maildir.FLAG_LETTERS}
-                    await conn.execute(update(mail_messages).where(mail_messages.c.id == row.id).values(
-                        filename=filename, modseq=modseq,
-                        flags=_flag_text(kept | maildir.flags_from_filename(filename))))
-            for (base, filename, raw, mtime), summary in zip(loaded, summaries):
-                uid, modseq = await self._bump(conn, folder_id, 1)
+                    kept = {f for f in _flags(current.get(row.id, "")) if f.lower() not in maildir.FLAG_LETTERS}
+                    changes.append({"row_id": row.id, "filename": filename, "modseq": modseq,
+                                    "flags": _flag_text(kept | maildir.flags_from_filename(filename))})
+                await conn.execute(update(mail_messages).where(mail_messages.c.id == bindparam("row_id")), changes)
+            if loaded:
+                uid, modseq = await self._bump(conn, folder_id, len(loaded))
+                rows = [{"folder_id": folder_id, "uid": uid + number, "modseq": modseq, "name": base,
+                         "filename": filename, "flags": _flag_text(maildir.flags_from_filename(filename)),
+                         "internaldate": datetime.fromtimestamp(mtime).astimezone(), "size": len(raw),
+                         "summary": summary}
+                        for number, ((base, filename, raw, mtime), summary) in enumerate(zip(loaded, summaries))]
                 try:
                     async with conn.begin_nested():
-                        await conn.execute(insert(mail_messages).values(
-                            folder_id=folder_id, uid=uid, modseq=modseq, name=base, filename=filename,
-                            flags=_flag_text(maildir.flags_from_filename(filename)),
-                            internaldate=datetime.fromtimestamp(mtime).astimezone(),
-                            size=len(raw), summary=summary))
+                        await conn.execute(insert(mail_messages), rows)
                 except IntegrityError:
-                    pass  # another node indexed it first
+                    # Another node indexed some of them first: the rest one by one (their
+                    # UIDs were taken all the same; gaps are allowed, order is kept).
+                    for row in rows:
+                        try:
+                            async with conn.begin_nested():
+                                await conn.execute(insert(mail_messages), [row])
+                        except IntegrityError:
+                            pass
         self._notify(folder_id)
 
     def forget_user(self, user_name: str, user_id: int) -> None:
