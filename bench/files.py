@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import agora_env, cpu_seconds, free_port, install_packages, start_agora, stop, wait_port
+
 GIB = 1024**3
 MB = 1000**2
 PAGE_SIZE = 5632  # 5.5 KiB
@@ -48,40 +49,14 @@ SMALL_FILES = 1000
 SMALL_SIZE = 10 * 1024
 FTP_USER = "agorabench"  # the system user vsftpd logs in
 TOOLS = {"nginx": "nginx", "vsftpd": "vsftpd", "wrk": "wrk"}
-OTHER_LISTENERS = ("smtp", "submission", "imap", "imaps", "pop3", "pop3s", "postgres")
 
 
 # -- setting up ---------------------------------------------------------------------
 
 
 def ensure_tools() -> None:
-    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None
-               and not Path(f"/usr/sbin/{tool}").exists()]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"bench: needs {', '.join(missing)}; run as root to have them installed")
-    print(f"installing {' '.join(missing)} ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+    install_packages(package for tool, package in TOOLS.items()
+                     if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists())
 
 
 def write_file(path: Path, size: int) -> None:
@@ -112,26 +87,9 @@ class Agora:
     token: str = ""
 
     def start(self, access_log: bool) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-        env["AGORA_ADMIN_PASSWORD"] = self.password
-        env["AGORA_LOG_LEVEL"] = "info" if access_log else "warning"
-        # Only the listeners measured here: the others would take their fixed default
-        # ports (and clash with anything else on them). Through the environment, which
-        # a version without some of these listeners ignores (flags it would refuse).
-        for listener in OTHER_LISTENERS:
-            env[f"AGORA_{listener.upper()}_PORT"] = "off"
-        log = open(self.data_dir.parent / "agora.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agora", "serve", "--data-dir", str(self.data_dir), "--http-port", "0",
-             "--https-port", "0", "--ftp-port", "0", "--ftps-port", "off"], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        ports_file = self.data_dir / "run" / "ports.json"
-        deadline = time.monotonic() + 60
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"bench: agora serve did not start; see {self.data_dir.parent / 'agora.log'}")
-            time.sleep(0.1)
-        time.sleep(0.2)
-        self.ports = json.loads(ports_file.read_text())
+        self.proc, self.ports = start_agora(
+            self.data_dir, agora_env(self.password, "info" if access_log else "warning"),
+            ("http", "https", "ftp"), log=self.data_dir.parent / "agora.log", required=("http",))
 
     def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{self.ports['http']}{path}", method=method,
@@ -150,12 +108,7 @@ class Agora:
                                                           "name": "bench"})["token"]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop(self.proc)
 
 
 def start_nginx(work: Path, root: Path, access_log: bool) -> tuple[subprocess.Popen, int]:
@@ -320,12 +273,6 @@ def ftp_many(port: int, user: str, password: str, folder: str, names: list[str],
     elapsed = time.perf_counter() - started
     ftp.quit()
     return len(names) / elapsed
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time used so far by process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def costed(pid: int, run, costs: list[float]):
@@ -495,12 +442,7 @@ def main() -> None:
                      f"= {fmt(big_agora * 100 * MB, 'B/s')} vs {fmt(big_nginx * 100 * MB, 'B/s')}; -t1 -c4")]
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc, 10)
         agora.stop()
         if made_user:
             subprocess.run(["userdel", FTP_USER], capture_output=True)

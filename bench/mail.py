@@ -53,6 +53,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import common
+from common import agora_env, cpu_seconds, free_port, install_packages, start_agora, stop, wait_port
+
 SMTP_CLIENTS = 32
 SMTP_MESSAGES = 150  # per client and round
 SMTP_SIZE = 4096
@@ -63,8 +66,7 @@ IDLE_CLIENTS = 5000
 DOVECOT_PACKAGE = "dovecot-imapd"
 MAIL_USER = "agoramail"  # the system user Dovecot reads the Maildir copy as (it refuses uid 0)
 # Passed to every bench server: logins must not measure argon2 (see the docstring).
-CHEAP_HASHING = ["--identity-argon2-time-cost", "1", "--identity-argon2-memory-kib", "1024",
-                 "--identity-argon2-parallelism", "1", "--identity-max-concurrent-hashes", "8"]
+CHEAP_HASHING = [*common.CHEAP_HASHING, "--identity-max-concurrent-hashes", "8"]
 CHEAP_ENV = {"AGORA_IDENTITY_ARGON2_TIME_COST": "1", "AGORA_IDENTITY_ARGON2_MEMORY_KIB": "1024",
              "AGORA_IDENTITY_ARGON2_PARALLELISM": "1"}
 
@@ -73,25 +75,8 @@ CHEAP_ENV = {"AGORA_IDENTITY_ARGON2_TIME_COST": "1", "AGORA_IDENTITY_ARGON2_MEMO
 
 
 def ensure_dovecot() -> None:
-    if Path("/usr/sbin/dovecot").exists() and Path("/usr/lib/dovecot/imap").exists():
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"bench: needs {DOVECOT_PACKAGE}; run as root to have it installed")
-    print(f"installing {DOVECOT_PACKAGE} ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # The package would start the system's own Dovecot on ports 143/993: not wanted here.
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", DOVECOT_PACKAGE],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
-    finally:
-        if made_policy:
-            policy.unlink(missing_ok=True)
+    if not (Path("/usr/sbin/dovecot").exists() and Path("/usr/lib/dovecot/imap").exists()):
+        install_packages([DOVECOT_PACKAGE])
 
 
 def ensure_mail_user() -> tuple[int, int, bool]:
@@ -132,32 +117,11 @@ def raise_nofile(wanted: int) -> None:
         print(f"bench: only {soft} file descriptors per process (wanted {wanted})", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -170,32 +134,13 @@ class Agora:
     ports: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-        env["AGORA_ADMIN_PASSWORD"] = self.password
-        env["AGORA_LOG_LEVEL"] = "warning"
-        return env
+        return agora_env(self.password)
 
     def start(self) -> None:
-        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
-        runner = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
-        self.proc = subprocess.Popen(
-            [sys.executable, *runner, "-m", "agora", "serve", "--data-dir", str(self.data_dir),
-             "--http-port", "0", "--https-port", "off", "--ftp-port", "off", "--ftps-port", "off",
-             "--smtp-port", "0", "--submission-port", "off", "--imap-port", "0", "--imaps-port", "off",
-             "--pop3-port", "off", "--pop3s-port", "off",
-             "--mail-max-connections-per-ip", "100000", "--mail-quota", "100G", *CHEAP_HASHING, *self.extra],
-            env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        ports_file = self.data_dir / "run" / "ports.json"
-        deadline = time.monotonic() + 60
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"bench: agora serve did not start; see {log.name}")
-            time.sleep(0.1)
-        time.sleep(0.2)
-        self.ports = json.loads(ports_file.read_text())
-        for name in ("smtp", "imap"):
-            if name not in self.ports:
-                sys.exit(f"bench: agora serve has no {name} listener (ports.json: {self.ports})")
+        self.proc, self.ports = start_agora(
+            self.data_dir, self.env(), ("http", "smtp", "imap"), profile=self.profile,
+            args=["--mail-max-connections-per-ip", "100000", "--mail-quota", "100G", *CHEAP_HASHING, *self.extra],
+            required=("smtp", "imap"))
 
     def add_user(self, name: str, password: str) -> None:
         """Through the CLI, as an admin would; hashed as cheaply as the server hashes."""
@@ -207,13 +152,7 @@ class Agora:
         return self.data_dir / "mail" / user
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 @dataclass
@@ -283,13 +222,7 @@ service imap-login {{
             sys.exit(f"bench: dovecot did not start; see {base}/stderr.log and dovecot.log")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, 20)
 
 
 # -- results ------------------------------------------------------------------------

@@ -30,26 +30,19 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import CHEAP_HASHING, agora_env, fail, start_agora, stop
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 PG_DATABASE = "agora_bench_sql"
 DATABASE = "bench"
-CHEAP_HASHING = ["--identity-argon2-time-cost", "1", "--identity-argon2-memory-kib", "1024",
-                 "--identity-argon2-parallelism", "1"]
 SCRIPTS = {
     "select": "\\set id random(1, {rows})\nSELECT v FROM kv WHERE id = :id;\n",
     "insert": "\\set n random(1, 1000000000)\nINSERT INTO kv_ins (v) VALUES ('row-' || :n);\n",
 }
-
-
-def fail(message: str) -> None:
-    sys.exit(f"bench: {message}")
 
 
 class Agora:
@@ -60,24 +53,9 @@ class Agora:
         self.ports: dict[str, int] = {}
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-        env.update(AGORA_ADMIN_PASSWORD=self.password, AGORA_LOG_LEVEL="warning")
-        log = open(self.data_dir.parent / "agora.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agora", "serve", "--data-dir", str(self.data_dir), "--http-port", "0",
-             "--https-port", "off", "--ftp-port", "off", "--ftps-port", "off", "--smtp-port", "off",
-             "--submission-port", "off", "--imap-port", "off", "--imaps-port", "off", "--pop3-port", "off",
-             "--pop3s-port", "off", "--postgres-port", "0", "--sql-max-rows", "100000", *CHEAP_HASHING],
-            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        ports_file = self.data_dir / "run" / "ports.json"
-        deadline = time.monotonic() + 60
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                fail(f"agora serve did not start; see {log.name}")
-            time.sleep(0.1)
-        self.ports = json.loads(ports_file.read_text())
-        if "postgres" not in self.ports:
-            fail(f"agora serve has no postgres listener (ports.json: {self.ports})")
+        self.proc, self.ports = start_agora(self.data_dir, agora_env(self.password), ("http", "postgres"),
+                                            args=["--sql-max-rows", "100000", *CHEAP_HASHING],
+                                            log=self.data_dir.parent / "agora.log")
 
     def create_database(self) -> None:
         """Through the domain, on the data dir the server uses (as `agora sql create` would)."""
@@ -104,13 +82,7 @@ class Agora:
         return {**os.environ, "PGPASSWORD": self.password}
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 def psql(conninfo: str, env: dict[str, str], sql: str) -> None:
