@@ -341,23 +341,35 @@ def test_path_tricks_and_symlinks_are_refused(site: Site, tmp_path: Path):
 
 
 def test_changes_are_live_at_once(site: Site):
+    """Uploads through Agora (here the API; FTP and WebDAV use the same store) show at
+    once; a file changed behind Agora's back (another node, another tool) within
+    sites.RECHECK."""
+    from agora.files.sites import RECHECK
+
     url = f"/~{site.name}/live.html"
-    with site.server.client() as http_client:
-        site.write("live.html", b"version one")
+    content = "/api/v1/files/content/public/live.html"
+    token = site.server.login(site.name, site.password)
+    with site.server.client() as http_client, site.server.client(token) as api:
+        assert api.put(content, content=b"version one").status_code in (200, 201)
         first = http_client.get(url)
         assert first.content == b"version one"
         assert http_client.get(url).content == b"version one"  # now kept in memory
-        site.write("live.html", b"version two")  # same size, new file
+        assert api.put(content, content=b"version two").status_code in (200, 201)  # same size
         second = http_client.get(url)
         assert second.content == b"version two"
         assert second.headers["etag"] != first.headers["etag"]
         assert http_client.get(url, headers={"If-None-Match": first.headers["etag"]}).status_code == 200
-        (site.public / "live.html").unlink()
+        assert api.delete(content).status_code in (200, 204)
         assert http_client.get(url).status_code == 404
-        site.write("live.html", b"back")
+        assert api.put(content, content=b"back").status_code in (200, 201)
         assert http_client.get(url).content == b"back"
+        # Behind Agora's back: a new version, then a symlink in its place.
+        site.write("live.html", b"other tool")
+        time.sleep(RECHECK + 0.2)
+        assert http_client.get(url).content == b"other tool"
         (site.public / "live.html").unlink()
         os.symlink(site.public / "index.html", site.public / "live.html")
+        time.sleep(RECHECK + 0.2)
         assert http_client.get(url).status_code == 404
 
 
@@ -480,6 +492,9 @@ GET = b"GET /~carol/ HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def test_kept_pages_are_answered_by_the_protocol(tmp_path: Path):
+    from agora.files.access import user_files
+    from agora.files.sites import RECHECK
+
     async def scenario() -> None:
         async with protocol_server(tmp_path) as (runtime, protocol, port):
             exchange = await Exchange.open(port)
@@ -511,10 +526,16 @@ def test_kept_pages_are_answered_by_the_protocol(tmp_path: Path):
                               r'(\d+)', metrics)
             assert count and int(count.group(1)) >= 6
             assert 'agora_http_request_duration_seconds_count{method="GET",route="/~{user}/{path}"}' in metrics
-            # Replaced on disk: the kept copy is not used.
-            (tmp_path / "data" / "files" / "carol" / "public" / "index.html").write_bytes(b"new version")
+            # Replaced through the store (as any upload): the kept copy is not used.
+            carol = await runtime.identity.get_user("carol")
+            user_files(runtime, carol).write_bytes("/public/index.html", b"new version")
             [(head, body)] = await exchange(GET)
             assert body == b"new version"
+            # Replaced behind Agora's back: seen once the kept copy is looked at again.
+            (tmp_path / "data" / "files" / "carol" / "public" / "index.html").write_bytes(b"other tool")
+            await asyncio.sleep(RECHECK + 0.2)
+            [(head, body)] = await exchange(GET)
+            assert body == b"other tool"
             exchange.writer.close()
 
     asyncio.run(scenario())

@@ -80,6 +80,10 @@ class CachedFile:
     blocks: dict[str | None, bytes] = field(default_factory=dict)
     cost: int = 0
     plain: "Reply | None" = None  # the answer to a GET asking for nothing special
+    # Until when the file is believed unchanged on disk, as long as the store's
+    # generation is still ``seen`` (see Sites._unchanged).
+    fresh_until: float = 0.0
+    seen: int = -1
     _etags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

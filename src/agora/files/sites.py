@@ -56,6 +56,11 @@ PUBLIC = "public"
 # How long "this user exists and is enabled" is believed: a deleted or disabled user's
 # site goes dark within this; the UI's own changes take effect at once.
 OWNER_TTL = 5.0
+# How long a kept file is believed unchanged on disk without a look (lstat, which cost
+# about as much as the rest of answering a kept page), while nothing was written through
+# this process's file store: FTP, WebDAV and API uploads show at once, files changed by
+# another node or behind Agora's back within this.
+RECHECK = 1.0
 MAX_OWNERS = 10_000
 CACHE_BYTES = 64 * 1024**2
 CHUNK = 1024**2
@@ -175,11 +180,16 @@ class Sites:
         item = self.cache.get(path)
         if item is None:
             return None
+        now = time.monotonic()
+        generation = self.store.generation  # read before looking: a change during the look shows next time
+        if item.seen == generation and now < item.fresh_until:
+            return item
         try:
             st = os.lstat(item.real)
         except OSError:
             st = None
         if st is not None and item.same_file(st):
+            item.seen, item.fresh_until = generation, now + RECHECK
             return item
         self._drop(path)
         return None

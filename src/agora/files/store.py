@@ -98,6 +98,13 @@ class FileStore:
         self._sweep_uploads()
         self._usage: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()  # FTP runs in its own thread; the usage cache is shared
+        # Counts the changes to file contents made through this store (any protocol), so
+        # that what caches them (users' sites) can tell at no cost that nothing changed.
+        self.generation = 0
+
+    def changed(self) -> None:
+        """Called after a file was written, replaced, moved or removed."""
+        self.generation += 1  # only ever compared for inequality: a lost race still changes it
 
     def _sweep_uploads(self) -> None:
         # Left by a crash mid-upload. Only old ones: on a shared filesystem another node
@@ -117,6 +124,7 @@ class FileStore:
         tree = self.root / name
         if tree.is_dir() and not tree.is_symlink():
             shutil.rmtree(tree)
+            self.changed()
         with self._lock:
             self._usage.pop(name, None)
 
@@ -309,6 +317,7 @@ class UserFiles:
         else:
             freed = entry.size
             real.unlink()
+        self.store.changed()
         _fsync_dir(real.parent)
         self.store.adjust_usage(self.user, -freed)
 
@@ -328,6 +337,7 @@ class UserFiles:
             if src_real != dst_real:
                 self.delete(virtual(dst_parts), recursive=True)
         os.rename(src_real, dst_real)
+        self.store.changed()
         _fsync_dir(dst_real.parent)
         if dst_real.parent != src_real.parent:
             _fsync_dir(src_real.parent)
@@ -406,6 +416,7 @@ class Upload:
             self.abort()
             raise NotFound(f"{virtual(self.parts[:-1])}: the folder was removed during the upload")
         os.replace(self.tmp, self.target)
+        self.files.store.changed()
         _fsync_dir(self.target.parent)
         self.done = True
         self.files.store.adjust_usage(self.files.user, self.written - self.old_size)
