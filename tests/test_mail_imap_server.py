@@ -6,6 +6,7 @@ client, restarts, and standard clients."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import re
 import shutil
@@ -65,6 +66,51 @@ def test_login_list_select_append_fetch(imap_server, user):
     assert data[0][1] == raw
     client.logout()
 
+
+
+def mime(subject: str, content_type: str, encoding: str, body: bytes) -> bytes:
+    return message(subject, b"") [:-2] + (f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n"
+                                          f"Content-Transfer-Encoding: {encoding}\r\n\r\n").encode() + body
+
+
+ENCODED_BODIES = [
+    # a soft line break inside the word
+    mime("qp", "text/plain; charset=utf-8", "quoted-printable", b"The zephy=\r\nrine is here, Gr=C3=BC=C3=9Fe.\r\n"),
+    mime("b64", "text/plain; charset=utf-8", "base64", base64.encodebytes("A quokka says grüß dich".encode())),
+    mime("latin1", "text/plain; charset=iso-8859-1", "8bit", "Straße in Köln\r\n".encode("latin-1")),
+    mime("koi8", "text/plain; charset=koi8-r", "base64", base64.encodebytes("Привет из Москвы".encode("koi8-r"))),
+    message("html", b"") [:-2] + (b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="b"\r\n\r\n'
+                                  b"--b\r\nContent-Type: text/html; charset=windows-1252\r\n"
+                                  b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+                                  b"<p>Caf=E9 <b>menu</b> &amp; wine</p>\r\n--b--\r\n"),
+]
+
+
+def test_search_body_decodes_transfer_encodings_and_charsets(imap_server, user):
+    client = connect(imap_server, user)
+    for raw in ENCODED_BODIES:
+        assert client.append("INBOX", None, None, raw)[0] == "OK"
+    client.select("INBOX")
+
+    def search(key: str, needle: str) -> list[int]:
+        client.literal = needle.encode()  # sent as a literal: UTF-8 needles too
+        typ, data = client.uid("SEARCH", "CHARSET", "UTF-8", key)
+        assert typ == "OK", data
+        return [int(n) for n in data[0].split()]
+
+    for _ in range(2):  # the second time from the server's cache of body texts: the same answers
+        assert search("BODY", "ZEPHYRINE") == [1] and search("BODY", "zephy=") == []
+        assert search("BODY", "grüße") == [1] and search("BODY", "GRÜSSE") == [1]  # case-folded: ß is ss
+        assert search("BODY", "quokka says") == [2] and search("BODY", "GRÜSS DICH") == [2]
+        assert search("BODY", "straße in köln") == [3] and search("BODY", "STRASSE") == [3]
+        assert search("BODY", "привет из москвы") == [4] and search("BODY", "ПРИВЕТ") == [4]
+        assert search("BODY", "CAFÉ") == [5] and search("BODY", "& wine") == [5] and search("BODY", "<b>") == []
+        assert search("BODY", "b64") == [] and search("TEXT", "b64") == [2]  # a header word: TEXT only
+        assert search("TEXT", "köln") == [3] and search("TEXT", "subject: koi8") == [4]
+    client.store("2", "+FLAGS", "\\Deleted")
+    client.expunge()
+    assert search("BODY", "quokka") == [] and search("BODY", "привет") == [4]  # UIDs: unchanged by the expunge
+    client.logout()
 
 def test_smtp_delivery_reaches_an_idle_client_within_a_second(imap_server, user):
     raw_client = RawClient(imap_server.ports["imap"])

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agora.mail.message import (
-    Attachment, Summary, attachment, body_text_for_search, compose, forward_subject, header_values,
-    quote, render, reply_subject, section, summarize, text_for_search,
+    Attachment, Summary, attachment, body_text_for_search, compose, forward_subject, header_text_for_search,
+    header_values, quote, render, reply_subject, section, summarize,
 )
 
 
@@ -464,7 +464,7 @@ def test_search_texts():
     assert "Grüße" in body
     assert "<p>" not in body and "alert" not in body  # HTML as text, scripts dropped
     assert "Grüße from Jörg" not in body  # headers are not body
-    assert "Grüße from Jörg" in text_for_search(ALTERNATIVE)
+    assert "Grüße from Jörg" in header_text_for_search(ALTERNATIVE)
     assert "café" in body_text_for_search(RFC2231)
     assert "hello" in body_text_for_search(ODD_HEADERS)  # base64 decoded
     nested = body_text_for_search(NESTED)
@@ -671,7 +671,7 @@ def _check(raw: bytes) -> None:
         assert attachment(raw, a.index)[0] == a.filename
         assert len(attachment(raw, a.index)[2]) == a.size
     header_values(raw, "from")
-    text_for_search(raw)
+    header_text_for_search(raw)
     body_text_for_search(raw)
 
 

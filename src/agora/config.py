@@ -328,6 +328,7 @@ SETTINGS += [
     Setting("mail.max_message", parse_size, 50 * 1024**2, "Largest message accepted by SMTP (SIZE), IMAP APPEND and the API."),
     Setting("mail.max_recipients", _int(1, 10000), 100, "Recipients of one SMTP transaction (452 beyond)."),
     Setting("mail.max_line", parse_size, 64 * 1024, "Longest IMAP/POP3 command line and SMTP command, in bytes."),
+    Setting("mail.search_cache", parse_size, 64 * 1024**2, "Memory for the decoded, case-folded body text of the messages IMAP SEARCH BODY/TEXT read, so that searching them again decodes nothing (bytes per process; suffixes K, M, G; 0 = none)."),
     Setting("mail.max_connections", _int(1, 1_000_000), 10000, "Concurrent connections per mail listener."),
     Setting("mail.max_connections_per_ip", _int(1, 1_000_000), 20, "Concurrent connections to one mail listener from one address."),
     Setting("mail.idle_timeout", _duration, 1800.0, "A mail session with no command for this long is logged out (IMAP: RFC 3501 asks for at least 30 min)."),

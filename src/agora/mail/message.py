@@ -277,17 +277,18 @@ def _html_to_text(text: str) -> str:
 def body_text_for_search(raw: bytes) -> str:
     """Decoded text of every text/* part, attached messages included (SEARCH BODY)."""
     texts = []
-    for part in ms.walk(ms.parse(raw)):
+    # Only the MIME fields: the others are most of the header and nothing here reads them.
+    for part in ms.walk(ms.parse(raw, mime_only=True)):
         if part.kind == "leaf" and part.mtype.lower() == "text":
             text = _part_text(raw, part)
             texts.append(_html_to_text(text) if part.subtype.lower() == "html" else text)
     return "\n".join(texts)
 
 
-def text_for_search(raw: bytes) -> str:
-    """Decoded headers and body text (SEARCH TEXT)."""
-    headers = "\n".join(f"{f.name}: {decode_words(f.value)}" for f in _top_fields(raw) if f.name)
-    return headers + "\n\n" + body_text_for_search(raw)
+def header_text_for_search(raw: bytes) -> str:
+    """Decoded top-level header fields, "name: value" a line (SEARCH TEXT: these, a blank
+    line, then the body text)."""
+    return "\n".join(f"{f.name}: {decode_words(f.value)}" for f in _top_fields(raw) if f.name)
 
 
 # --- reading: body and attachments ------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 MAX_DEPTH = 64  # deeper multiparts/messages are treated as opaque leaves
 
@@ -113,8 +113,44 @@ def parse_fields(raw: bytes, start: int, end: int) -> list[Field]:
 
 
 def _field(raw: bytes, name: str, value_start: int, start: int, end: int) -> Field:
-    value = _FOLD.sub("", to_text(raw[value_start:end]))
+    value = to_text(raw[value_start:end])
+    if "\n " in value or "\n\t" in value:  # folded: the regex costs more than this test
+        value = _FOLD.sub("", value)
     return Field(name, value.rstrip("\r\n").lstrip(" \t"), start, end)
+
+
+# A line that may be a MIME-Version or Content-* field, in the lower-cased header after
+# the line break that starts it (led by a literal, the regex engine skips from line to
+# line). Around the name: what str.strip() drops in ASCII, and any non-ASCII byte, which
+# may be Unicode whitespace; mime_fields() then reads the name exactly.
+_MIME_FIELD = re.compile(rb"\n[ \t\r\x0b\x0c\x1c-\x1f\x80-\xff]*"
+                         rb"(?:mime-version[ \t\r\x0b\x0c\x1c-\x1f\x80-\xff]*|content-[^:\n]*):")
+
+
+def _is_mime(name: str) -> bool:
+    return name.startswith("content-") or name == "mime-version"
+
+
+def mime_fields(raw: bytes, start: int, end: int) -> list[Field]:
+    """The MIME-Version and Content-* fields of parse_fields(raw, start, end), without
+    reading the others (most of a message header)."""
+    fields = []
+    for m in _MIME_FIELD.finditer(b"\n" + raw[start:end].lower()):
+        line = start + m.start()  # in raw: the line break before it was prepended
+        if line > start and raw[line] in b" \t":  # a continuation line, not a field
+            continue
+        colon = start + m.end() - 2
+        name = to_text(raw[line:colon]).strip().lower()
+        if not _is_mime(name):
+            continue
+        field_end = line
+        while True:  # the field runs on over the lines that start with a space or tab
+            nl = raw.find(b"\n", field_end, end)
+            field_end = end if nl < 0 else nl + 1
+            if field_end >= end or raw[field_end] not in b" \t":
+                break
+        fields.append(_field(raw, name, colon + 1, line, field_end))
+    return fields
 
 
 def _unquote(text: str, i: int) -> tuple[str, int]:
@@ -208,9 +244,11 @@ def _merge_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # --- the part tree ------------------------------------------------------------------------
 
-def parse(raw: bytes) -> Part:
-    """The part tree of a whole message (the root spans all of raw)."""
-    return _parse_part(raw, 0, [], ("text", "plain"), 0, True)[0]
+def parse(raw: bytes, mime_only: bool = False) -> Part:
+    """The part tree of a whole message (the root spans all of raw). With mime_only, each
+    part's ``fields`` are only its MIME-Version and Content-* fields, all that the tree
+    and the decoding of its parts need, for a fraction of the cost (SEARCH BODY)."""
+    return _parse_part(raw, 0, [], ("text", "plain"), 0, True, mime_fields if mime_only else parse_fields)[0]
 
 
 def _find_boundary(raw: bytes, pos: int, end: int, bounds: list[tuple[bytes]]) -> _Stop | None:
@@ -243,7 +281,8 @@ def _content_end(raw: bytes, stop: _Stop, floor: int) -> int:
 
 
 def _parse_part(raw: bytes, pos: int, bounds: list[tuple[bytes]], default: tuple[str, str], depth: int,
-                message_root: bool = False) -> tuple[Part, _Stop | None]:
+                message_root: bool, read_fields: Callable[[bytes, int, int], list[Field]]
+                ) -> tuple[Part, _Stop | None]:
     """Parse one entity at pos; returns it and the boundary line that ended it (None at the end)."""
     # The header ends at a blank line, looked for only up to the next boundary line (so that
     # many parts without one cost linear time, not quadratic).
@@ -260,7 +299,7 @@ def _parse_part(raw: bytes, pos: int, bounds: list[tuple[bytes]], default: tuple
         header_cut = True
     else:
         header_end = body_start = len(raw)
-    part = Part(pos, header_end, body_start, body_start, parse_fields(raw, pos, header_end))
+    part = Part(pos, header_end, body_start, body_start, read_fields(raw, pos, header_end))
     part.mime = not message_root or any(f.name in ("mime-version", "content-type") for f in part.fields)
     _content_type(part, default, depth)
     if header_cut:
@@ -269,7 +308,7 @@ def _parse_part(raw: bytes, pos: int, bounds: list[tuple[bytes]], default: tuple
         return part, stop
 
     if part.kind == "message":
-        child, stop = _parse_part(raw, body_start, bounds, ("text", "plain"), depth + 1, True)
+        child, stop = _parse_part(raw, body_start, bounds, ("text", "plain"), depth + 1, True, read_fields)
         part.children.append(child)
         if stop is not None and stop.line_start == body_start:  # nothing inside: end it here
             return part, _end_at(raw, part, stop, header_end)
@@ -292,7 +331,7 @@ def _parse_part(raw: bytes, pos: int, bounds: list[tuple[bytes]], default: tuple
         if not raw.endswith(b"\n", 0, stop.line_end):  # an unfinished last line starts no part
             stop = None
             break
-        child, stop = _parse_part(raw, stop.line_end, inner, child_default, depth + 1)
+        child, stop = _parse_part(raw, stop.line_end, inner, child_default, depth + 1, False, read_fields)
         part.children.append(child)
     else:
         if part.children:  # ended by an outer boundary inside the last child, which placed the end

@@ -1,7 +1,8 @@
 """What the session computes once per message and keeps in memory, shared by all
-sessions of this process: serialised ENVELOPE/BODYSTRUCTURE/BODY and the decoded
-header values SEARCH looks at. Keyed by (folder id, UIDVALIDITY, UID), which never
-names two different messages."""
+sessions of this process: serialised ENVELOPE/BODYSTRUCTURE/BODY, the decoded
+header values SEARCH looks at and the body text SEARCH BODY/TEXT looks into. Keyed by
+(folder id, UIDVALIDITY, UID), which never names two different messages (and a
+message never changes), so nothing here is ever stale; all of it can be made again."""
 
 from __future__ import annotations
 
@@ -114,12 +115,43 @@ class MessageCache:
         self._entries.clear()
 
 
-class Shared:
-    """What the IMAP sessions over one store share: the message cache, the folder
-    watches (watch.py) and the change queries in flight (view.py)."""
+class BodyTexts:
+    """Messages' body text as SEARCH BODY/TEXT match it (case-folded, UTF-8), up to
+    ``max_bytes`` in all, the least recently used dropped first. Decoding MIME is most of
+    the cost of such a search; this makes the next one over the same messages a scan of
+    memory. Used from the event loop only (no lock)."""
 
-    def __init__(self) -> None:
+    ENTRY_OVERHEAD = 200  # bytes of the dict entry, key and bytes object, counted in the budget
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._texts: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int]) -> bytes | None:
+        text = self._texts.get(key)
+        if text is not None:
+            self._texts.move_to_end(key)
+        return text
+
+    def put(self, key: tuple[int, int, int], text: bytes) -> None:
+        cost = len(text) + self.ENTRY_OVERHEAD
+        if cost > self.max_bytes or key in self._texts:
+            return
+        self._texts[key] = text
+        self.size += cost
+        while self.size > self.max_bytes:
+            _, dropped = self._texts.popitem(last=False)
+            self.size -= len(dropped) + self.ENTRY_OVERHEAD
+
+
+class Shared:
+    """What the IMAP sessions over one store share: the message cache, the body texts
+    SEARCH keeps, the folder watches (watch.py) and the change queries in flight (view.py)."""
+
+    def __init__(self, search_cache: int) -> None:
         self.cache = MessageCache()
+        self.bodies = BodyTexts(search_cache)
         self.hubs: dict[int, Any] = {}
         self.queries: dict[tuple[int, int], Any] = {}
 
@@ -127,10 +159,10 @@ class Shared:
 _SHARED: "weakref.WeakKeyDictionary[Any, Shared]" = weakref.WeakKeyDictionary()
 
 
-def shared(store: Any) -> Shared:
+def shared(store: Any, search_cache: int) -> Shared:
     """The one Shared of a store (per store, not per process: folder ids and UIDs are
-    only unique within one database)."""
+    only unique within one database); search_cache is the setting mail.search_cache."""
     state = _SHARED.get(store)
     if state is None:
-        state = _SHARED[store] = Shared()
+        state = _SHARED[store] = Shared(search_cache)
     return state

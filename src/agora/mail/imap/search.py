@@ -4,7 +4,12 @@ Each key compiles to a predicate over (index, MessageMeta, Raw or None) and a co
 0 reads only the meta (flags, dates, size, numbers), 1 also the envelope kept in the
 database (FROM, SUBJECT...: through the shared cache), 2 the message itself (BODY,
 TEXT, other header fields). Messages are read only for what the cheaper keys of an
-AND left standing, and only when some key needs them.
+AND left standing, and only when some key needs them: not at all for BODY when the
+shared cache (cache.BodyTexts) has their body text.
+
+Text is matched as RFC 3501 asks, a case-insensitive substring: both sides case-folded,
+then as UTF-8 bytes (a UTF-8 needle is found in UTF-8 text exactly where the characters
+match, and bytes are half the memory of most decoded text in the cache).
 """
 
 from __future__ import annotations
@@ -20,31 +25,43 @@ READ_BATCH = 128  # messages read at once for BODY/TEXT searches
 SLICE = 2000  # messages searched between two turns of the other sessions
 
 
+def fold(text: str) -> bytes:
+    """Case-folded UTF-8 (lone surrogates kept, as the needle's are: they then match alike)."""
+    # lower() is casefold() for ASCII, and many times faster than casefold() there
+    folded = text.lower() if text.isascii() else text.casefold()
+    return folded.encode("utf-8", "surrogatepass")
+
+
 class Raw:
-    """One message's bytes and what SEARCH derives from them, each made once."""
+    """One message as SEARCH reads it: its bytes (None when the cached body text is all
+    a search needs) and what is derived from them, each made once."""
 
     __slots__ = ("data", "_text", "_body")
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes | None, body: bytes | None = None):
         self.data = data
-        self._text: str | None = None
-        self._body: str | None = None
+        self._text: bytes | None = None
+        self._body = body
 
-    def text(self) -> str:
+    def text(self) -> bytes:
         if self._text is None:
-            from agora.mail.message import text_for_search
-            self._text = text_for_search(self.data).casefold()
+            from agora.mail.message import header_text_for_search
+            self._text = fold(header_text_for_search(self.data) + "\n\n") + self.body()  # type: ignore[arg-type]
         return self._text
 
-    def body(self) -> str:
+    def body(self) -> bytes:
         if self._body is None:
             from agora.mail.message import body_text_for_search
-            self._body = body_text_for_search(self.data).casefold()
+            self._body = fold(body_text_for_search(self.data))  # type: ignore[arg-type]
+        return self._body
+
+    def known_body(self) -> bytes | None:
+        """The body text if it is at hand by now (given, or made for a key that needed it)."""
         return self._body
 
     def header(self, name: str) -> list[str]:
         from agora.mail.message import header_values
-        return [v.casefold() for v in header_values(self.data, name)]
+        return [v.casefold() for v in header_values(self.data, name)]  # type: ignore[arg-type]
 
 
 def _date_test(op: str, day: date) -> Callable[[date], bool]:
@@ -106,10 +123,10 @@ def compile_key(key: tuple[Any, ...], view: Any) -> tuple[Predicate, int]:
             return (lambda i, m, r: bool(r.header(name))), 2
         return (lambda i, m, r: any(needle in v for v in r.header(name))), 2
     if kind == "BODY":
-        needle = key[1].casefold()
+        needle = fold(key[1])
         return (lambda i, m, r: needle in r.body()), 2
     if kind == "TEXT":
-        needle = key[1].casefold()
+        needle = fold(key[1])
         return (lambda i, m, r: needle in r.text()), 2
     if kind == "NOT":
         inner, cost = compile_key(key[1], view)
@@ -153,13 +170,64 @@ async def search(view: Any, key: tuple[Any, ...]) -> list[int]:
     if key[0] == "AND":
         cheap = [p for p, c in (compile_key(k, view) for k in key[1]) if c < 2]
         candidates = [i for i in candidates if all(p(i, metas[i], None) for p in cheap)]
-    def matching(batch: list[int], raws: list[bytes | None]) -> list[int]:
-        # A message expunged meanwhile (None) matches nothing.
-        return [i for i, raw in zip(batch, raws) if raw is not None and predicate(i, metas[i], Raw(raw))]
+    folder, bodies = view.folder, view.shared.bodies
 
-    matches = []
+    def cache_key(i: int) -> tuple[int, int, int]:
+        return folder.id, folder.uidvalidity, metas[i].uid
+
+    matches: list[int] = []
+    if not _reads_message(key):
+        # BODY is all that looks into the messages: those with their body text in the cache
+        # are not read. (One expunged by another session meanwhile is then still searched,
+        # as this session still numbers it.)
+        unread = []
+        for start in range(0, len(candidates), SLICE):
+            for i in candidates[start:start + SLICE]:
+                body = bodies.get(cache_key(i))
+                if body is None:
+                    unread.append(i)
+                elif predicate(i, metas[i], Raw(None, body)):
+                    matches.append(i)
+            await asyncio.sleep(0)
+        candidates = unread
+
+    def matching(batch: list[int], raws: list[bytes | None],
+                 cached: list[bytes | None]) -> tuple[list[int], list[tuple[int, bytes]]]:
+        """The matches of a batch, and the body texts made on the way (for the cache)."""
+        found, made = [], []
+        for i, raw, body in zip(batch, raws, cached):
+            if raw is None:  # expunged meanwhile, and not in the cache: it matches nothing
+                continue
+            message = Raw(raw, body)
+            if predicate(i, metas[i], message):
+                found.append(i)
+            if body is None and (known := message.known_body()) is not None:
+                made.append((i, known))
+        return found, made
+
     for batch in view.batches(candidates, READ_BATCH):
         raws = await view.read([metas[i].uid for i in batch])
+        cached = [bodies.get(cache_key(i)) for i in batch]
         # Decoding MIME is slow work: off the event loop, so other sessions go on.
-        matches += await asyncio.to_thread(matching, batch, raws)
-    return matches
+        found, made = await asyncio.to_thread(matching, batch, raws, cached)
+        matches += found
+        for i, body in made:
+            bodies.put(cache_key(i), body)
+    return sorted(matches)
+
+
+def _reads_message(key: tuple[Any, ...]) -> bool:
+    """Whether a key needs the message itself, not only its body text (TEXT, and HEADER
+    of a field the envelope does not hold)."""
+    kind = key[0]
+    if kind == "TEXT":
+        return True
+    if kind == "HEADER":
+        return key[1] not in ENVELOPE_FIELDS or key[1] == "DATE"
+    if kind == "NOT":
+        return _reads_message(key[1])
+    if kind == "OR":
+        return _reads_message(key[1]) or _reads_message(key[2])
+    if kind == "AND":
+        return any(_reads_message(k) for k in key[1])
+    return False

@@ -336,7 +336,8 @@ class Session(MailSession):
 
     async def select(self, command: Command) -> Done:
         await self.deselect()
-        view = MailboxView(self.store, self.user, command.args[0], readonly=command.name == "EXAMINE")
+        view = MailboxView(self.store, self.user, command.args[0], readonly=command.name == "EXAMINE",
+                           search_cache=self.runtime.config.mail.search_cache)
         await view.open()
         self.view = view
         self.state = SELECTED

@@ -15,9 +15,9 @@ from agora.mail.imap.sequence import SequenceSet
 
 
 class MailboxView:
-    def __init__(self, store: Any, user: Any, name: str, readonly: bool):
+    def __init__(self, store: Any, user: Any, name: str, readonly: bool, search_cache: int):
         self.store = store
-        self.shared = shared(store)
+        self.shared = shared(store, search_cache)
         self.user = user
         self.name = name
         self.readonly = readonly
