@@ -135,6 +135,45 @@ def test_weak_hash_is_upgraded_on_login(runtime_factory):
     run(scenario())
 
 
+@pytest.mark.parametrize("password, prepared", [
+    # RFC 4013's examples, and what people type
+    ("I\u00adX", "IX"), ("user", "user"), ("USER", "USER"), ("\u00aa", "a"), ("\u2168", "IX"),
+    ("pass\u00a0word", "pass word"), ("\ufb01le", "file"), ("pässwörd", "pässwörd"),
+    # refused by SASLprep: used as they are, as PostgreSQL and libpq do
+    ("\u0007bell", "\u0007bell"), ("\u0627\u0031", "\u0627\u0031"), ("\u00ad", "\u00ad"),
+])
+def test_saslprep(password, prepared):
+    from agora.core.scram import saslprep
+    assert saslprep(password) == prepared
+
+
+def test_scram_verifiers_made_before_saslprep_are_remade_at_login(runtime_factory):
+    from agora.core.scram import decode_verifier, encode_verifier, make_verifier, saslprep
+
+    password = "n\u00f6-break\u00a0space \ufb01ne"
+
+    async def scenario():
+        runtime = await Runtime.open(runtime_factory())
+        try:
+            await runtime.identity.create_user("ines", password)
+            async with runtime.db.write() as conn:
+                made = decode_verifier((await conn.execute(text(
+                    "SELECT scram_verifier FROM users WHERE name='ines'"))).scalar_one())
+                assert made == make_verifier(saslprep(password), made.iterations, made.salt)
+                # as an older Agora stored it: the UTF-8 of the password unprepared
+                old = encode_verifier(make_verifier("\ufb01" + password, made.iterations, made.salt))
+                await conn.execute(text("UPDATE users SET scram_verifier = :v WHERE name='ines'"), {"v": old})
+            await runtime.identity.authenticate("ines", password, LOCAL)
+            async with runtime.db.read() as conn:
+                remade = decode_verifier((await conn.execute(text(
+                    "SELECT scram_verifier FROM users WHERE name='ines'"))).scalar_one())
+            assert remade == make_verifier(password, remade.iterations, remade.salt)
+        finally:
+            await runtime.close()
+
+    run(scenario())
+
+
 def test_duplicate_user_is_a_conflict(runtime_factory):
     async def scenario():
         runtime = await Runtime.open(runtime_factory())

@@ -4,13 +4,15 @@ verifier at their first login, disabled accounts, and what happens without TLS."
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import socket
 import struct
 
 import pytest
 
 from conftest import ServerFactory
-from pgwire_support import account, provision, server_env
+from pgwire_support import Account, account, provision, server_env
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
 
@@ -41,6 +43,31 @@ def test_scram_with_and_without_channel_binding(pg_server):
     # an unknown name goes through the same SCRAM exchange, and fails only at its end
     with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "nosuchuser"'):
         connect(ann.dsn("db").replace(f"user={ann.name}", "user=nosuchuser"), require_auth="scram-sha-256")
+
+
+def test_passwords_are_saslprepped_as_libpq_and_asyncpg_do(pg_server):
+    """A password with a no-break space, a ligature and a soft hyphen: the clients hash
+    its SASLprep form (RFC 4013), so the server's verifier must be made of the same."""
+    password = "caf\u00e9\u00a0\ufb01n-de-si\u00adecle"
+    name, _ = pg_server.create_user("pg" + secrets.token_hex(4), password)
+    provision(pg_server, databases=[(name, "db")])
+    ann = Account(pg_server, name, password)
+    with connect(ann.dsn("db", sslmode="disable"), require_auth="scram-sha-256") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is a dependency (PostgreSQL backend)")
+
+    async def with_asyncpg() -> int:
+        conn = await asyncpg.connect(host="127.0.0.1", port=ann.port, user=name, password=password,
+                                     database="db", ssl=False)
+        try:
+            return await conn.fetchval("SELECT 2")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(with_asyncpg()) == 2
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(ann.dsn("db", password=password.replace("\u00a0", "\u2003\u2003"), sslmode="disable"),
+                require_auth="scram-sha-256")
 
 
 def test_users_without_a_verifier_get_one_at_their_next_login(pg_server):

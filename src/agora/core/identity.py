@@ -26,7 +26,7 @@ from agora.core.errors import (AuthenticationFailed, Conflict, EncryptionRequire
                                NotFound, RateLimited)
 from agora.core.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from agora.core.ratelimit import LoginLimiter
-from agora.core.scram import ITERATIONS, Verifier, decode_verifier, encode_verifier, make_verifier
+from agora.core.scram import ITERATIONS, Verifier, decode_verifier, encode_verifier, make_verifier, saslprep
 from agora.core.tables import sessions, tokens, users, utcnow
 
 ROLES = ("admin", "user")
@@ -309,8 +309,11 @@ class Identity:
             # have the password.
             upgrades["password_hash"] = await self.hasher.hash(password)
         current = decode_verifier(row.scram_verifier)
-        if current is None or current.iterations != ITERATIONS:
-            # Users from before SCRAM verifiers existed get one at their next login.
+        if current is None or current.iterations != ITERATIONS or (
+                saslprep(password) != password
+                and await asyncio.to_thread(make_verifier, password, current.iterations, current.salt) != current):
+            # Users from before SCRAM verifiers existed get one at their next login; so do
+            # those whose verifier was made before SASLprep was applied to passwords.
             upgrades["scram_verifier"] = await _scram_verifier(password)
         if upgrades:
             async with self.db.write() as conn:

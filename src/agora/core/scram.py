@@ -10,6 +10,8 @@ import base64
 import hashlib
 import hmac
 import secrets
+import stringprep
+import unicodedata
 from dataclasses import dataclass
 
 ITERATIONS = 4096  # PostgreSQL's scram_iterations default
@@ -23,11 +25,33 @@ class Verifier:
     server_key: bytes
 
 
+_PROHIBITED = (stringprep.in_table_c12, stringprep.in_table_c21, stringprep.in_table_c22,
+               stringprep.in_table_c3, stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
+               stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9, stringprep.in_table_a1)
+
+
+def saslprep(password: str) -> str:
+    """A password as SCRAM hashes it: SASLprep (RFC 4013), which libpq applies on the
+    client's side and PostgreSQL when it makes a verifier. Like both of them, a password
+    SASLprep refuses (prohibited or unassigned code points, mixed directions) is used as
+    it is."""
+    if password.isascii():
+        return password  # nothing in ASCII is mapped or normalized; refused is as is
+    # Non-ASCII spaces become spaces, "commonly mapped to nothing" goes; then NFKC.
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c for c in password if not stringprep.in_table_b1(c))
+    prepared = unicodedata.normalize("NFKC", mapped)
+    if not prepared or any(test(c) for c in prepared for test in _PROHIBITED):
+        return password
+    right_to_left = [stringprep.in_table_d1(c) for c in prepared]
+    if any(right_to_left) and (any(stringprep.in_table_d2(c) for c in prepared)
+                               or not (right_to_left[0] and right_to_left[-1])):
+        return password
+    return prepared
+
+
 def make_verifier(password: str, iterations: int = ITERATIONS, salt: bytes | None = None) -> Verifier:
-    # PostgreSQL applies SASLprep first; for the passwords people type (no mapped or
-    # prohibited code points) that changes nothing, so plain UTF-8 is used.
     salt = salt or secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode("utf-8"), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     return Verifier(salt, iterations, hashlib.sha256(client_key).digest(),
                     hmac.new(salted, b"Server Key", hashlib.sha256).digest())
