@@ -103,6 +103,8 @@ def protocol_for(sites: "Sites") -> Any:
         def _completed(self) -> None:
             """uvicorn's on_response_complete, for an answer given here."""
             self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
             self.flow.resume_reading()
             if self._idle_timer is None:
                 self._arm_idle()
