@@ -403,3 +403,45 @@ def test_deleting_a_user_who_holds_money_is_refused(server, bank):
         assert kept["closed"] is True and kept["owner"] is None and kept["balance"]["posted"] == 0
     refused = transfer(payee, payees, number, 1)
     assert refused.status_code == 422 and refused.json()["type"] == PROBLEM + "account-closed"
+
+
+def test_an_expired_token_answer_is_looked_up_once_for_concurrent_requests(monkeypatch):
+    from types import SimpleNamespace
+
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from agora.bank import api
+    from agora.core.errors import NotAuthenticated
+
+    lookups = []
+
+    async def api_user(request, credentials):
+        lookups.append(credentials.credentials)
+        await asyncio.sleep(0.05)
+        if credentials.credentials == "revoked":
+            raise NotAuthenticated("the token is unknown, revoked or expired")
+        return "user"
+
+    monkeypatch.setattr(api, "api_user", api_user)
+    shared: dict = {}
+    runtime = SimpleNamespace(config=SimpleNamespace(bank=SimpleNamespace(auth_cache=60.0)),
+                              shared=lambda key, make: shared.setdefault(key, make()))
+
+    def request():
+        return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(runtime=runtime)), state=SimpleNamespace())
+
+    async def many(secret: str) -> list:
+        credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=secret)
+        return await asyncio.gather(*(api.bank_user(request(), credentials) for _ in range(16)),
+                                    return_exceptions=True)
+
+    async def scenario() -> None:
+        assert await many("good") == ["user"] * 16
+        assert await many("good") == ["user"] * 16  # (from the cache)
+        refused = await many("revoked")
+        assert all(isinstance(r, NotAuthenticated) for r in refused)
+        await many("revoked")  # a refusal is not kept: looked up again
+        assert lookups == ["good", "revoked", "revoked"]
+        assert not shared["bank.auth_lookups"]
+
+    asyncio.run(scenario())

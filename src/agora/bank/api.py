@@ -130,7 +130,7 @@ async def bank_user(request: Request, credentials: HTTPAuthorizationCredentials 
 
     When an answer expires, the requests with that token that arrive during the new
     lookup wait for it rather than each making their own (with 16 clients sharing a
-    token, that herd of reads cost a tenth of the server's CPU).
+    token, that herd of reads took a tenth of the server's time in a profile).
     """
     runtime = request.app.state.runtime
     ttl = runtime.config.bank.auth_cache
