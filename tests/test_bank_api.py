@@ -108,6 +108,42 @@ def test_retry_returns_the_original_and_debits_once(server, bank):
     assert fetched.status_code == 200 and fetched.json()["amount"] == 120
 
 
+def test_retry_is_recognised_where_the_transfer_could_not_commit_now(server, bank):
+    # A retry alone and next to new transfers in one batch, where committing it again
+    # would succeed and where it would fail: the stored transfer decides the answer.
+    http, [source, target, third] = bank.user(funds=300, accounts=3)
+    body = {"id": new_id(), "debit": source, "credit": target, "amount": 100}
+    first = http.post(f"{API}/transfers", json=body)
+    assert first.status_code == 201, first.text
+    # Money enough to commit it again: still the original, nothing moves twice.
+    assert http.post(f"{API}/transfers", json=body).json() == first.json()
+    fresh = {"id": new_id(), "debit": source, "credit": third, "amount": 10}
+    mixed = http.post(f"{API}/transfers/batch", json={"transfers": [fresh, body]})
+    assert mixed.status_code == 409, mixed.text
+    assert [(e["index"], e["type"]) for e in mixed.json()["errors"]] == [(1, PROBLEM + "idempotency-conflict")]
+    assert http.get(f"{API}/transfers/{fresh['id']}").status_code == 404
+    # The money gone: a retry is still answered with the original, not a refusal.
+    assert transfer(http, source, third, 200).status_code == 201
+    again = http.post(f"{API}/transfers", json=body)
+    assert again.status_code == 200 and again.json() == first.json()
+    mixed = http.post(f"{API}/transfers/batch", json={"transfers": [
+        {"id": new_id(), "debit": third, "credit": source, "amount": 50}, body]})
+    assert mixed.status_code == 409 and mixed.json()["errors"][0]["index"] == 1, mixed.text
+    assert [balance(http, n)["posted"] for n in (source, target, third)] == [0, 100, 200]
+
+
+def test_a_batch_naming_an_id_twice_commits_nothing(server, bank):
+    http, [a, b] = bank.user(funds=100, accounts=2)
+    leg = {"id": new_id(), "debit": a, "credit": b, "amount": 1}
+    for twice in ({**leg, "amount": 2}, {**leg, "id": leg["id"].upper()}):  # (ids are compared as UUIDs)
+        response = http.post(f"{API}/transfers/batch", json={"transfers": [
+            leg, {"id": new_id(), "debit": a, "credit": b, "amount": 3}, twice]})
+        assert response.status_code == 422, response.text
+        assert [(e["index"], e["type"]) for e in response.json()["errors"]] == [(2, PROBLEM + "invalid-input")]
+    assert balance(http, a)["posted"] == 100
+    assert http.get(f"{API}/transfers/{leg['id']}").status_code == 404
+
+
 def test_concurrent_retries_of_one_id_commit_once(server, bank):
     http, [source, target] = bank.user(funds=1000, accounts=2)
     token = http.headers["Authorization"]
@@ -367,3 +403,45 @@ def test_deleting_a_user_who_holds_money_is_refused(server, bank):
         assert kept["closed"] is True and kept["owner"] is None and kept["balance"]["posted"] == 0
     refused = transfer(payee, payees, number, 1)
     assert refused.status_code == 422 and refused.json()["type"] == PROBLEM + "account-closed"
+
+
+def test_an_expired_token_answer_is_looked_up_once_for_concurrent_requests(monkeypatch):
+    from types import SimpleNamespace
+
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from agora.bank import api
+    from agora.core.errors import NotAuthenticated
+
+    lookups = []
+
+    async def api_user(request, credentials):
+        lookups.append(credentials.credentials)
+        await asyncio.sleep(0.05)
+        if credentials.credentials == "revoked":
+            raise NotAuthenticated("the token is unknown, revoked or expired")
+        return "user"
+
+    monkeypatch.setattr(api, "api_user", api_user)
+    shared: dict = {}
+    runtime = SimpleNamespace(config=SimpleNamespace(bank=SimpleNamespace(auth_cache=60.0)),
+                              shared=lambda key, make: shared.setdefault(key, make()))
+
+    def request():
+        return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(runtime=runtime)), state=SimpleNamespace())
+
+    async def many(secret: str) -> list:
+        credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=secret)
+        return await asyncio.gather(*(api.bank_user(request(), credentials) for _ in range(16)),
+                                    return_exceptions=True)
+
+    async def scenario() -> None:
+        assert await many("good") == ["user"] * 16
+        assert await many("good") == ["user"] * 16  # (from the cache)
+        refused = await many("revoked")
+        assert all(isinstance(r, NotAuthenticated) for r in refused)
+        await many("revoked")  # a refusal is not kept: looked up again
+        assert lookups == ["good", "revoked", "revoked"]
+        assert not shared["bank.auth_lookups"]
+
+    asyncio.run(scenario())

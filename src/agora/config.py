@@ -265,6 +265,8 @@ SETTINGS: list[Setting] = [
     Setting("database.url", _database_url, "", "Metadata database; empty means SQLite at DATA_DIR/agora.db, else postgresql://user:pass@host/db."),
     Setting("database.pool_size", _int(1, 200), 10, "Connections kept open to the metadata database."),
     Setting("database.busy_timeout", _duration, 10.0, "SQLite: how long a writer waits for the database lock."),
+    Setting("database.sqlite_cache", parse_size, 64 * 1024**2, "SQLite: page cache of each connection (filled only as pages are read; a writer whose indexes fit in it reads no page twice)."),
+    Setting("database.sqlite_checkpoint", parse_size, 32 * 1024**2, "SQLite: write-ahead log size at which a commit copies it into the database (larger: fewer, larger copies; each page written once per copy however often it changed)."),
     # TLS
     Setting("tls.cert", _path, "", "PEM certificate chain; empty means a self-signed one in DATA_DIR/tls/."),
     Setting("tls.key", _path, "", "PEM private key for tls.cert."),

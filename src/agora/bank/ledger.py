@@ -36,7 +36,9 @@ from agora.core.tables import users, utcnow
 # Crockford's base32 without I, L, O, U: 16 characters carry 80 random bits, shown in
 # groups of four ("7KQ2-9XMD-R4TB-0HNE") so a person can read one out and type it.
 NUMBER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-NUMBER_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){3}$")
+# The four groups spelled out: a repeated capturing group made the check of every
+# number in a batch (two per transfer) several times slower.
+NUMBER_RE = re.compile("^" + "-".join(["[0-9A-HJKMNP-TV-Z]{4}"] * 4) + "$")
 CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 CURRENCY_RE = re.compile(r"^[A-Z][A-Z0-9]{2,7}$")
 MAX_EXPONENT = 18

@@ -1,8 +1,8 @@
 """One writer batch on SQLite, run synchronously on the connection's own thread.
 
 The same reads and writes as ``Writer._apply`` (SQLAlchemy, used on PostgreSQL) in plain
-SQL on the sqlite3 connection, inside the transaction ``db.write()`` opened (BEGIN
-IMMEDIATE) and will commit. Timestamps are stored as SQLAlchemy stores them on SQLite
+SQL on the sqlite3 connection, inside the transaction ``db.sqlite_write()`` opened
+(BEGIN IMMEDIATE) and will commit. Timestamps are stored as SQLAlchemy stores them on SQLite
 (naive UTC text with microseconds), so both paths read each other's rows.
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable
 
+from agora.bank.transfers import TRANSFER_COLUMNS
 from agora.core.tables import utcnow
 
 if TYPE_CHECKING:
@@ -19,16 +21,18 @@ if TYPE_CHECKING:
 
 CHUNK = 500  # values per IN (...): well under SQLite's limit of bound parameters
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-TRANSFER_COLUMNS = ("id", "kind", "debit_id", "credit_id", "amount", "currency", "memo", "timeout",
-                    "pending_id", "debit_balance", "credit_balance", "created_at")
+# Every row of a batch has the batch's time (``batch.now``): it is formatted once and
+# goes last; the other values are picked from a row in one call.
+_INSERTED = tuple(c for c in TRANSFER_COLUMNS if c != "created_at")
+_VALUES = itemgetter(*_INSERTED)
 SELECT_TRANSFERS = (
     "SELECT t.seq, " + ", ".join(f"t.{c}" for c in TRANSFER_COLUMNS) + ", d.number, c.number "
     "FROM bank_transfers t JOIN bank_accounts d ON d.id = t.debit_id JOIN bank_accounts c ON c.id = t.credit_id "
     "WHERE t.id IN ({})")
 SELECT_ACCOUNTS = ("SELECT id, number, user_id, currency, flags, posted, pending_debits, pending_credits, "
                    "closed_at FROM bank_accounts WHERE {} IN ({})")
-INSERT_TRANSFER = (f"INSERT INTO bank_transfers ({', '.join(TRANSFER_COLUMNS)}) "
-                   f"VALUES ({', '.join('?' * len(TRANSFER_COLUMNS))})")
+INSERT_TRANSFER = (f"INSERT INTO bank_transfers ({', '.join(_INSERTED)}, created_at) "
+                   f"VALUES ({', '.join('?' * (len(_INSERTED) + 1))})")
 UPDATE_ACCOUNT = "UPDATE bank_accounts SET posted = ?, pending_debits = ?, pending_credits = ? WHERE id = ?"
 
 
@@ -36,6 +40,10 @@ def _chunks(values: Iterable[Any]) -> Iterable[list[Any]]:
     values = list(values)
     for start in range(0, len(values), CHUNK):
         yield values[start:start + CHUNK]
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
 
 
 def _time(text: str) -> datetime:
@@ -52,7 +60,7 @@ def _transfers(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, dict[str
     return found
 
 
-def apply(writer: "Writer", db: sqlite3.Connection, ops: list["Move | Resolve"]) -> list[Any]:
+def apply(db: sqlite3.Connection, writer: "Writer", ops: list["Move | Resolve"]) -> list[Any]:
     from agora.bank.writer import Account, Batch, Move, resolution_id
 
     numbers = {n for op in ops if isinstance(op, Move) for s in op.specs for n in (s.debit, s.credit)}
@@ -68,15 +76,14 @@ def apply(writer: "Writer", db: sqlite3.Connection, ops: list["Move | Resolve"])
     batch = Batch(now=utcnow(), accounts=accounts, known=_transfers(db, ids), pendings=pendings)
     results = writer.run(batch, ops)
     if batch.transfers:
-        db.executemany(INSERT_TRANSFER, [
-            tuple(t["created_at"].astimezone(timezone.utc).strftime(TIME_FORMAT) if c == "created_at" else t[c]
-                  for c in TRANSFER_COLUMNS) for t in batch.transfers])
+        now = (_text(batch.now),)
+        db.executemany(INSERT_TRANSFER, [_VALUES(t) + now for t in batch.transfers])
     if batch.dirty:
         db.executemany(UPDATE_ACCOUNT, [(a.posted, a.pending_debits, a.pending_credits, a.id)
                                         for a in (batch.accounts[n] for n in batch.dirty)])
     if batch.holds_added:
         db.executemany("INSERT INTO bank_holds (transfer_id, expires_at) VALUES (?, ?)", [
-            (h["transfer_id"], h["expires_at"].astimezone(timezone.utc).strftime(TIME_FORMAT))
+            (h["transfer_id"], _text(h["expires_at"]))
             for h in batch.holds_added])
     if batch.holds_removed:
         db.executemany("DELETE FROM bank_holds WHERE transfer_id = ?", [(i,) for i in batch.holds_removed])

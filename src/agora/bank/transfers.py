@@ -15,7 +15,9 @@ SYSTEM = 2  # a currency's issuance account: owned by no user
 KINDS = ("transfer", "issue", "pending", "post", "void", "expire")
 # The kinds that move posted money (pending only reserves; void and expire release).
 POSTING_KINDS = ("transfer", "issue", "post")
-
+# The columns a transfer is written with (all but ``seq``, which the database assigns).
+TRANSFER_COLUMNS = ("id", "kind", "debit_id", "credit_id", "amount", "currency", "memo", "timeout",
+                    "pending_id", "debit_balance", "credit_balance", "created_at")
 
 
 _debit, _credit = bank_accounts.alias("d"), bank_accounts.alias("c")
@@ -30,8 +32,9 @@ def transfer_select() -> Select[Any]:
     return _TRANSFERS
 
 
-def transfer_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The API's shape of a transfer."""
+def transfer_out(row: dict[str, Any], timestamp: str | None = None) -> dict[str, Any]:
+    """The API's shape of a transfer; ``timestamp``: its ``created_at`` already formatted
+    (the writer formats its commit's time once for all the transfers in it)."""
     return {
         "id": row["id"],
         "kind": row["kind"],
@@ -43,5 +46,5 @@ def transfer_out(row: dict[str, Any]) -> dict[str, Any]:
         "pending": row["kind"] == "pending",
         "timeout": row["timeout"],
         "pending_id": row["pending_id"],
-        "timestamp": row["created_at"].isoformat(),
+        "timestamp": timestamp or row["created_at"].isoformat(),
     }

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agora.bank import errors
 from agora.bank.tables import bank_accounts, bank_holds, bank_transfers
-from agora.bank.transfers import SYSTEM, ALLOW_NEGATIVE, transfer_out, transfer_select
+from agora.bank.transfers import ALLOW_NEGATIVE, SYSTEM, TRANSFER_COLUMNS, transfer_out, transfer_select
 from agora.core.database import Database
 from agora.core.errors import AgoraError, InvalidInput
 from agora.core.identity import User
@@ -116,6 +116,10 @@ class Batch:
     holds_added: list[dict[str, Any]] = field(default_factory=list)
     holds_removed: list[str] = field(default_factory=list)
     dirty: set[str] = field(default_factory=set)
+    stamp: str = ""  # ``now`` as the API shows it: formatted once, not once per transfer
+
+    def __post_init__(self) -> None:
+        self.stamp = self.now.isoformat()
 
 
 class Writer:
@@ -163,16 +167,14 @@ class Writer:
     async def _commit(self, ops: list[Move | Resolve]) -> list[Any]:
         for attempt in range(RETRIES):
             try:
+                if self.db.dialect == "sqlite":
+                    # The whole transaction in one call on the connection's own thread,
+                    # instead of a thread hop and a SQLAlchemy execution per statement:
+                    # the commit's latency bounds the transfers per second at a given
+                    # number of clients, so it is kept to little more than the fsync.
+                    from agora.bank import sqlite_batch  # (it imports this module)
+                    return await self.db.sqlite_write(sqlite_batch.apply, self, ops)
                 async with self.db.write() as conn:
-                    if self.db.dialect == "sqlite":
-                        # The whole batch in one call on the connection's own thread (its
-                        # transaction is already open: BEGIN IMMEDIATE), instead of one
-                        # thread hop and one SQLAlchemy execution per statement: the
-                        # commit's latency bounds the transfers per second at a given
-                        # number of clients, so it is kept to little more than the fsync.
-                        from agora.bank import sqlite_batch  # (it imports this module)
-                        driver = (await conn.get_raw_connection()).driver_connection
-                        return await driver._execute(sqlite_batch.apply, self, driver._conn, ops)
                     return await self._apply(conn, ops)
             except (IntegrityError, DBAPIError) as error:
                 # Another node committed the same id (unique violation) or PostgreSQL
@@ -213,7 +215,8 @@ class Writer:
 
     async def _write(self, conn: AsyncConnection, batch: Batch) -> None:
         if batch.transfers:
-            await conn.execute(insert(bank_transfers), batch.transfers)
+            # (A row also carries its accounts' numbers, for the answer: not columns.)
+            await conn.execute(insert(bank_transfers), [{c: t[c] for c in TRANSFER_COLUMNS} for t in batch.transfers])
         if batch.dirty:
             await conn.execute(
                 update(bank_accounts).where(bank_accounts.c.id == bindparam("b_id")).values(
@@ -240,14 +243,16 @@ class Writer:
         saved: dict[str, tuple[int, int, int]] = {}
         marks = (len(batch.transfers), len(batch.holds_added), set(batch.dirty))
         failed, done = [], []
+        seen: set[str] = set()
         for index, spec in enumerate(op.specs):
             try:
                 if existing[index] is not None:
                     raise errors.IdempotencyConflict(
                         f"transfer {spec.id} was already committed, so this batch cannot commit it again"
                         if spec.same_as(existing[index]) else f"transfer {spec.id} exists with other contents")  # type: ignore[arg-type]
-                if spec.id in {s.id for s in op.specs[:index]}:
+                if spec.id in seen:
                     raise InvalidInput(f"transfer id {spec.id} appears twice in the batch")
+                seen.add(spec.id)
                 done.append(self._transfer(batch, op.actor, spec, saved))
             except AgoraError as error:
                 failed.append((index, error))
@@ -261,7 +266,7 @@ class Writer:
             return _failure(op, failed)
         for row in done:
             batch.known[row["id"]] = row
-        return [(transfer_out(row), True) for row in done]
+        return [(transfer_out(row, batch.stamp), True) for row in done]
 
     def _transfer(self, batch: Batch, actor: User | None, spec: Spec,
                   saved: dict[str, tuple[int, int, int]]) -> dict[str, Any]:
@@ -309,9 +314,10 @@ class Writer:
         row = {"id": spec.id, "kind": spec.kind, "debit_id": debit.id, "credit_id": credit.id,
                "amount": spec.amount, "currency": debit.currency, "memo": spec.memo,
                "timeout": spec.timeout if spec.kind == "pending" else None, "pending_id": None,
-               "debit_balance": debit.posted, "credit_balance": credit.posted, "created_at": batch.now}
+               "debit_balance": debit.posted, "credit_balance": credit.posted, "created_at": batch.now,
+               "debit": debit.number, "credit": credit.number}
         batch.transfers.append(row)
-        return {**row, "debit": debit.number, "credit": credit.number}
+        return row
 
     def _resolve(self, batch: Batch, op: Resolve) -> Any:
         pending = batch.pendings.get(op.pending_id)
@@ -352,14 +358,13 @@ class Writer:
         row = {"id": rid, "kind": action, "debit_id": debit.id, "credit_id": credit.id, "amount": amount,
                "currency": pending["currency"], "memo": pending["memo"], "timeout": None,
                "pending_id": op.pending_id, "debit_balance": debit.posted, "credit_balance": credit.posted,
-               "created_at": batch.now}
+               "created_at": batch.now, "debit": debit.number, "credit": credit.number}
         batch.transfers.append(row)
         batch.holds_removed.append(op.pending_id)
-        out = {**row, "debit": debit.number, "credit": credit.number}
-        batch.known[rid] = out
+        batch.known[rid] = row
         if action != op.action:
             return errors.PendingResolved(f"transfer {op.pending_id} expired at {expires_at.isoformat()}")
-        return transfer_out(out), True
+        return transfer_out(row, batch.stamp), True
 
 
 def _failure(op: Move, failed: list[tuple[int, AgoraError]]) -> AgoraError:

@@ -18,7 +18,6 @@ import csv
 import io
 import time
 import uuid
-from dataclasses import replace
 from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
@@ -179,8 +178,7 @@ def _currencies(response: httpx.Response) -> list[Currency]:
 
 
 def _transfer_of(data: Any, created: bool = True) -> BankTransfer:
-    transfer = from_json(BankTransfer, data)
-    return replace(transfer, created=created)
+    return from_json(BankTransfer, data, created=created)
 
 
 def _transfer(response: httpx.Response) -> BankTransfer:

@@ -51,7 +51,8 @@ class Runtime:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (data_dir / "run").mkdir(exist_ok=True)
         db = Database(engine_url(config.database.url, data_dir), pool_size=config.database.pool_size,
-                      busy_timeout=config.database.busy_timeout)
+                      busy_timeout=config.database.busy_timeout, sqlite_cache=config.database.sqlite_cache,
+                      sqlite_checkpoint=config.database.sqlite_checkpoint)
         try:
             await db.migrate()
             audit = AuditLog(db)
