@@ -37,7 +37,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,10 +46,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import agora_env, start_agora, stop
+
 CURRENCY = "BNC"  # a currency of the bench's own, exponent 2
 FUNDS = 10**12  # minor units issued into every account: no transfer ever lacks funds
 SECONDS_OF = [0.0]  # in a load process: the length of the point being measured
-OTHER_LISTENERS = ("https", "ftp", "smtp", "submission", "imap", "imaps", "pop3", "pop3s", "postgres")
 
 
 # -- Agora ------------------------------------------------------------------------------
@@ -67,24 +67,10 @@ class Agora:
     token: str = ""
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-        env["AGORA_ADMIN_PASSWORD"] = self.password
-        env["AGORA_LOG_LEVEL"] = "warning"  # no access log line per request
-        env["AGORA_BANK_MAX_ACCOUNTS"] = str(max(100, self.accounts))  # all the bench's accounts are one user's
-        for listener in OTHER_LISTENERS:
-            env[f"AGORA_{listener.upper()}_PORT"] = "off"
-        log = open(self.data_dir.parent / "agora.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agora", "serve", "--data-dir", str(self.data_dir),
-                                      "--http-port", "0"], env=env, stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL)
-        ports_file = self.data_dir / "run" / "ports.json"
-        deadline = time.monotonic() + 60
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"bench: agora serve did not start; see {self.data_dir.parent / 'agora.log'}")
-            time.sleep(0.1)
-        time.sleep(0.2)
-        self.port = json.loads(ports_file.read_text())["http"]
+        # All the bench's accounts are one user's. Log level warning: no access log line per request.
+        env = agora_env(self.password, AGORA_BANK_MAX_ACCOUNTS=str(max(100, self.accounts)))
+        self.proc, ports = start_agora(self.data_dir, env, ("http",), log=self.data_dir.parent / "agora.log")
+        self.port = ports["http"]
 
     def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
@@ -129,12 +115,7 @@ class Agora:
         return (entries - len(numbers)) // 2  # less each account's issue
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop(self.proc, 30)
 
 
 # -- load: single transfers over raw HTTP/1.1 ------------------------------------------
