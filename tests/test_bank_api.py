@@ -86,6 +86,22 @@ def test_overdraft_race_exactly_one_full_balance_transfer_succeeds(server, bank)
     assert balance(http, target)["posted"] == 1000
 
 
+def test_the_open_accounts_limit_holds_under_concurrent_opens(server, bank):
+    """bank.max_accounts (100 here) is one user's limit however many opens race."""
+    http, _ = bank.user(accounts=0)
+    token = http.headers["Authorization"]
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": token}, timeout=60,
+                                     limits=httpx.Limits(max_connections=40)) as client:
+            return await asyncio.gather(*(client.post(f"{API}/accounts", json={"currency": bank.currency})
+                                          for _ in range(130)))
+
+    statuses = sorted(r.status_code for r in asyncio.run(race()))
+    assert statuses.count(201) == 100 and statuses.count(422) == 30, statuses
+    assert len(http.get(f"{API}/accounts").json()["accounts"]) == 100
+
+
 def test_retry_returns_the_original_and_debits_once(server, bank):
     http, [source, target] = bank.user(funds=500, accounts=2)
     body = {"id": new_id(), "debit": source, "credit": target, "amount": 120, "currency": bank.currency,

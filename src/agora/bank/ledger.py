@@ -149,6 +149,9 @@ class Ledger:
         async with self.db.write() as conn:
             if (await conn.execute(select(bank_currencies.c.code).where(bank_currencies.c.code == currency))).first() is None:
                 raise errors.UnknownCurrency(f"no currency {currency}")
+            # One opening at a time per user, so that the count below stays true until the
+            # insert commits (SQLite has one writer anyway; on PostgreSQL, the user's row).
+            await conn.execute(select(users.c.id).where(users.c.id == actor.id).with_for_update())
             count = (await conn.execute(select(func.count()).select_from(bank_accounts).where(
                 bank_accounts.c.user_id == actor.id, bank_accounts.c.closed_at.is_(None)))).scalar_one()
             if count >= self.settings.max_accounts:
