@@ -163,6 +163,8 @@ def test_holds_post_and_void(people):
     assert cell(home, mine, "posted") == "20.00" and cell(home, mine, "available") == "12.00"
     assert f'<tr data-id="{first}">' in home and f'<tr data-id="{second}">' in home
     assert f'<tr data-id="{first}">' in bob.page("/bank")  # the credited side sees it too
+    assert first not in people().page("/bank")  # no one else does
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", home)  # when it expires
 
     posted = alice.post(f"/bank/transfers/{first}/post")
     assert posted.status_code == 303 and "Pending transfer posted" in alice.page(posted.headers["location"])

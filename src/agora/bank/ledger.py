@@ -334,6 +334,19 @@ class Ledger:
         return {"account": number, "currency": account["currency"], "entries": entries,
                 "next_cursor": str(rows[limit - 1].seq) if len(rows) > limit else None}
 
+    async def holds(self, actor: User) -> list[dict[str, Any]]:
+        """The pending transfers from or to the actor's accounts that are not yet posted,
+        voided or expired (their rows in bank_holds), oldest first, each with its
+        ``expires`` time."""
+        own = select(bank_accounts.c.id).where(bank_accounts.c.user_id == actor.id)
+        query = (transfer_select().add_columns(bank_holds.c.expires_at)
+                 .join(bank_holds, bank_holds.c.transfer_id == bank_transfers.c.id)
+                 .where(or_(bank_transfers.c.debit_id.in_(own), bank_transfers.c.credit_id.in_(own)))
+                 .order_by(bank_transfers.c.seq))
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [{**transfer_out(row._mapping), "expires": row.expires_at.isoformat()} for row in rows]
+
     async def statement_pages(self, actor: User, number: str, **query: Any) -> AsyncIterator[dict[str, Any]]:
         """Every entry from the cursor on, page by page (for CSV export)."""
         cursor = query.pop("cursor", None)

@@ -124,44 +124,12 @@ def _day(value: str | None, *, end: bool = False) -> datetime | None:
     return datetime.combine(day + timedelta(days=1 if end else 0), time(), tzinfo=timezone.utc)
 
 
-async def _holds(the_ledger: Ledger, session: Session, accounts: list[dict[str, Any]],
-                 exponents: dict[str, int]) -> list[dict[str, Any]]:
-    """The pending transfers on the user's accounts not yet posted, voided or expired.
-
-    Read from the statements, through the ledger: a hold lives at most
-    bank.max_pending_timeout, so only that much of each statement is read."""
-    since = datetime.now(timezone.utc) - timedelta(seconds=the_ledger.settings.max_pending_timeout + 60)
-    own = {account["number"] for account in accounts}
-    pending: dict[str, dict[str, Any]] = {}
-    resolved: set[str] = set()
-    for number in sorted(own):
-        async for entry in the_ledger.statement_pages(session.user, number, start=since):
-            if entry["kind"] == "pending":
-                pending.setdefault(entry["id"], {"entry": entry, "account": number})
-            elif entry["pending_id"]:
-                resolved.add(entry["pending_id"])
-    holds = []
-    currency_of = {account["number"]: account["currency"] for account in accounts}
-    for transfer_id, found in pending.items():
-        if transfer_id in resolved:
-            continue
-        entry, number = found["entry"], found["account"]
-        outgoing = entry["amount"] < 0
-        debit, credit = (number, entry["counterparty"]) if outgoing else (entry["counterparty"], number)
-        currency = currency_of[number]
-        holds.append({"id": transfer_id, "debit": debit, "credit": credit, "currency": currency,
-                      "amount_text": _money(abs(entry["amount"]), currency, exponents), "memo": entry["memo"],
-                      "when": _when(entry["timestamp"]), "mine": debit in own or credit in own,
-                      "expires": await _expiry(the_ledger, session, transfer_id)})
-    return sorted(holds, key=lambda hold: hold["when"])
-
-
-async def _expiry(the_ledger: Ledger, session: Session, transfer_id: str) -> str:
-    transfer = await the_ledger.get_transfer(session.user, transfer_id)
-    if not transfer.get("timeout"):
-        return ""
-    expires = datetime.fromisoformat(transfer["timestamp"]) + timedelta(seconds=transfer["timeout"])
-    return expires.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+async def _holds(the_ledger: Ledger, session: Session, exponents: dict[str, int]) -> list[dict[str, Any]]:
+    """The pending transfers on the user's accounts not yet posted, voided or expired."""
+    return [{"id": hold["id"], "debit": hold["debit"], "credit": hold["credit"], "currency": hold["currency"],
+             "amount_text": _money(hold["amount"], hold["currency"], exponents), "memo": hold["memo"],
+             "expires": datetime.fromisoformat(hold["expires"]).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            for hold in await the_ledger.holds(session.user)]
 
 
 # -- accounts -------------------------------------------------------------------------
@@ -176,11 +144,10 @@ async def _home(request: Request, session: Session, *, status: int = 200, error:
     the_ledger = _ledger(request)
     exponents = await _exponents(the_ledger)
     accounts = await the_ledger.accounts(session.user)
-    open_accounts = [account for account in accounts if not account["closed"]]
     return _page(request, "bank/home.html", session, status=status, error=error,
                  accounts=[_account_view(account, exponents) for account in accounts],
                  currencies=await the_ledger.currencies(), max_name=100,
-                 holds=await _holds(the_ledger, session, open_accounts, exponents))
+                 holds=await _holds(the_ledger, session, exponents))
 
 
 @router.post("/accounts")
