@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,14 @@ def test_delivery_is_durable_and_readable_by_uid(open_runtime):
         try:
             await _users(runtime, "ann", "bob")
             store = mail_store(runtime)
+            before = datetime.now(timezone.utc)
             result = await store.deliver(["ann", "bob"], RAW)
             assert [(d.user, d.uid, d.duplicate) for d in result] == [("ann", 1, False), ("bob", 1, False)]
             bob = await runtime.identity.get_user("bob")
             folder, messages = await store.messages(bob, "INBOX")
             assert [m.uid for m in messages] == [1] and folder.uidnext == 2
+            # (On SQLite written without SQLAlchemy: read back through it, the same instant.)
+            assert before <= messages[0].internaldate <= datetime.now(timezone.utc)
             assert messages[0].size == len(RAW) and messages[0].flags == frozenset()
             assert messages[0].summary.subject == "hello"
             assert await store.read(bob, "inbox", 1) == RAW

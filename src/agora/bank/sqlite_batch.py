@@ -9,18 +9,16 @@ SQL on the sqlite3 connection, inside the transaction ``db.sqlite_write()`` open
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable
 
 from agora.bank.transfers import TRANSFER_COLUMNS
-from agora.core.tables import utcnow
+from agora.core.tables import from_sqlite_time, sqlite_time, utcnow
 
 if TYPE_CHECKING:
     from agora.bank.writer import Move, Resolve, Writer
 
 CHUNK = 500  # values per IN (...): well under SQLite's limit of bound parameters
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Every row of a batch has the batch's time (``batch.now``): it is formatted once and
 # goes last; the other values are picked from a row in one call.
 _INSERTED = tuple(c for c in TRANSFER_COLUMNS if c != "created_at")
@@ -42,20 +40,12 @@ def _chunks(values: Iterable[Any]) -> Iterable[list[Any]]:
         yield values[start:start + CHUNK]
 
 
-def _text(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
-
-
-def _time(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
-
-
 def _transfers(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     found = {}
     for chunk in _chunks(ids):
         for row in db.execute(SELECT_TRANSFERS.format(", ".join("?" * len(chunk))), chunk):
             item = dict(zip(("seq", *TRANSFER_COLUMNS, "debit", "credit"), row))
-            item["created_at"] = _time(item["created_at"])
+            item["created_at"] = from_sqlite_time(item["created_at"])
             found[item["id"]] = item
     return found
 
@@ -76,14 +66,14 @@ def apply(db: sqlite3.Connection, writer: "Writer", ops: list["Move | Resolve"])
     batch = Batch(now=utcnow(), accounts=accounts, known=_transfers(db, ids), pendings=pendings)
     results = writer.run(batch, ops)
     if batch.transfers:
-        now = (_text(batch.now),)
+        now = (sqlite_time(batch.now),)
         db.executemany(INSERT_TRANSFER, [_VALUES(t) + now for t in batch.transfers])
     if batch.dirty:
         db.executemany(UPDATE_ACCOUNT, [(a.posted, a.pending_debits, a.pending_credits, a.id)
                                         for a in (batch.accounts[n] for n in batch.dirty)])
     if batch.holds_added:
         db.executemany("INSERT INTO bank_holds (transfer_id, expires_at) VALUES (?, ?)", [
-            (h["transfer_id"], _text(h["expires_at"]))
+            (h["transfer_id"], sqlite_time(h["expires_at"]))
             for h in batch.holds_added])
     if batch.holds_removed:
         db.executemany("DELETE FROM bank_holds WHERE transfer_id = ?", [(i,) for i in batch.holds_removed])

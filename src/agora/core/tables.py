@@ -40,6 +40,19 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# How UTCDateTime's values are stored on SQLite (SQLAlchemy's format, naive UTC), for the
+# hot writers that skip SQLAlchemy there (bank/sqlite_batch.py, mail/delivery_commit.py).
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def sqlite_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime(SQLITE_TIME)
+
+
+def from_sqlite_time(text: str) -> datetime:
+    return datetime.strptime(text, SQLITE_TIME).replace(tzinfo=timezone.utc)
+
+
 users = Table(
     "users", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

@@ -34,7 +34,7 @@ from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLa
 from agora.core.identity import User
 from agora.core.runtime import Runtime
 from agora.core.tables import users, utcnow
-from agora.mail import maildir, notify
+from agora.mail import delivery_commit, maildir, notify
 from agora.mail.addresses import Addresses
 from agora.mail.group_commit import GroupCommit
 from agora.mail.message import Summary, summarize
@@ -615,7 +615,6 @@ class MailStore:
         now = utcnow()
         since = now - timedelta(seconds=self.dedupe_window)
         results: list[dict[str, tuple[int, int]]] = [{} for _ in batches]
-        counts: dict[int, int] = {}
         try:
             # The renames into new/ made durable, once per directory for the whole batch,
             # before the commit that lets anyone acknowledge them.
@@ -624,54 +623,46 @@ class MailStore:
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self._io, maildir.fsync_dir, directory)
                                    for directory in directories))
-            async with self.db.write() as conn:
-                wanted = {(user_id, batch.folder) for batch in batches for user_id, _, _ in batch.recipients}
-                folders = {(row.user_id, row.name): row.id for row in (await conn.execute(select(
-                    mail_folders.c.id, mail_folders.c.user_id, mail_folders.c.name).where(
-                    mail_folders.c.user_id.in_({user_id for user_id, _ in wanted}),
-                    mail_folders.c.name.in_({name for _, name in wanted})))).all()}
-                done = {(row.user_id, row.digest) for row in (await conn.execute(select(
-                    mail_deliveries.c.user_id, mail_deliveries.c.digest).where(
-                    mail_deliveries.c.digest.in_({batch.digest for batch in batches}),
-                    mail_deliveries.c.delivered_at > since))).all()}
-                plan = []
-                for batch, result in zip(batches, results):
-                    for user_id, user_name, base in batch.recipients:
-                        if (user_id, batch.digest) in done:
-                            continue
-                        done.add((user_id, batch.digest))  # the same message twice in one batch
-                        folder_id = folders.get((user_id, batch.folder))
-                        if folder_id is None:
-                            raise NotFound(f"{user_name} has no folder {batch.folder!r}")
-                        counts[folder_id] = counts.get(folder_id, 0) + 1
-                        plan.append((batch, result, user_id, user_name, base, folder_id))
-                if not plan:
-                    return results
-                next_uid: dict[int, int] = {}
-                modseqs: dict[int, int] = {}
-                for folder_id, count in counts.items():
-                    next_uid[folder_id], modseqs[folder_id] = await self._bump(conn, folder_id, count)
-                messages, deliveries = [], []
-                for batch, result, user_id, user_name, base, folder_id in plan:
-                    uid = next_uid[folder_id]
-                    next_uid[folder_id] += 1
-                    messages.append({"folder_id": folder_id, "uid": uid, "modseq": modseqs[folder_id],
-                                     "name": base, "filename": f"new/{base}", "flags": "",
-                                     "internaldate": now, "size": batch.size, "summary": batch.summary})
-                    deliveries.append({"user_id": user_id, "digest": batch.digest, "delivered_at": now})
-                    result[user_name] = (folder_id, uid)
-                await conn.execute(insert(mail_messages), messages)
-                # A record older than the window may still be there (with the same key).
-                await conn.execute(delete(mail_deliveries).where(
-                    mail_deliveries.c.user_id == bindparam("u"), mail_deliveries.c.digest == bindparam("d")),
-                    [{"u": d["user_id"], "d": d["digest"]} for d in deliveries])
-                await conn.execute(insert(mail_deliveries), deliveries)
-                await conn.execute(delete(mail_deliveries).where(mail_deliveries.c.delivered_at < since))
+            if self.db.dialect == "sqlite":
+                counts = await self.db.sqlite_write(delivery_commit.commit_sqlite, batches, results, now, since)
+            else:
+                async with self.db.write() as conn:
+                    counts = await self._commit_rows(conn, batches, results, now, since)
         finally:
             self._pending.difference_update(base for batch in batches for _, _, base in batch.recipients)
         for folder_id in counts:
             self._notify(folder_id)
         return results
+
+    async def _commit_rows(self, conn: AsyncConnection, batches: list["_Batch"],
+                           results: list[dict[str, tuple[int, int]]], now: datetime,
+                           since: datetime) -> dict[int, int]:
+        """delivery_commit.commit_sqlite through SQLAlchemy (PostgreSQL)."""
+        wanted = {(user_id, batch.folder) for batch in batches for user_id, _, _ in batch.recipients}
+        folders = {(row.user_id, row.name): row.id for row in (await conn.execute(select(
+            mail_folders.c.id, mail_folders.c.user_id, mail_folders.c.name).where(
+            mail_folders.c.user_id.in_({user_id for user_id, _ in wanted}),
+            mail_folders.c.name.in_({name for _, name in wanted})))).all()}
+        done = {(row.user_id, row.digest) for row in (await conn.execute(select(
+            mail_deliveries.c.user_id, mail_deliveries.c.digest).where(
+            mail_deliveries.c.digest.in_({batch.digest for batch in batches}),
+            mail_deliveries.c.delivered_at > since))).all()}
+        plan, counts = delivery_commit.plan_deliveries(batches, results, folders, done)
+        if not plan:
+            return counts
+        first_uid: dict[int, int] = {}
+        modseqs: dict[int, int] = {}
+        for folder_id, count in counts.items():
+            first_uid[folder_id], modseqs[folder_id] = await self._bump(conn, folder_id, count)
+        messages, deliveries = delivery_commit.delivery_rows(plan, first_uid, modseqs, now)
+        await conn.execute(insert(mail_messages), messages)
+        # A record older than the window may still be there (with the same key).
+        await conn.execute(delete(mail_deliveries).where(
+            mail_deliveries.c.user_id == bindparam("u"), mail_deliveries.c.digest == bindparam("d")),
+            [{"u": d["user_id"], "d": d["digest"]} for d in deliveries])
+        await conn.execute(insert(mail_deliveries), deliveries)
+        await conn.execute(delete(mail_deliveries).where(mail_deliveries.c.delivered_at < since))
+        return counts
 
     # -- quota ------------------------------------------------------------------------
 
