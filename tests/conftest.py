@@ -217,6 +217,19 @@ class ServerFactory:
         self.servers.append(server)
         return server.start() if start else server
 
+    def nodes(self, count: int = 2) -> list[AgoraServer]:
+        """``count`` servers on one fresh PostgreSQL database, started together (the
+        migration lock lets exactly one of them migrate); the backend must be postgresql."""
+        url = create_pg_database()
+        self.databases.append(url)
+        nodes = [self(start=False, database_url=url) for _ in range(count)]
+        threads = [threading.Thread(target=node.start) for node in nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return nodes
+
     def close(self) -> None:
         for server in self.servers:
             server.kill()

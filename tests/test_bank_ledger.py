@@ -53,24 +53,13 @@ def test_check_reports_each_broken_invariant(make_server):
 def test_two_nodes_on_one_postgresql_never_overdraw_or_double(make_server, backend):
     """Each node has its own writer; they meet on row locks and the unique transfer id."""
     import asyncio
-    import threading
 
     import httpx
     import pytest
 
-    from conftest import create_pg_database
-
     if backend != "postgresql":
         pytest.skip("several nodes need the PostgreSQL backend (SQLite is one node's own file)")
-    url = create_pg_database()
-    make_server.databases.append(url)
-    nodes = [make_server(start=False, database_url=url) for _ in range(2)]
-    threads = [threading.Thread(target=node.start) for node in nodes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    a, b = nodes
+    a, b = make_server.nodes(2)
     with a.admin() as admin:
         assert admin.post(f"{API}/currencies", json={"code": "EUR", "exponent": 2}).status_code == 201
         numbers = [admin.post(f"{API}/accounts", json={"currency": "EUR"}).json()["number"] for _ in range(4)]

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-
-from conftest import create_pg_database
 
 
 def test_two_nodes_share_one_directory(make_server, backend):
     if backend != "postgresql":
         pytest.skip("scale-out needs the PostgreSQL backend (SQLite is one node's own file)")
-    url = create_pg_database()
-    make_server.databases.append(url)
-    nodes = [make_server(start=False, database_url=url) for _ in range(2)]
-    # Started together: the migration lock lets exactly one of them migrate.
-    threads = [threading.Thread(target=node.start) for node in nodes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    a, b = nodes
+    a, b = make_server.nodes(2)  # started together: one of them migrates
     assert a.ports and b.ports, a.log() + b.log()
     name, password = a.create_user()
     token = b.login(name, password)  # created on a, logs in on b
