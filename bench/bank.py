@@ -41,12 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import agora_env, start_agora, stop
+from common import api, agora_env, start_agora, stop
 
 CURRENCY = "BNC"  # a currency of the bench's own, exponent 2
 FUNDS = 10**12  # minor units issued into every account: no transfer ever lacks funds
@@ -73,13 +72,7 @@ class Agora:
         self.port = ports["http"]
 
     def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
-                                         data=json.dumps(body).encode() if body is not None else None)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"{}")
+        return api(self.port, method, path, body, token, timeout=60)
 
     def setup(self, accounts: int) -> list[str]:
         """A currency, a user and ``accounts`` funded accounts of theirs."""

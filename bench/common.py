@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterable
 
@@ -103,6 +104,18 @@ def start_agora(data_dir: Path, env: dict[str, str], listeners: Iterable[str], a
     if missing:
         fail(f"agora serve has no {', '.join(sorted(missing))} listener (ports.json: {ports})")
     return proc, ports
+
+
+def api(port: int, method: str, path: str, body: dict | None = None, token: str | None = None,
+        timeout: float = 60) -> dict:
+    """One JSON call to an Agora server's HTTP API on loopback."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"{}")
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 60) -> None:

@@ -36,11 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import agora_env, cpu_seconds, free_port, install_packages, start_agora, stop, wait_port
+from common import api, agora_env, cpu_seconds, free_port, install_packages, start_agora, stop, wait_port
 
 GIB = 1024**3
 MB = 1000**2
@@ -92,13 +91,7 @@ class Agora:
             ("http", "https", "ftp"), log=self.data_dir.parent / "agora.log", required=("http",))
 
     def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.ports['http']}{path}", method=method,
-                                         data=json.dumps(body).encode() if body is not None else None)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"{}")
+        return api(self.ports['http'], method, path, body, token, timeout=30)
 
     def add_user(self, name: str, password: str) -> None:
         admin = self.call("POST", "/api/v1/tokens", {"username": "admin", "password": self.password, "name": "b"})
