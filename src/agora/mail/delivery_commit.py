@@ -26,6 +26,13 @@ Results = list[dict[str, tuple[int, int]]]  # per batch: user name -> (folder id
 Plan = list[tuple["_Batch", dict[str, tuple[int, int]], int, str, str, int]]
 
 
+def lookups(batches: list["_Batch"]) -> tuple[set[int], set[str], set[str]]:
+    """What a commit reads before it plans: the recipients' user ids and folder names
+    (their folders' ids), and the messages' digests (deliveries within the window)."""
+    return ({user_id for batch in batches for user_id, _, _ in batch.recipients},
+            {batch.folder for batch in batches}, {batch.digest for batch in batches})
+
+
 def plan_deliveries(batches: list["_Batch"], results: Results, folders: dict[tuple[int, str], int],
                     done: set[tuple[int, str]]) -> tuple[Plan, dict[int, int]]:
     """Who gets what: (batch, its result, user id, user name, base name, folder id) for
@@ -71,12 +78,10 @@ def commit_sqlite(db: sqlite3.Connection, batches: list["_Batch"], results: Resu
                   since: datetime) -> dict[int, int]:
     """The commit's reads and writes, in the transaction ``sqlite_write`` opened; returns
     the new messages per folder (the folders to notify)."""
-    wanted = {(user_id, batch.folder) for batch in batches for user_id, _, _ in batch.recipients}
-    user_ids, names = list({u for u, _ in wanted}), list({n for _, n in wanted})
+    user_ids, names, digests = map(list, lookups(batches))
     folders = {(user_id, name): folder_id for folder_id, user_id, name in db.execute(
         f"SELECT id, user_id, name FROM mail_folders WHERE user_id IN ({_marks(user_ids)}) "
         f"AND name IN ({_marks(names)})", [*user_ids, *names])}
-    digests = list({batch.digest for batch in batches})
     done = set(db.execute(f"SELECT user_id, digest FROM mail_deliveries WHERE digest IN ({_marks(digests)}) "
                           "AND delivered_at > ?", [*digests, sqlite_time(since)]))
     plan, counts = plan_deliveries(batches, results, folders, done)

@@ -638,15 +638,13 @@ class MailStore:
                            results: list[dict[str, tuple[int, int]]], now: datetime,
                            since: datetime) -> dict[int, int]:
         """delivery_commit.commit_sqlite through SQLAlchemy (PostgreSQL)."""
-        wanted = {(user_id, batch.folder) for batch in batches for user_id, _, _ in batch.recipients}
+        user_ids, names, digests = delivery_commit.lookups(batches)
         folders = {(row.user_id, row.name): row.id for row in (await conn.execute(select(
             mail_folders.c.id, mail_folders.c.user_id, mail_folders.c.name).where(
-            mail_folders.c.user_id.in_({user_id for user_id, _ in wanted}),
-            mail_folders.c.name.in_({name for _, name in wanted})))).all()}
+            mail_folders.c.user_id.in_(user_ids), mail_folders.c.name.in_(names)))).all()}
         done = {(row.user_id, row.digest) for row in (await conn.execute(select(
             mail_deliveries.c.user_id, mail_deliveries.c.digest).where(
-            mail_deliveries.c.digest.in_({batch.digest for batch in batches}),
-            mail_deliveries.c.delivered_at > since))).all()}
+            mail_deliveries.c.digest.in_(digests), mail_deliveries.c.delivered_at > since))).all()}
         plan, counts = delivery_commit.plan_deliveries(batches, results, folders, done)
         if not plan:
             return counts
