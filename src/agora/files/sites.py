@@ -108,9 +108,10 @@ class Owners:
         self.runtime = runtime
         self._known: dict[str, tuple[float, Owner | None]] = {}
 
-    def current(self, name: str) -> bool:
+    def current(self, name: str, now: float) -> bool:
+        """Whether ``name`` is known to own a site at ``now`` (time.monotonic())."""
         known = self._known.get(name)
-        return known is not None and known[1] is not None and known[0] > time.monotonic()
+        return known is not None and known[1] is not None and known[0] > now
 
     async def get(self, name: str) -> Owner | None:
         known = self._known.get(name)
@@ -175,12 +176,11 @@ class Sites:
         """Called by the UI when a user changes their site settings."""
         self.owners.forget(name)
 
-    def _unchanged(self, path: str) -> CachedFile | None:
+    def _unchanged(self, path: str, now: float) -> CachedFile | None:
         """The kept file for a request path, if it is still the file on disk."""
         item = self.cache.get(path)
         if item is None:
             return None
-        now = time.monotonic()
         generation = self.store.generation  # read before looking: a change during the look shows next time
         if item.seen == generation and now < item.fresh_until:
             return item
@@ -197,8 +197,9 @@ class Sites:
     def kept(self, path: str) -> CachedFile | None:
         """The kept file for a request path when it can be served without awaiting
         anything: unchanged on disk, and its owner known to be current."""
-        item = self._unchanged(path)
-        if item is None or not self.owners.current(item.owner):
+        now = time.monotonic()
+        item = self._unchanged(path, now)
+        if item is None or not self.owners.current(item.owner, now):
             return None
         self.cache.move_to_end(path)
         return item
@@ -219,10 +220,11 @@ class Sites:
                                  b"", True)
         head = method == "HEAD"
         path = scope["path"]
-        item = self._unchanged(path)
+        now = time.monotonic()
+        item = self._unchanged(path, now)
         # An owner believed too long is looked up again, keeping the file (and the
         # compressed forms made of it) when they are still there.
-        if item is not None and (self.owners.current(item.owner) or await self.owners.get(item.owner)):
+        if item is not None and (self.owners.current(item.owner, now) or await self.owners.get(item.owner)):
             if self.cache.get(path) is item:  # it may have gone while the owner was looked up
                 self.cache.move_to_end(path)
             return await self._serve(item, scope, receive, send, head)
