@@ -12,12 +12,12 @@ import pytest
 
 from agora.client import Client
 from conftest import AgoraServer
-from test_browser import browser  # noqa: F401 - the shared Chromium fixture
+from test_browser import browser, page  # noqa: F401 - the shared Chromium fixtures
 
 pytestmark = pytest.mark.browser
 
 
-def test_transfer_through_the_form_with_confirmation(server: AgoraServer, browser):
+def test_transfer_through_the_form_with_confirmation(server: AgoraServer, page):
     alice, password = server.create_user("a" + secrets.token_hex(4))
     bob, bob_password = server.create_user("b" + secrets.token_hex(4))
     with Client(server.url, server.admin_token) as admin, Client(server.url) as client:
@@ -29,40 +29,31 @@ def test_transfer_through_the_form_with_confirmation(server: AgoraServer, browse
         client.login(bob, bob_password)
         theirs = client.bank.open("EUR").number
 
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        page.goto(server.url + "/bank")
-        page.fill("input[name=username]", alice)
-        page.fill("input[name=password]", password)
-        page.click("button:has-text('Log in')")
-        page.wait_for_url(server.url + "/bank")
-        assert page.locator(f'tr[data-number="{mine}"] td.posted').inner_text() == "100.00"
+    page.goto(server.url + "/bank")
+    page.fill("input[name=username]", alice)
+    page.fill("input[name=password]", password)
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(server.url + "/bank")
+    assert page.locator(f'tr[data-number="{mine}"] td.posted').inner_text() == "100.00"
 
-        page.click(f'tr[data-number="{mine}"] a:has-text("Transfer")')
-        page.fill("input[name=to]", theirs)
-        page.fill("input[name=amount]", "12.5")
-        page.fill("input[name=memo]", "lunch")
-        page.click("button:has-text('Continue')")
-        page.wait_for_url(server.url + "/bank/transfer/confirm")
-        assert page.locator("#confirm-amount").inner_text() == "12.50 EUR"
-        assert page.locator("#after").inner_text() == "87.50 EUR"
-        shots = os.environ.get("AGORA_TEST_SCREENSHOTS")  # a folder to keep what the pages looked like
-        if shots:
-            page.screenshot(path=os.path.join(shots, "bank-confirm.png"), full_page=True)
-        page.click("#confirm")
-        page.wait_for_url(re.compile(r".*/bank/transfers/[0-9a-f-]{36}\?notice=sent$"))
-        page.locator("#notice", has_text="Transfer done.").wait_for()
-        assert page.locator("#transfer-amount").inner_text() == "12.50 EUR"
-        page.goto(server.url + "/bank")
-        assert page.locator(f'tr[data-number="{mine}"] td.posted').inner_text() == "87.50"
-        if shots:
-            page.goto(server.url + f"/bank/accounts/{mine}")
-            page.screenshot(path=os.path.join(shots, "bank-statement.png"), full_page=True)
-        assert errors == []
-    finally:
-        context.close()
+    page.click(f'tr[data-number="{mine}"] a:has-text("Transfer")')
+    page.fill("input[name=to]", theirs)
+    page.fill("input[name=amount]", "12.5")
+    page.fill("input[name=memo]", "lunch")
+    page.click("button:has-text('Continue')")
+    page.wait_for_url(server.url + "/bank/transfer/confirm")
+    assert page.locator("#confirm-amount").inner_text() == "12.50 EUR"
+    assert page.locator("#after").inner_text() == "87.50 EUR"
+    shots = os.environ.get("AGORA_TEST_SCREENSHOTS")  # a folder to keep what the pages looked like
+    if shots:
+        page.screenshot(path=os.path.join(shots, "bank-confirm.png"), full_page=True)
+    page.click("#confirm")
+    page.wait_for_url(re.compile(r".*/bank/transfers/[0-9a-f-]{36}\?notice=sent$"))
+    page.locator("#notice", has_text="Transfer done.").wait_for()
+    assert page.locator("#transfer-amount").inner_text() == "12.50 EUR"
+    page.goto(server.url + "/bank")
+    assert page.locator(f'tr[data-number="{mine}"] td.posted').inner_text() == "87.50"
+    if shots:
+        page.goto(server.url + f"/bank/accounts/{mine}")
+        page.screenshot(path=os.path.join(shots, "bank-statement.png"), full_page=True)
+    assert page.console_errors == []

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import AgoraServer
-from test_browser import browser  # noqa: F401 - the shared Chromium fixture
+from test_browser import browser, page  # noqa: F401 - the shared Chromium fixtures
 
 HTMX = {"HX-Request": "true"}
 
@@ -244,38 +244,29 @@ def test_site_settings(server: AgoraServer, user: Browser):
 
 
 @pytest.mark.browser
-def test_upload_through_the_page(server: AgoraServer, browser, tmp_path: Path):
+def test_upload_through_the_page(server: AgoraServer, page, tmp_path: Path):
     name, password = server.create_user()
-    context = browser.new_context(ignore_https_errors=True)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        page.goto(server.url + "/files")
-        page.fill("input[name=username]", name)
-        page.fill("input[name=password]", password)
-        page.click("button:has-text('Log in')")
-        page.wait_for_url(server.url + "/files")
-        # Errors show in the layout's message area (the script shares agora.js's helper).
-        page.click("#upload-button")
-        page.locator("#flash >> text=Choose at least one file to upload.").wait_for()
-        upload = tmp_path / "from the browser.bin"
-        upload.write_bytes(os.urandom(3 * 1024 * 1024))
-        page.set_input_files("#upload-form input[type=file]", str(upload))
-        page.locator("#uploads li.done").wait_for()
-        page.locator("#entries >> text=from the browser.bin").wait_for()
-        stored = server.data_dir / "files" / name / "from the browser.bin"
-        assert stored.read_bytes() == upload.read_bytes()
+    page.goto(server.url + "/files")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(server.url + "/files")
+    # Errors show in the layout's message area (the script shares agora.js's helper).
+    page.click("#upload-button")
+    page.locator("#flash >> text=Choose at least one file to upload.").wait_for()
+    upload = tmp_path / "from the browser.bin"
+    upload.write_bytes(os.urandom(3 * 1024 * 1024))
+    page.set_input_files("#upload-form input[type=file]", str(upload))
+    page.locator("#uploads li.done").wait_for()
+    page.locator("#entries >> text=from the browser.bin").wait_for()
+    stored = server.data_dir / "files" / name / "from the browser.bin"
+    assert stored.read_bytes() == upload.read_bytes()
 
-        page.fill("input[aria-label='New folder name']", "made here")
-        page.click("button:has-text('New folder')")
-        page.locator("#entries >> text=made here/").wait_for()
-        page.once("dialog", lambda dialog: dialog.accept())
-        page.locator("tr", has_text="from the browser.bin").locator("button:has-text('Delete')").click()
-        page.locator("text=Deleted /from the browser.bin.").wait_for()
-        assert not stored.exists()
-        assert errors == []
-    finally:
-        context.close()
+    page.fill("input[aria-label='New folder name']", "made here")
+    page.click("button:has-text('New folder')")
+    page.locator("#entries >> text=made here/").wait_for()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tr", has_text="from the browser.bin").locator("button:has-text('Delete')").click()
+    page.locator("text=Deleted /from the browser.bin.").wait_for()
+    assert not stored.exists()
+    assert page.console_errors == []
