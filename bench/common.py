@@ -14,10 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable
 
+from agora.config import LISTENERS  # every listener's name, so the ones not measured are turned off
+
 # Passed to every bench server: logins must measure the protocol, not argon2id.
 CHEAP_HASHING = ["--identity-argon2-time-cost", "1", "--identity-argon2-memory-kib", "1024",
                  "--identity-argon2-parallelism", "1"]
-LISTENERS = ("http", "https", "ftp", "ftps", "smtp", "submission", "imap", "imaps", "pop3", "pop3s", "postgres")
 
 
 def fail(message: str) -> None:
