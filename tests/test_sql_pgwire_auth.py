@@ -8,6 +8,7 @@ import asyncio
 import secrets
 import socket
 import struct
+import time
 
 import pytest
 
@@ -194,4 +195,80 @@ def test_malformed_messages_after_login_get_errors_and_the_session_goes_on(pg_se
         replies = _messages(sock, b"Z")
         assert [k for k, _ in replies] == [b"T", b"D", b"C", b"Z"] and replies[1][1].endswith(b"42")
         sock.sendall(b"X" + struct.pack("!i", 4))
+        assert sock.recv(10) == b""
+
+
+def _typed(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+def _execution(statement: bytes, *params: bytes) -> bytes:
+    """One execution of a prepared statement, as libpq sends it: Bind, Describe and
+    Execute of the unnamed portal, Sync."""
+    bind = b"\0" + statement + b"\0" + struct.pack("!hh", 0, len(params))
+    bind += b"".join(struct.pack("!i", len(p)) + p for p in params) + struct.pack("!h", 0)
+    return (_typed(b"B", bind) + _typed(b"D", b"P\0") + _typed(b"E", b"\0" + struct.pack("!i", 0))
+            + _typed(b"S", b""))
+
+
+def _answers(sock: socket.socket, count: int) -> list[list[tuple[bytes, bytes]]]:
+    """The backend messages answering ``count`` Syncs, one list per ReadyForQuery."""
+    answers: list[list[tuple[bytes, bytes]]] = [[]]
+    buffer = b""
+    while len(answers) <= count:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; got {answers}"
+        buffer += chunk
+        while len(buffer) >= 5 and len(buffer) >= 1 + struct.unpack("!i", buffer[1:5])[0]:
+            size = struct.unpack("!i", buffer[1:5])[0]
+            answers[-1].append((buffer[:1], buffer[5:1 + size]))
+            buffer = buffer[1 + size:]
+            if answers[-1][-1][0] == b"Z":
+                answers.append([])
+    assert not buffer and answers[-1] == []
+    return answers[:-1]
+
+
+def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(make_server):
+    """Executions of a quick prepared read are answered as their bytes arrive (without
+    waking the session's task); they must be answered in order, an error must stop only
+    its own execution, and traffic answered that way counts against the idle timeout."""
+    server = make_server(env={**server_env(), "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5"})
+    ann = account(server, "db")
+    provision(server, forget_verifiers=[ann.name])
+    with socket.create_connection(("127.0.0.1", server.ports["postgres"]), timeout=10) as sock:
+        body = struct.pack("!i", 3 << 16) + f"user\0{ann.name}\0database\0db\0\0".encode()
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        assert _messages(sock, b"R")[-1] == (b"R", struct.pack("!i", 3))
+        sock.sendall(_typed(b"p", ann.password.encode() + b"\0"))
+        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+        sock.sendall(_typed(b"Q", b"CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT); "
+                                  b"INSERT INTO kv VALUES (1, 'one'), (2, 'two')\0"))
+        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+        sock.sendall(_typed(b"P", b"get\0SELECT v FROM kv WHERE id = $1\0" + struct.pack("!h", 0))
+                     + _typed(b"P", b"put\0INSERT INTO kv (v) VALUES ($1)\0" + struct.pack("!h", 0))
+                     + _typed(b"S", b""))
+        assert [k for k, _ in _messages(sock, b"Z")] == [b"1", b"1", b"Z"]
+        # three executions in one write, the middle one wrong (two parameters for one)
+        sock.sendall(_execution(b"get", b"1") + _execution(b"get", b"1", b"2") + _execution(b"get", b"2"))
+        first, second, third = _answers(sock, 3)
+        assert [k for k, _ in first] == [b"2", b"T", b"D", b"C", b"Z"] and first[2][1].endswith(b"one")
+        assert [k for k, _ in second] == [b"E", b"Z"] and b"C08P01" in second[0][1]
+        assert [k for k, _ in third] == [b"2", b"T", b"D", b"C", b"Z"] and third[2][1].endswith(b"two")
+        assert first[3][1] == b"SELECT 1\0"
+        # a write goes through the session's thread, between quick reads, in order
+        sock.sendall(_execution(b"put", b"three") + _execution(b"get", b"3"))
+        put, get = _answers(sock, 2)
+        assert [k for k, _ in put] == [b"2", b"n", b"C", b"Z"] and put[2][1] == b"INSERT 0 1\0"
+        assert get[2][1].endswith(b"three")
+        # 3 s of quick reads, 0.2 s apart: longer than the idle timeout, never idle
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            sock.sendall(_execution(b"get", b"2"))
+            assert _messages(sock, b"Z")[2][1].endswith(b"two")
+            time.sleep(0.2)
+        # then silence: closed with 57P05
+        time.sleep(2.5)
+        replies = _messages(sock, b"E")
+        assert b"C57P05" in replies[-1][1] and b"SFATAL" in replies[-1][1]
         assert sock.recv(10) == b""

@@ -38,6 +38,16 @@ values = st.one_of(st.none(), st.binary(max_size=40))
 
 
 @st.composite
+def binds(draw) -> bytes:
+    params = draw(st.lists(values, max_size=4))
+    body = cstr(draw(names)) + cstr(draw(names)) + struct.pack("!hh", 1, draw(st.integers(0, 1)))
+    body += struct.pack("!h", len(params))
+    for p in params:
+        body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    return typed(b"B", body + struct.pack("!hh", 1, 1))
+
+
+@st.composite
 def messages(draw) -> bytes:
     kind = draw(st.sampled_from("QPBDECSHXp"))
     if kind == "Q":
@@ -46,12 +56,7 @@ def messages(draw) -> bytes:
         oids = draw(st.lists(st.integers(0, 2**32 - 1), max_size=4))
         return typed(b"P", cstr(draw(names)) + cstr(draw(names)) + struct.pack(f"!h{len(oids)}I", len(oids), *oids))
     if kind == "B":
-        params = draw(st.lists(values, max_size=4))
-        body = cstr(draw(names)) + cstr(draw(names)) + struct.pack("!hh", 1, draw(st.integers(0, 1)))
-        body += struct.pack("!h", len(params))
-        for p in params:
-            body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
-        return typed(b"B", body + struct.pack("!hh", 1, 1))
+        return draw(binds())
     if kind in "DC":
         return typed(kind.encode(), draw(st.sampled_from([b"S", b"P"])) + cstr(draw(names)))
     if kind == "E":
@@ -129,6 +134,30 @@ def test_mutated_and_truncated_messages(msgs, data):
     parser = FrontendParser(max_message=1 << 16)
     parser.feed(startup(user="u"))
     check(feed_all(parser, bytes(stream), data.draw(st.lists(st.integers(0, 500), max_size=4))), parser)
+
+
+DESCRIBE_PORTAL = typed(b"D", b"P\x00")
+EXECUTE_ALL = typed(b"E", b"\x00" + struct.pack("!i", 0))
+SYNC = typed(b"S", b"")
+
+
+@settings(max_examples=300, deadline=None)
+@given(binds(), st.sampled_from([DESCRIBE_PORTAL + EXECUTE_ALL + SYNC, EXECUTE_ALL + SYNC,
+                                 EXECUTE_ALL + DESCRIBE_PORTAL + SYNC, EXECUTE_ALL]),
+       st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=3))
+def test_a_bind_pipeline_in_one_read_parses_as_its_messages_one_by_one(bind, tail, flips):
+    """What a driver sends per execution (Bind, Describe, Execute, Sync) is recognized
+    in one go: it must give exactly the events the message-by-message path gives,
+    whatever a mutation did to it."""
+    data = bytearray(bind + tail)
+    for at, value in flips:
+        data[at % len(data)] = value
+    whole = FrontendParser(max_message=4096)
+    whole.feed(startup(user="u"))
+    one_by_one = FrontendParser(max_message=4096)
+    one_by_one.feed(startup(user="u"))
+    assert whole.feed(bytes(data)) == one_by_one.feed(bytes(data[:1])) + one_by_one.feed(bytes(data[1:]))
+    assert whole.dead == one_by_one.dead and whole.pending() == one_by_one.pending()
 
 
 @pytest.mark.parametrize("length", [-1, 0, 3, 2**31 - 1, 1 << 30, 65537])

@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import apsw
@@ -89,6 +90,12 @@ def _with_storage(columns: list[Column], rows: list[tuple]) -> list[Column]:
     return out
 
 
+@lru_cache(maxsize=1024)
+def _columns(description: tuple[tuple[str, str | None], ...]) -> tuple[Column, ...]:
+    # A statement describes the same way each time it runs: its Columns are made once.
+    return tuple(Column(name, decltype) for name, decltype in description)
+
+
 def _is_control(stmt: Statement) -> bool:
     return stmt.keywords[0] in ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE")
 
@@ -133,6 +140,7 @@ class SQLSession:
         self._why: str | None = None  # "timeout" | "cancel" while a statement is being stopped
         self._busy = threading.Lock()
         self._inline = 0  # > 0: running on the event loop, with this many progress calls left
+        self._seen: tuple[Any, bool] | None = None  # (description, readonly) of the statement running
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
 
     @property
@@ -148,19 +156,29 @@ class SQLSession:
     async def execute(self, sql: str, params: Sequence[Any] = (), *, limits: Limits | None = None) -> Result:
         """Run one statement (several is error 42601: use execute_batch or split them)."""
         limits = limits or self.limits
-        if self.recheck is not None and time.monotonic() - self._checked_at >= self.recheck_interval:
-            await self._recheck()
-        if not self.closed and not self.revoked and self._busy.acquire(blocking=False):
-            try:
-                self._why = None
-                self._inline = INLINE_BUDGET
-                return self._execute(sql, params, limits)
-            except _NotInline:
-                pass
-            finally:
-                self._inline = 0
-                self._busy.release()
+        result = self.execute_now(sql, params, limits=limits)
+        if result is not None:
+            return result
         return await self._run(self._execute, sql, params, limits)
+
+    def execute_now(self, sql: str, params: Sequence[Any] = (), *, limits: Limits | None = None) -> Result | None:
+        """Run one statement here and now if it only reads and is quick; else None, and
+        nothing was done: ``execute`` then runs it on the session's thread. For callers
+        that answer from a protocol callback, without a task switch."""
+        if self.closed or self.revoked or (self.recheck is not None and
+                                           time.monotonic() - self._checked_at >= self.recheck_interval):
+            return None
+        if not self._busy.acquire(blocking=False):
+            return None
+        try:
+            self._why = None
+            self._inline = INLINE_BUDGET
+            return self._execute(sql, params, limits or self.limits)
+        except _NotInline:
+            return None
+        finally:
+            self._inline = 0
+            self._busy.release()
 
     async def execute_batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Result]:
         """Run statements in one transaction: all committed, or none (SQLError.index says
@@ -277,27 +295,19 @@ class SQLSession:
         return result
 
     def _statement(self, stmt: Statement, params: Sequence[Any], limits: Limits) -> Result:
-        seen: dict[str, Any] = {}
-
-        inline = bool(self._inline)
-
-        def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
-            seen["description"] = cursor.get_description()
-            seen["readonly"] = cursor.is_readonly
-            # On the event loop only what reads; the rest goes to the thread unrun.
-            return cursor.is_readonly or not inline
-
+        self._seen = None
         cursor = self._conn.cursor()
-        cursor.exec_trace = trace
+        cursor.exec_trace = self._trace
         rows: list[tuple] = []
         truncated = False
         size = 0
+        max_rows, max_bytes = limits.max_rows, limits.max_bytes
         self._deadline = time.monotonic() + limits.timeout
         try:
             cursor.execute(stmt.sql, tuple(params))
             for row in cursor:
                 row_size = sum(map(_value_size, row))
-                if len(rows) >= limits.max_rows or size + row_size > limits.max_bytes:
+                if len(rows) >= max_rows or size + row_size > max_bytes:
                     truncated = True
                     break
                 rows.append(row)
@@ -310,12 +320,20 @@ class SQLSession:
             raise self._error(error) from None
         finally:
             cursor.close(True)
-        columns = [Column(name, decltype) for name, decltype in seen.get("description", ())]
-        readonly = seen.get("readonly", True)
+        description, readonly = self._seen or ((), True)
+        columns = list(_columns(description))
         changes = 0 if readonly else self._conn.changes()
         tag = _command_tag(stmt, readonly, len(rows), changes)
         affected = len(rows) if tag.startswith("SELECT") else changes
         return Result(_with_storage(columns, rows), rows, affected, truncated, tag)
+
+    def _trace(self, cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        """apsw's exec trace: what the statement returns and whether it writes, seen
+        before it runs. On the event loop only what reads runs; the rest goes to the
+        session's thread unrun."""
+        readonly = cursor.is_readonly
+        self._seen = (cursor.get_description(), readonly)
+        return readonly or not self._inline
 
     def _transaction_control(self, stmt: Statement) -> Result | None:
         words = stmt.keywords

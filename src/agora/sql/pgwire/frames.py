@@ -299,6 +299,30 @@ def _fast_bind(body: bytes) -> Event | None:
     return Bind(portal, statement, formats, params, results)
 
 
+# What drivers send after the Bind of each execution of a prepared statement (libpq,
+# pgbench, psycopg: Describe and Execute of the unnamed portal, then Sync; asyncpg
+# without the Describe): recognized whole, so the common case costs one comparison.
+_DESCRIBE_PORTAL, _EXECUTE_ALL = Describe("P", ""), Execute("", 0)
+_PIPELINE_TAILS = (
+    (b"D\x00\x00\x00\x06P\x00" b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" b"S\x00\x00\x00\x04",
+     (_DESCRIBE_PORTAL, _EXECUTE_ALL, _SYNC)),
+    (b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" b"S\x00\x00\x00\x04", (_EXECUTE_ALL, _SYNC)),
+)
+
+
+def _bind_pipeline(data: bytes) -> list[Event] | None:
+    """The events of ``data`` if it is exactly a Bind followed by one of the usual
+    tails; else None (the general path reads it)."""
+    if len(data) < 20 or data[0] != 66:  # "B"
+        return None
+    end = 1 + _LENGTH.unpack_from(data, 1)[0]
+    for tail, events in _PIPELINE_TAILS:
+        if len(data) - end == len(tail) and data.endswith(tail):
+            bind = _fast_bind(data[5:end])
+            return None if bind is None else [bind, *events]
+    return None
+
+
 _FAST = {ord("S"): _fast_sync, ord("H"): _fast_flush, ord("E"): _fast_execute, ord("D"): _fast_describe,
          ord("B"): _fast_bind}
 
@@ -319,6 +343,10 @@ class FrontendParser:
     def feed(self, data: bytes) -> list[Event]:
         if self.dead:
             return []
+        if not self._buffer and not self.startup and len(data) <= self.max_message:
+            events = _bind_pipeline(data)
+            if events is not None:
+                return events
         self._buffer += data
         events: list[Event] = []
         while self.startup and not self.dead:

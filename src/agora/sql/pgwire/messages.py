@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 from agora.sql.pgwire.types import type_size
@@ -48,8 +49,11 @@ def negotiate_protocol_version(minor: int, unknown: Sequence[str]) -> bytes:
     return _msg(b"v", struct.pack("!ii", minor, len(unknown)) + b"".join(_cstr(o) for o in unknown))
 
 
+_READY = {status: _msg(b"Z", status.encode()) for status in "ITE"}
+
+
 def ready_for_query(status: str) -> bytes:
-    return _msg(b"Z", status.encode())
+    return _READY[status]
 
 
 def row_description(columns: Iterable[tuple[str, int]], formats: Sequence[int] = ()) -> bytes:
@@ -63,43 +67,65 @@ def row_description(columns: Iterable[tuple[str, int]], formats: Sequence[int] =
 
 
 def data_row(values: Sequence[bytes | None]) -> bytes:
-    parts = [struct.pack("!h", len(values))]
+    parts = [_INT16.pack(len(values))]
     for value in values:
         if value is None:
             parts.append(b"\xff\xff\xff\xff")
         else:
-            parts.append(struct.pack("!i", len(value)))
+            parts.append(_INT32.pack(len(value)))
             parts.append(value)
     body = b"".join(parts)
-    return b"D" + struct.pack("!i", len(body) + 4) + body
+    return b"D" + _INT32.pack(len(body) + 4) + body
 
 
+_INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
+
+
+@lru_cache(maxsize=1024)
 def command_complete(tag: str) -> bytes:
     return _msg(b"C", _cstr(tag))
 
 
+_EMPTY_QUERY_RESPONSE = _msg(b"I")
+
+
 def empty_query_response() -> bytes:
-    return _msg(b"I")
+    return _EMPTY_QUERY_RESPONSE
+
+
+_PARSE_COMPLETE = _msg(b"1")
 
 
 def parse_complete() -> bytes:
-    return _msg(b"1")
+    return _PARSE_COMPLETE
+
+
+_BIND_COMPLETE = _msg(b"2")
 
 
 def bind_complete() -> bytes:
-    return _msg(b"2")
+    return _BIND_COMPLETE
+
+
+_CLOSE_COMPLETE = _msg(b"3")
 
 
 def close_complete() -> bytes:
-    return _msg(b"3")
+    return _CLOSE_COMPLETE
+
+
+_NO_DATA = _msg(b"n")
 
 
 def no_data() -> bytes:
-    return _msg(b"n")
+    return _NO_DATA
+
+
+_PORTAL_SUSPENDED = _msg(b"s")
 
 
 def portal_suspended() -> bytes:
-    return _msg(b"s")
+    return _PORTAL_SUSPENDED
 
 
 def parameter_description(oids: Sequence[int]) -> bytes:

@@ -5,6 +5,13 @@ transaction, 'E' in ReadyForQuery, refuses statements until ROLLBACK).
 Extended protocol: after an error every message up to the next Sync is skipped
 (PostgreSQL does the same, so a pipelined batch stops at its first failure). SET, SHOW,
 version() and the catalog queries of psql and drivers are answered here (catalog.py).
+
+Two ways in: :meth:`QueryRunner.now` answers a message at once when that takes no
+waiting (Bind, Sync, Parse, and Describe/Execute of a statement the domain can run
+inline: a quick read); the session's protocol callback calls it for each message that
+arrives while :meth:`QueryRunner.run` is idle, so a pipelined Bind/Describe/Execute/Sync
+of a point select is answered in that callback, without waking the session's task.
+Everything else, and every message after it, goes through ``run``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agora.core.errors import AgoraError
+from agora.sql.session import Result
 from agora.sql.pgwire import catalog, frames, messages
 from agora.sql.pgwire.params import infer_param_types
 from agora.sql.pgwire.results import Rows, columns_of, encode_rows, oid_for_expression, result_oids
@@ -25,7 +33,7 @@ from agora.sql.pgwire.types import TEXT, UNKNOWN, decode_param
 if TYPE_CHECKING:
     from agora.sql.pgwire.session import PGSession
 
-FLUSH_AT = 64 * 1024
+FLUSH_ROWS = 256  # a longer result goes out in writes of this many DataRows, each drained
 MAX_PREPARED = 10_000  # statements + portals one session may hold
 _REPORTED = ("application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle")
 
@@ -75,19 +83,10 @@ class QueryRunner:
             kind = type(event)
             if event is None or kind is frames.Terminate:
                 return
-            if kind is frames.Sync:
-                self.skipping = False
-                status = self.status()
-                if status == "I":
-                    self.portals.clear()  # portals end with their transaction, as in PostgreSQL
-                else:
-                    self.portals.pop("", None)
-                self.send(messages.ready_for_query(status))
-                continue
             if kind is frames.Fatal:
                 from agora.sql.pgwire.session import Goodbye
                 raise Goodbye(event.sqlstate, event.message)
-            if kind is frames.Flush or self.skipping:
+            if self.now(event):
                 continue
             s.busy = True
             try:
@@ -105,6 +104,44 @@ class QueryRunner:
                         self.skipping = True
             finally:
                 s.busy = False
+
+    def now(self, event: frames.Event) -> bool:
+        """Answer one message at once if that needs no waiting; False: nothing was done,
+        and it is run()'s (with every message after it, to keep their order)."""
+        kind = type(event)
+        if kind is frames.Sync:
+            self.sync()
+            return True
+        if kind is frames.Terminate or kind is frames.Fatal:
+            return False
+        if kind is frames.Flush or self.skipping:
+            return True
+        try:
+            if kind is frames.Bind:
+                self.bind(event)
+            elif kind is frames.Execute:
+                return self.execute_portal_now(event)
+            elif kind is frames.Describe:
+                return self.describe_now(event)
+            elif kind is frames.Parse:
+                self.parse(event)
+            elif kind is frames.Close:
+                self.close(event)
+            else:
+                return False  # Query, Malformed: run() answers those
+        except StatementError as error:
+            self.error(error)
+            self.skipping = True
+        return True
+
+    def sync(self) -> None:
+        self.skipping = False
+        status = self.status()
+        if status == "I":
+            self.portals.clear()  # portals end with their transaction, as in PostgreSQL
+        else:
+            self.portals.pop("", None)
+        self.send(messages.ready_for_query(status))
 
     def send(self, data: bytes) -> None:
         self.session.send(data)
@@ -142,13 +179,10 @@ class QueryRunner:
 
     async def send_rows(self, rows: Any, oids: list[int], formats: list[int]) -> None:
         s = self.session
-        try:
-            for message in encode_rows(rows, oids, formats):
-                s.out.append(message)
-                if len(s.out) >= 256:
-                    await s.flush()
-        except (ValueError, TypeError, OverflowError) as error:
-            raise StatementError("22P02", f"a value does not fit its column's type: {error}") from None
+        for message in _data_rows(rows, oids, formats):
+            s.out.append(message)
+            if len(s.out) >= FLUSH_ROWS:
+                await s.flush()
 
     def complete(self, rows: Rows) -> None:
         if not rows.tag and not rows.columns:  # the domain's answer to an empty statement
@@ -171,16 +205,19 @@ class QueryRunner:
         elif kind is frames.Describe:
             await self.describe(event)
         elif kind is frames.Parse:
-            await self.parse(event)
+            self.parse(event)
         elif kind is frames.Close:
-            (self.statements if event.kind == "S" else self.portals).pop(event.name, None)
-            self.send(messages.close_complete())
+            self.close(event)
         elif kind is frames.Malformed:
             raise StatementError(event.sqlstate, event.message)
         else:
             raise StatementError("08P01", f"unexpected message {kind.__name__} in the query phase")
 
-    async def parse(self, event: frames.Parse) -> None:
+    def close(self, event: frames.Close) -> None:
+        (self.statements if event.kind == "S" else self.portals).pop(event.name, None)
+        self.send(messages.close_complete())
+
+    def parse(self, event: frames.Parse) -> None:
         if event.name and event.name in self.statements:
             raise StatementError("42P05", f'prepared statement "{event.name}" already exists')
         if len(self.statements) + len(self.portals) >= MAX_PREPARED:
@@ -223,26 +260,53 @@ class QueryRunner:
         self.portals[event.portal] = Portal(statement, values, list(event.result_formats))
         self.send(messages.bind_complete())
 
+    def statement(self, name: str) -> Prepared:
+        statement = self.statements.get(name)
+        if statement is None:
+            raise StatementError("26000", f'prepared statement "{name}" does not exist')
+        return statement
+
+    def portal(self, name: str) -> Portal:
+        portal = self.portals.get(name)
+        if portal is None:
+            raise StatementError("34000", f'portal "{name}" does not exist')
+        return portal
+
+    def describe_now(self, event: frames.Describe) -> bool:
+        if event.kind == "S":
+            statement = self.statement(event.name)
+            if statement.unknown or statement.columns is None:
+                return False
+            self.describe_statement(statement)
+            return True
+        portal = self.portal(event.name)
+        if portal.rows is None and not self.run_portal_now(portal):
+            return False
+        self.describe_portal(portal)
+        return True
+
     async def describe(self, event: frames.Describe) -> None:
         if event.kind == "S":
-            statement = self.statements.get(event.name)
-            if statement is None:
-                raise StatementError("26000", f'prepared statement "{event.name}" does not exist')
+            statement = self.statement(event.name)
             if statement.unknown:
                 guessed = await infer_param_types(rewrite(statement.sql).sql, self.schema_runner())
                 for i in statement.unknown:
                     statement.param_types[i] = guessed.get(i + 1, TEXT)
                 statement.unknown = []
-            self.send(messages.parameter_description(statement.param_types))
             if statement.columns is None:
                 statement.columns = await self.describe_sql(statement.sql)
-            self.send(messages.row_description(statement.columns) if statement.columns else messages.no_data())
+            self.describe_statement(statement)
             return
-        portal = self.portals.get(event.name)
-        if portal is None:
-            raise StatementError("34000", f'portal "{event.name}" does not exist')
+        portal = self.portal(event.name)
         # The portal runs now, so that its columns' types are those of its values.
         await self.run_portal(portal)
+        self.describe_portal(portal)
+
+    def describe_statement(self, statement: Prepared) -> None:
+        self.send(messages.parameter_description(statement.param_types))
+        self.send(messages.row_description(statement.columns) if statement.columns else messages.no_data())
+
+    def describe_portal(self, portal: Portal) -> None:
         assert portal.rows is not None and portal.oids is not None
         portal.described = True
         if portal.rows.columns:
@@ -278,25 +342,55 @@ class QueryRunner:
     async def run_portal(self, portal: Portal) -> None:
         if portal.rows is None:
             run = self.domain if portal.statement.plain else self.execute
-            portal.rows = await run(portal.statement.sql, portal.params)
-            described = portal.statement.columns
-            if described and len(described) == len(portal.rows.columns):
-                portal.oids = [oid for _, oid in described]
-            else:
-                portal.oids = result_oids(portal.rows.columns, portal.rows.rows)
+            self.portal_ran(portal, await run(portal.statement.sql, portal.params))
+
+    def run_portal_now(self, portal: Portal) -> bool:
+        """Run a portal's statement here and now if the domain can (a quick read)."""
+        if not portal.statement.plain:
+            return False
+        rows = self.domain_now(portal.statement.sql, portal.params)
+        if rows is None:
+            return False
+        self.portal_ran(portal, rows)
+        return True
+
+    @staticmethod
+    def portal_ran(portal: Portal, rows: Rows) -> None:
+        portal.rows = rows
+        described = portal.statement.columns
+        if described and len(described) == len(rows.columns):
+            portal.oids = [oid for _, oid in described]
+        else:
+            portal.oids = result_oids(rows.columns, rows.rows)
 
     async def execute_portal(self, event: frames.Execute) -> None:
-        portal = self.portals.get(event.portal)
-        if portal is None:
-            raise StatementError("34000", f'portal "{event.portal}" does not exist')
+        portal = self.portal(event.portal)
         await self.run_portal(portal)
         assert portal.rows is not None and portal.oids is not None
         rows = portal.rows.rows
         end = len(rows) if event.max_rows == 0 else min(len(rows), portal.position + event.max_rows)
         if portal.rows.columns:
             await self.send_rows(rows[portal.position:end], portal.oids, portal.result_formats)
+        self.portal_executed(portal, end)
+
+    def execute_portal_now(self, event: frames.Execute) -> bool:
+        portal = self.portal(event.portal)
+        if portal.rows is None and not self.run_portal_now(portal):
+            return False
+        assert portal.rows is not None and portal.oids is not None
+        rows = portal.rows.rows
+        end = len(rows) if event.max_rows == 0 else min(len(rows), portal.position + event.max_rows)
+        if end - portal.position > FLUSH_ROWS:
+            return False  # many rows: run() sends them in flushed slices
+        if portal.rows.columns:
+            self.session.out.extend(_data_rows(rows[portal.position:end], portal.oids, portal.result_formats))
+        self.portal_executed(portal, end)
+        return True
+
+    def portal_executed(self, portal: Portal, end: int) -> None:
+        assert portal.rows is not None
         portal.position = end
-        if end < len(rows):
+        if end < len(portal.rows.rows):
             self.send(messages.portal_suspended())
         else:
             self.complete(portal.rows)
@@ -317,15 +411,24 @@ class QueryRunner:
         try:
             result = await _await(self.session.sql.execute(sql, params))
         except AgoraError as error:
-            raise StatementError(getattr(error, "sqlstate", None) or "XX000", error.detail,
-                                 getattr(error, "position", None) or error_position(sql, error.detail)) from None
-        if getattr(result, "notice", None):
+            raise _statement_error(sql, error) from None
+        return self.rows(sql, result)
+
+    def domain_now(self, sql: str, params: list[Any]) -> Rows | None:
+        try:
+            result = self.session.sql.execute_now(sql, params)
+        except AgoraError as error:
+            raise _statement_error(sql, error) from None
+        return None if result is None else self.rows(sql, result)
+
+    def rows(self, sql: str, result: Result) -> Rows:
+        """The domain's result as the wire protocol sends it (its notice sent first)."""
+        if result.notice:
             self.send(messages.notice_response(result.notice, severity="WARNING",
                                                sqlstate="25P01" if "no transaction" in result.notice else "25001"))
-        columns = columns_of(result)
-        rows = list(getattr(result, "rows", []) or [])
-        tag = getattr(result, "command_tag", None) or _tag(sql, len(rows), getattr(result, "rows_affected", 0))
-        return Rows(columns, rows, tag, bool(getattr(result, "truncated", False)))
+        rows = result.rows
+        return Rows([(c.name, c.decltype) for c in result.columns], rows,
+                    result.command_tag or _tag(sql, len(rows), result.rows_affected), result.truncated)
 
     async def execute(self, sql: str, params: list[Any]) -> Rows:
         words = first_words(sql, 3)
@@ -386,6 +489,18 @@ class QueryRunner:
             ref = name if owner == self.session.user.name else f"{owner}/{name}"
             out.append({"name": ref, "owner": owner, "privileges": get("access") or ""})
         return out
+
+
+def _statement_error(sql: str, error: AgoraError) -> StatementError:
+    return StatementError(getattr(error, "sqlstate", None) or "XX000", error.detail,
+                          getattr(error, "position", None) or error_position(sql, error.detail))
+
+
+def _data_rows(rows: Any, oids: list[int], formats: list[int]) -> list[bytes]:
+    try:
+        return encode_rows(rows, oids, formats)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise StatementError("22P02", f"a value does not fit its column's type: {error}") from None
 
 
 _NAMED = re.compile(r'near "(?P<near>[^"]+)": syntax error|no such (?:table|column|function): (?P<name>[\w.]+)')

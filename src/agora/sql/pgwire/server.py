@@ -50,47 +50,51 @@ class PGListener:
         self.secret = secrets.token_bytes(32)
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, sock=self.sock, limit=1 << 16)
-        self.runtime.metrics.count_connections(self.name, lambda: len(self.tasks))
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from agora.sql.pgwire.session import PGSession
 
-        peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if peer else ""
-        refusal = self._admit(address)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: PGSession(self), sock=self.sock)
+        self.runtime.metrics.count_connections(self.name, lambda: len(self.tasks))
+
+    def accepted(self, session: Any) -> None:
+        """A new connection (from the session's connection_made): admitted or refused."""
+        refusal = self._admit(session.address)
+        loop = asyncio.get_running_loop()
         if refusal:
-            # Said after the startup packet (and TLS, if asked), as PostgreSQL does: an
-            # error in place of the answer to SSLRequest reaches no one readably.
-            session = PGSession(self, reader, writer, address, refusal=refusal)
-            try:
-                await asyncio.wait_for(session.run(), REFUSAL_TIMEOUT)
-            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
+            session.refusal = refusal
+            session.task = loop.create_task(self._refuse(session))
             return
-        sock = writer.get_extra_info("socket")
+        sock = session.transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.current_task()
-        assert task is not None
+        task = session.task = loop.create_task(self._serve(session))
         self.tasks.add(task)
-        session = PGSession(self, reader, writer, address)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _refuse(self, session: Any) -> None:
+        # Said after the startup packet (and TLS, if asked), as PostgreSQL does: an error
+        # in place of the answer to SSLRequest reaches no one readably.
+        try:
+            await asyncio.wait_for(session.run(), REFUSAL_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            session.transport.close()
+
+    async def _serve(self, session: Any) -> None:
         try:
             await session.run()
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):
             pass
         except Exception:
-            log.exception("PostgreSQL session from %s failed", address)
+            log.exception("PostgreSQL session from %s failed", session.address)
         finally:
-            self.tasks.discard(task)
             self.sessions.pop(session.process_id, None)
-            count = self.per_address.get(address, 1) - 1
+            count = self.per_address.get(session.address, 1) - 1
             if count > 0:
-                self.per_address[address] = count
+                self.per_address[session.address] = count
             else:
-                self.per_address.pop(address, None)
+                self.per_address.pop(session.address, None)
             await session.close()
 
     def _admit(self, address: str) -> str | None:

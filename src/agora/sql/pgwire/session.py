@@ -8,11 +8,17 @@ SCRAM-SHA-256 (-PLUS on TLS) against core.identity's verifier; a user who has no
 verifier yet (created before verifiers existed, not logged in since) is asked for the
 password in clear where that is allowed (TLS or loopback, as everywhere in Agora), which
 makes their verifier.
+
+The session is the connection's asyncio protocol: bytes are parsed as they arrive, and
+while the session's task waits for a message, those the query runner can answer at once
+are answered in the callback itself (QueryRunner.now), the rest wake the task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from agora.core.errors import AgoraError, AuthenticationFailed, EncryptionRequired, Forbidden, NotFound, RateLimited
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from agora.sql.pgwire.server import PGListener
 
 SERVER_VERSION = "16.0 (Agora)"
-READ_SIZE = 256 * 1024
+READ_AHEAD = 256 * 1024  # bytes of messages a busy session holds before it stops reading
 
 
 class Goodbye(Exception):
@@ -37,16 +43,14 @@ class Goodbye(Exception):
         self.message = message
 
 
-class PGSession:
-    def __init__(self, listener: "PGListener", reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 address: str, refusal: str | None = None):
+class PGSession(asyncio.Protocol):
+    def __init__(self, listener: "PGListener"):
         self.listener = listener
-        self.refusal = refusal
+        self.refusal: str | None = None
         self.runtime = listener.runtime
         self.settings = listener.settings
-        self.reader = reader
-        self.writer = writer
-        self.address = address
+        self.transport: Any = None
+        self.address = ""
         self.secure = False
         self.parser = FrontendParser(self.settings.max_message)
         self.process_id = 0
@@ -56,9 +60,75 @@ class PGSession:
         self.database = ""
         self.params: dict[str, str] = {}  # what ParameterStatus reported, SHOW answers
         self.out: list[bytes] = []
-        self.pending: list[frames.Event] = []
+        self.pending: deque[frames.Event] = deque()
+        self.runner: Any = None           # the QueryRunner, once authenticated
         self.stopping = False
         self.busy = False
+        self.task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a message
+        self._drained: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._held = 0           # bytes received since the task last ran out of messages
+        self._last_read = time.monotonic()
+        self._gone = False       # end of input, or the connection lost
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else ""
+        self.listener.accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = time.monotonic()
+        events = self.parser.feed(data)
+        if not events:
+            return
+        runner = self.runner
+        if runner is not None and self._waiter is not None and not self.stopping and not self._write_paused:
+            # The task is idle, so nothing is in flight: answer here what can be.
+            done = 0
+            for event in events:
+                if not runner.now(event):
+                    break
+                done += 1
+            if self.out:
+                self.transport.write(b"".join(self.out))
+                self.out.clear()
+            if done == len(events):
+                return
+            events = events[done:]
+        self.pending.extend(events)
+        self._held += len(data)
+        if self._held > READ_AHEAD and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._gone = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # -- I/O ------------------------------------------------------------------------
 
@@ -67,37 +137,63 @@ class PGSession:
 
     async def flush(self) -> None:
         if self.out:
-            self.writer.write(b"".join(self.out))
+            if not self._gone:
+                self.transport.write(b"".join(self.out))
             self.out.clear()
-            await self.writer.drain()
+        if self._write_paused:
+            if self._gone:
+                raise ConnectionResetError("connection lost")
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
 
     async def next_event(self, timeout: float | None) -> frames.Event | None:
-        """The next frontend message; None when the client has gone."""
+        """The next frontend message; None when the client has gone. ``timeout``: how
+        long the connection may stay silent."""
         while not self.pending:
             if self.parser.pending():  # what a startup packet left behind, or a partial message
                 self.pending.extend(self.parser.feed(b""))
                 if self.pending:
                     break
-            if self.parser.dead:
+            if self.parser.dead or self._gone:
                 return None
             # Replies go out only when every message already received is answered: one
             # write per pipelined batch (Bind/Execute/Sync), not one per message.
             await self.flush()
+            if self.pending:
+                break
+            self._held = 0
+            if self._read_paused:
+                self._read_paused = False
+                self.transport.resume_reading()
+            await self._wait(timeout)
+        return self.pending.popleft()
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Until a message or the end of input; counting silence from the later of now
+        and the last bytes received (which QueryRunner.now may have answered)."""
+        loop = asyncio.get_running_loop()
+        since = time.monotonic()
+        while not self.pending and not self._gone and not self.parser.dead:
+            self._waiter = loop.create_future()
             try:
-                if timeout:
-                    # asyncio.timeout, not wait_for: no task per read on the hot path.
-                    async with asyncio.timeout(timeout):
-                        data = await self.reader.read(READ_SIZE)
-                else:
-                    data = await self.reader.read(READ_SIZE)
+                if not timeout:
+                    await self._waiter
+                    continue
+                remaining = max(since, self._last_read) + timeout - time.monotonic()
+                if remaining <= 0:
+                    raise Goodbye("57P05" if self.user else "08006",
+                                  "terminating connection due to idle-session timeout" if self.user
+                                  else "timeout waiting for the startup packet")
+                # asyncio.timeout, not wait_for: no task per wait.
+                async with asyncio.timeout(remaining):
+                    await self._waiter
             except TimeoutError:
-                raise Goodbye("57P05" if self.user else "08006",
-                              "terminating connection due to idle-session timeout" if self.user
-                              else "timeout waiting for the startup packet") from None
-            if not data:
-                return None
-            self.pending.extend(self.parser.feed(data))
-        return self.pending.pop(0)
+                continue  # time is counted again, from the last bytes
+            finally:
+                self._waiter = None
 
     def cancel(self) -> None:
         if self.sql is not None and self.busy:
@@ -107,9 +203,9 @@ class PGSession:
         """Server shutdown: an idle session is told so and closed now."""
         self.stopping = True
         if not self.busy:
-            self.writer.write(messages.error_response("57P01", "terminating connection due to administrator command",
-                                                      severity="FATAL"))
-            self.writer.close()
+            self.transport.write(messages.error_response("57P01", "terminating connection due to administrator command",
+                                                         severity="FATAL"))
+            self.transport.close()
 
     async def close(self) -> None:
         if self.sql is not None:
@@ -118,8 +214,8 @@ class PGSession:
                 await _maybe_await(sql.close())
             except Exception:
                 pass
-        if not self.writer.is_closing():
-            self.writer.close()
+        if not self.transport.is_closing():
+            self.transport.close()
 
     # -- the session ----------------------------------------------------------------
 
@@ -128,7 +224,8 @@ class PGSession:
             if not await self.startup():
                 return
             from agora.sql.pgwire.query import QueryRunner
-            await QueryRunner(self).run()
+            self.runner = QueryRunner(self)
+            await self.runner.run()
         except Goodbye as bye:
             self.send(messages.error_response(bye.sqlstate, bye.message, severity="FATAL"))
             await self.flush()
@@ -149,21 +246,24 @@ class PGSession:
                 self.listener.cancel(event.process_id, event.secret)
                 return False
             if isinstance(event, frames.GSSENCRequest):
-                self.writer.write(messages.SSL_REFUSE)
+                self.transport.write(messages.SSL_REFUSE)
                 continue
             if isinstance(event, frames.SSLRequest):
                 if ssl_asked or self.secure:
                     raise Goodbye("08P01", "SSLRequest sent twice")
                 ssl_asked = True
                 if self.listener.ssl_context is None:
-                    self.writer.write(messages.SSL_REFUSE)
+                    self.transport.write(messages.SSL_REFUSE)
                     continue
                 if self.parser.pending():
                     raise Goodbye("08P01", "received unencrypted data after SSL request")
-                self.writer.write(messages.SSL_ACCEPT)
-                await self.writer.drain()
-                await self.writer.start_tls(self.listener.ssl_context,
-                                            ssl_handshake_timeout=self.settings.startup_timeout)
+                self.transport.write(messages.SSL_ACCEPT)
+                transport = await asyncio.get_running_loop().start_tls(
+                    self.transport, self, self.listener.ssl_context, server_side=True,
+                    ssl_handshake_timeout=self.settings.startup_timeout)
+                if transport is None:  # the client went away during the handshake
+                    return False
+                self.transport = transport
                 self.secure = True
                 continue
             if isinstance(event, frames.Startup):
