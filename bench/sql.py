@@ -46,7 +46,8 @@ SCRIPTS = {
 
 
 class Agora:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, workers: int):
+        self.workers = workers
         self.data_dir = work / "agora"
         self.password = "bench-" + secrets.token_hex(8)
         self.proc: subprocess.Popen | None = None
@@ -54,7 +55,8 @@ class Agora:
 
     def start(self) -> None:
         self.proc, self.ports = start_agora(self.data_dir, agora_env(self.password), ("http", "postgres"),
-                                            args=["--sql-max-rows", "100000", *CHEAP_HASHING],
+                                            args=["--sql-max-rows", "100000", "--postgres-workers", str(self.workers),
+                                                  *CHEAP_HASHING],
                                             log=self.data_dir.parent / "agora.log")
 
     def create_database(self) -> None:
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="Agora's postgres.workers (default: one per CPU, as PostgreSQL uses every core)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     for tool in ("pgbench", "psql"):
@@ -144,13 +148,14 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="agora-bench-sql-") as tmp:
         work = Path(tmp)
-        agora = Agora(work)
+        agora = Agora(work, args.workers)
         try:
             agora.start()
             agora.create_database()
             load(agora.conninfo(), agora.env(), args.rows, "INTEGER PRIMARY KEY")
             load(postgres, pg_env, args.rows, "BIGSERIAL PRIMARY KEY")
-            print(f"{args.clients} clients, {args.duration:g} s each, pgbench -M prepared, {args.rows} rows", flush=True)
+            print(f"{args.clients} clients, {args.duration:g} s each, pgbench -M prepared, {args.rows} rows, "
+                  f"Agora with postgres.workers = {args.workers}", flush=True)
             for name, script in SCRIPTS.items():
                 script = script.format(rows=args.rows)
                 results[name] = {

@@ -23,8 +23,12 @@ class SQLService:
     async def start(self, sockets: dict[str, socket.socket]) -> None:
         hosted_sql(self.runtime)
         for name, sock in sockets.items():
-            from agora.sql.pgwire.server import PGListener
-            listener = PGListener(self.runtime, sock, name)
+            if self.runtime.config.postgres.workers > 1:
+                from agora.sql.pgwire.workers import WorkerPool
+                listener: Any = WorkerPool(self.runtime, sock, name)
+            else:
+                from agora.sql.pgwire.server import PGListener
+                listener = PGListener(self.runtime, sock, name)
             await listener.start()
             self.started.append(listener)
 

@@ -8,7 +8,7 @@ import logging
 import secrets
 import socket
 import ssl
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -34,11 +34,19 @@ def _end_point_hash(cert_path: Any) -> bytes | None:
 
 
 class PGListener:
-    def __init__(self, runtime: Runtime, sock: socket.socket, name: str = "postgres"):
+    """``sock``: the listening socket, or None in a worker process (workers.py), which
+    is handed its connections; ``limits``: (connections, connections per address) if not
+    the settings'; ``relay``: where a cancel for a process id not held here goes."""
+
+    def __init__(self, runtime: Runtime, sock: socket.socket | None, name: str = "postgres", *,
+                 limits: tuple[int, int] | None = None, relay: Callable[[int, int], None] | None = None):
         self.runtime = runtime
         self.sock = sock
         self.name = name
         self.settings = runtime.config.postgres
+        self.max_connections, self.max_connections_per_ip = limits or (self.settings.max_connections,
+                                                                       self.settings.max_connections_per_ip)
+        self.relay = relay
         self.ssl_context: ssl.SSLContext | None = server_context(runtime.tls) if runtime.tls else None
         self.channel_binding = _end_point_hash(runtime.tls.cert) if runtime.tls else None
         self.server: asyncio.AbstractServer | None = None
@@ -53,7 +61,8 @@ class PGListener:
         from agora.sql.pgwire.session import PGSession
 
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: PGSession(self), sock=self.sock)
+        if self.sock is not None:
+            self.server = await loop.create_server(lambda: PGSession(self), sock=self.sock)
         self.runtime.metrics.count_connections(self.name, lambda: len(self.tasks))
 
     def accepted(self, session: Any) -> None:
@@ -100,10 +109,10 @@ class PGListener:
     def _admit(self, address: str) -> str | None:
         if self.stopping:
             return "the server is shutting down"
-        if len(self.tasks) >= self.settings.max_connections:
+        if len(self.tasks) >= self.max_connections:
             return "sorry, too many clients already"
         count = self.per_address.get(address, 0)
-        if count >= self.settings.max_connections_per_ip:
+        if count >= self.max_connections_per_ip:
             return "too many connections from your address"
         self.per_address[address] = count + 1
         return None
@@ -117,8 +126,11 @@ class PGListener:
         self.sessions[pid] = session
         return pid, secrets.randbits(32)
 
-    def cancel(self, pid: int, secret: int) -> None:
+    def cancel(self, pid: int, secret: int, relayed: bool = False) -> None:
         session = self.sessions.get(pid)
+        if session is None and self.relay is not None and not relayed:
+            self.relay(pid, secret)  # another worker's session, perhaps
+            return
         # The secret is compared in constant time: it is what makes a cancel legitimate.
         if session is not None and secrets.compare_digest(session.secret.to_bytes(4, "big"),
                                                           (secret & 0xFFFFFFFF).to_bytes(4, "big")):

@@ -1,0 +1,93 @@
+"""postgres.workers: connections answered by worker processes. They share the hosted
+databases (what one connection writes, the others read), a CancelRequest reaches a
+session whichever worker its connection was dealt to, a worker that dies is replaced,
+and the server's stop stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pgwire_support import account, server_env
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
+
+# A query that runs for minutes unless stopped.
+SLOW = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+
+
+def workers_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` and that run a PostgreSQL worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"agora.sql.pgwire.workers" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_workers_share_databases_cancels_and_lifecycle(make_server):
+    server = make_server(env={**server_env(), "AGORA_POSTGRES_WORKERS": "2"})
+    assert server.proc is not None
+    first = workers_of(server.proc.pid)
+    assert len(first) == 2, first
+    ann = account(server, "shared")
+    # Connections are dealt in turn: these three go to workers 0, 1, 0.
+    conns = [psycopg.connect(ann.dsn("shared"), autocommit=True) for _ in range(3)]
+    try:
+        conns[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who INTEGER)")
+        for i, conn in enumerate(conns):
+            conn.execute("INSERT INTO t (who) VALUES (%s)", (i,))
+        for conn in conns:
+            assert conn.execute("SELECT count(*), sum(who) FROM t").fetchone() == (3, 3)
+        # A transaction on one worker holds the write lock against the other's writers.
+        with conns[0].transaction():
+            conns[0].execute("INSERT INTO t (who) VALUES (10)")
+            assert conns[1].execute("SELECT count(*) FROM t").fetchone() == (3,)
+        assert conns[1].execute("SELECT count(*) FROM t").fetchone() == (4,)
+        # Cancels come on connections of their own, dealt in turn too: those for the
+        # sessions on workers 0 and 1 go to workers 1 and 0, the ones that do not hold
+        # them, which pass them on through the server; the last one is direct.
+        for conn in (conns[0], conns[1], conns[2]):
+            threading.Timer(0.3, conn.cancel).start()
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled, match="user request"):
+                conn.execute(SLOW)
+            assert time.monotonic() - started < 10
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for conn in conns:
+            conn.close()
+    # A worker killed is replaced, and new connections are answered on both again.
+    os.kill(first[0], signal.SIGKILL)
+    replaced = wait_for(lambda: (w := workers_of(server.proc.pid)) and len(w) == 2 and first[0] not in w and w)
+    time.sleep(0.5)
+    for _ in range(4):
+        with psycopg.connect(ann.dsn("shared"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (4,)
+    # The server's stop stops its workers.
+    assert server.stop() == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in replaced)
+    assert "worker" in server.log() and "starting it again" in server.log()
