@@ -96,8 +96,7 @@ def _columns(description: tuple[tuple[str, str | None], ...]) -> tuple[Column, .
     return tuple(Column(name, decltype) for name, decltype in description)
 
 
-def _is_control(stmt: Statement) -> bool:
-    return stmt.keywords[0] in ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE")
+_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
 
 
 def _command_tag(stmt: Statement, readonly: bool, rows: int, changes: int) -> str:
@@ -276,11 +275,12 @@ class SQLSession:
         stmt = one_statement(sql)
         if stmt is None:
             return Result([], [], 0, False, "")
-        if self._inline and _is_control(stmt):
-            raise _NotInline()  # COMMIT fsyncs, BEGIN IMMEDIATE may wait for a lock
-        control = self._transaction_control(stmt)
-        if control is not None:
-            return control
+        if stmt.keywords[0] in _CONTROL:
+            if self._inline:
+                raise _NotInline()  # COMMIT fsyncs, BEGIN IMMEDIATE may wait for a lock
+            control = self._transaction_control(stmt)
+            if control is not None:
+                return control
         if self.failed:
             raise SQLError("current transaction is aborted, commands ignored until end of transaction block", "25P02")
         in_tx = not self._conn.get_autocommit()

@@ -49,11 +49,8 @@ def negotiate_protocol_version(minor: int, unknown: Sequence[str]) -> bytes:
     return _msg(b"v", struct.pack("!ii", minor, len(unknown)) + b"".join(_cstr(o) for o in unknown))
 
 
-_READY = {status: _msg(b"Z", status.encode()) for status in "ITE"}
-
-
-def ready_for_query(status: str) -> bytes:
-    return _READY[status]
+# ReadyForQuery for each transaction status: idle, in a transaction, in a failed one.
+READY_FOR_QUERY = {status: _msg(b"Z", status.encode()) for status in "ITE"}
 
 
 def row_description(columns: Iterable[tuple[str, int]], formats: Sequence[int] = ()) -> bytes:
@@ -86,46 +83,22 @@ def command_complete(tag: str) -> bytes:
     return _msg(b"C", _cstr(tag))
 
 
-_EMPTY_QUERY_RESPONSE = _msg(b"I")
+EMPTY_QUERY_RESPONSE = _msg(b"I")
 
 
-def empty_query_response() -> bytes:
-    return _EMPTY_QUERY_RESPONSE
+PARSE_COMPLETE = _msg(b"1")
 
 
-_PARSE_COMPLETE = _msg(b"1")
+BIND_COMPLETE = _msg(b"2")
 
 
-def parse_complete() -> bytes:
-    return _PARSE_COMPLETE
+CLOSE_COMPLETE = _msg(b"3")
 
 
-_BIND_COMPLETE = _msg(b"2")
+NO_DATA = _msg(b"n")
 
 
-def bind_complete() -> bytes:
-    return _BIND_COMPLETE
-
-
-_CLOSE_COMPLETE = _msg(b"3")
-
-
-def close_complete() -> bytes:
-    return _CLOSE_COMPLETE
-
-
-_NO_DATA = _msg(b"n")
-
-
-def no_data() -> bytes:
-    return _NO_DATA
-
-
-_PORTAL_SUSPENDED = _msg(b"s")
-
-
-def portal_suspended() -> bytes:
-    return _PORTAL_SUSPENDED
+PORTAL_SUSPENDED = _msg(b"s")
 
 
 def parameter_description(oids: Sequence[int]) -> bytes:

@@ -73,11 +73,14 @@ class QueryRunner:
     portals: dict[str, Portal] = field(default_factory=dict)
     skipping: bool = False      # extended protocol: skip until Sync
 
+    def __post_init__(self) -> None:
+        self.send = self.session.out.append  # bound once: called for every message sent
+
     # -- the loop -------------------------------------------------------------------
 
     async def run(self) -> None:
         s = self.session
-        self.send(messages.ready_for_query(self.status()))
+        self.send(messages.READY_FOR_QUERY[self.status()])
         while not s.stopping:
             event = await s.next_event(s.settings.idle_timeout)
             kind = type(event)
@@ -95,7 +98,7 @@ class QueryRunner:
                 elif kind is frames.Malformed and event.type == b"Q":
                     # A simple-query client sends no Sync: answer and be ready again.
                     self.error(StatementError(event.sqlstate, event.message))
-                    self.send(messages.ready_for_query(self.status()))
+                    self.send(messages.READY_FOR_QUERY[self.status()])
                 else:
                     try:
                         await self.extended(event)
@@ -141,19 +144,11 @@ class QueryRunner:
             self.portals.clear()  # portals end with their transaction, as in PostgreSQL
         else:
             self.portals.pop("", None)
-        self.send(messages.ready_for_query(status))
-
-    def send(self, data: bytes) -> None:
-        self.session.send(data)
+        self.send(messages.READY_FOR_QUERY[status])
 
     def status(self) -> str:
-        if getattr(self.session.sql, "failed", False):
-            return "E"
-        return "T" if self.in_transaction() else "I"
-
-    def in_transaction(self) -> bool:
-        value = getattr(self.session.sql, "in_transaction", False)
-        return bool(value() if callable(value) else value)
+        sql = self.session.sql
+        return "E" if sql.failed else "T" if sql.in_transaction else "I"
 
     def error(self, error: StatementError) -> None:
         self.send(messages.error_response(error.sqlstate, error.message, position=error.position))
@@ -163,7 +158,7 @@ class QueryRunner:
     async def simple_query(self, sql: str) -> None:
         pieces = split_statements(sql)
         if not pieces:
-            self.send(messages.empty_query_response())
+            self.send(messages.EMPTY_QUERY_RESPONSE)
         for piece in pieces:
             try:
                 rows = await self.execute(piece, [])
@@ -175,7 +170,7 @@ class QueryRunner:
                 self.send(messages.row_description([(n, o) for (n, _), o in zip(rows.columns, oids)]))
                 await self.send_rows(rows.rows, oids, [])
             self.complete(rows)
-        self.send(messages.ready_for_query(self.status()))
+        self.send(messages.READY_FOR_QUERY[self.status()])
 
     async def send_rows(self, rows: Any, oids: list[int], formats: list[int]) -> None:
         s = self.session
@@ -186,7 +181,7 @@ class QueryRunner:
 
     def complete(self, rows: Rows) -> None:
         if not rows.tag and not rows.columns:  # the domain's answer to an empty statement
-            self.send(messages.empty_query_response())
+            self.send(messages.EMPTY_QUERY_RESPONSE)
             return
         if rows.truncated:
             self.send(messages.notice_response(
@@ -215,7 +210,7 @@ class QueryRunner:
 
     def close(self, event: frames.Close) -> None:
         (self.statements if event.kind == "S" else self.portals).pop(event.name, None)
-        self.send(messages.close_complete())
+        self.send(messages.CLOSE_COMPLETE)
 
     def parse(self, event: frames.Parse) -> None:
         if event.name and event.name in self.statements:
@@ -236,7 +231,7 @@ class QueryRunner:
         unknown = [i for i, t in enumerate(types) if t in (0, UNKNOWN)]
         self.statements[event.name] = Prepared(event.sql, [TEXT if t in (0, UNKNOWN) else t for t in types],
                                                plain=self.plain(event.sql), unknown=unknown)
-        self.send(messages.parse_complete())
+        self.send(messages.PARSE_COMPLETE)
 
     def bind(self, event: frames.Bind) -> None:
         statement = self.statements.get(event.statement)
@@ -258,7 +253,7 @@ class QueryRunner:
             except (ValueError, UnicodeDecodeError) as error:
                 raise StatementError("22P02", f"invalid value for parameter ${i + 1}: {error}") from None
         self.portals[event.portal] = Portal(statement, values, list(event.result_formats))
-        self.send(messages.bind_complete())
+        self.send(messages.BIND_COMPLETE)
 
     def statement(self, name: str) -> Prepared:
         statement = self.statements.get(name)
@@ -304,7 +299,7 @@ class QueryRunner:
 
     def describe_statement(self, statement: Prepared) -> None:
         self.send(messages.parameter_description(statement.param_types))
-        self.send(messages.row_description(statement.columns) if statement.columns else messages.no_data())
+        self.send(messages.row_description(statement.columns) if statement.columns else messages.NO_DATA)
 
     def describe_portal(self, portal: Portal) -> None:
         assert portal.rows is not None and portal.oids is not None
@@ -313,7 +308,7 @@ class QueryRunner:
             self.send(_row_description(tuple(n for n, _ in portal.rows.columns), tuple(portal.oids),
                                        tuple(portal.result_formats)))
         else:
-            self.send(messages.no_data())
+            self.send(messages.NO_DATA)
 
     async def describe_sql(self, sql: str) -> list[tuple[str, int]]:
         words = first_words(sql, 1)
@@ -391,7 +386,7 @@ class QueryRunner:
         assert portal.rows is not None
         portal.position = end
         if end < len(portal.rows.rows):
-            self.send(messages.portal_suspended())
+            self.send(messages.PORTAL_SUSPENDED)
         else:
             self.complete(portal.rows)
 
