@@ -229,6 +229,13 @@ def _answers(sock: socket.socket, count: int) -> list[list[tuple[bytes, bytes]]]
     return answers[:-1]
 
 
+def fused_error(sock: socket.socket, execution: bytes) -> bytes:
+    """The ErrorResponse body an execution gets."""
+    sock.sendall(execution)
+    [answer] = _answers(sock, 1)
+    return next(body for kind, body in answer if kind == b"E")
+
+
 def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(make_server):
     """Executions of a quick prepared read are answered as their bytes arrive (without
     waking the session's task); they must be answered in order, an error must stop only
@@ -261,6 +268,37 @@ def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(m
         put, get = _answers(sock, 2)
         assert [k for k, _ in put] == [b"2", b"n", b"C", b"Z"] and put[2][1] == b"INSERT 0 1\0"
         assert get[2][1].endswith(b"three")
+        # One execution alone in a read is answered in one go; with a Flush after its
+        # Bind, message by message. The answers must be the same, byte for byte, for a
+        # row, no row, a wrong Bind, a runtime error, a write, and in a transaction.
+        sock.sendall(_typed(b"P", b"abs\0SELECT abs($1)\0" + struct.pack("!hI", 1, 20)) + _typed(b"S", b""))
+        assert [k for k, _ in _messages(sock, b"Z")] == [b"1", b"Z"]
+        flush = _typed(b"H", b"")
+        cases = [(b"get", b"1"), (b"get", b"99"), (b"get", b"1", b"2"), (b"abs", b"-9223372036854775808"),
+                 (b"abs", b"-5"), (b"put", b"four")]
+        for case in cases:
+            one_go = _execution(*case)
+            bind_end = 1 + struct.unpack("!i", one_go[1:5])[0]
+            sock.sendall(one_go)
+            [fused] = _answers(sock, 1)
+            sock.sendall(one_go[:bind_end] + flush + one_go[bind_end:])
+            [stepwise] = _answers(sock, 1)
+            assert fused == stepwise, case
+        assert b"C22003" in fused_error(sock, _execution(b"abs", b"-9223372036854775808"))
+        for with_flush in (False, True):
+            sock.sendall(_typed(b"Q", b"BEGIN\0"))
+            assert _messages(sock, b"Z")[-1] == (b"Z", b"T")
+            one_go = _execution(b"abs", b"-9223372036854775808")
+            bind_end = 1 + struct.unpack("!i", one_go[1:5])[0]
+            sock.sendall(one_go[:bind_end] + flush + one_go[bind_end:] if with_flush else one_go)
+            [answer] = _answers(sock, 1)
+            assert [k for k, _ in answer] == [b"2", b"E", b"Z"] and answer[-1] == (b"Z", b"E"), answer
+            sock.sendall(_execution(b"get", b"1"))
+            [refused] = _answers(sock, 1)
+            assert any(kind == b"E" and b"C25P02" in body for kind, body in refused)
+            assert refused[-1] == (b"Z", b"E")
+            sock.sendall(_typed(b"Q", b"ROLLBACK\0"))
+            assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
         # 3 s of quick reads, 0.2 s apart: longer than the idle timeout, never idle
         started = time.monotonic()
         while time.monotonic() - started < 3:

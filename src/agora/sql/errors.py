@@ -38,6 +38,7 @@ _MESSAGES = (
     ("wrong number of arguments", "42883"),
     ("datatype mismatch", "42804"),
     ("cannot store", "42804"),
+    ("integer overflow", "22003"),  # abs(), sum() beyond 64 bits: PostgreSQL's out of range
 )
 
 _CLASSES = (

@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import apsw
 
+from agora.sql.errors import SQLError
+
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _DIGITS = re.compile(r"[0-9]+")
 _SPACE = re.compile(r"\s*")
@@ -160,8 +162,6 @@ def split_statements(sql: str) -> tuple[Statement, ...]:
 def one_statement(sql: str) -> Statement | None:
     """The single statement in ``sql`` (None when there is none); several is an error
     the caller reports (as PostgreSQL does for a prepared statement)."""
-    from agora.sql.errors import SQLError
-
     statements = split_statements(sql)
     if len(statements) > 1:
         raise SQLError("cannot run several statements at once here; send them one by one or as a batch", "42601")

@@ -270,10 +270,11 @@ def _fast_bind(body: bytes) -> Event | None:
     try:
         a = body.index(b"\x00")
         b = body.index(b"\x00", a + 1)
-        portal, statement = body[:a].decode("utf-8"), body[a + 1:b].decode("utf-8")
+        portal = body[:a].decode("utf-8") if a else ""
+        statement = body[a + 1:b].decode("utf-8")
         pos = b + 1
         count = _INT16.unpack_from(body, pos)[0]
-        formats = list(struct.unpack_from(f"!{count}h", body, pos + 2))
+        formats = list(struct.unpack_from(f"!{count}h", body, pos + 2)) if count else []
         pos += 2 + 2 * count
         nparams = _INT16.unpack_from(body, pos)[0]
         pos += 2
@@ -289,12 +290,12 @@ def _fast_bind(body: bytes) -> Event | None:
             else:
                 return None
         count = _INT16.unpack_from(body, pos)[0]
-        results = list(struct.unpack_from(f"!{count}h", body, pos + 2))
+        results = list(struct.unpack_from(f"!{count}h", body, pos + 2)) if count else []
         if pos + 2 + 2 * count != len(body) or count < 0 or nparams < 0:
             return None
     except (ValueError, struct.error, UnicodeDecodeError):
         return None
-    if any(f not in (0, 1) for f in formats) or any(f not in (0, 1) for f in results):
+    if formats and any(f not in (0, 1) for f in formats) or results and any(f not in (0, 1) for f in results):
         return None
     return Bind(portal, statement, formats, params, results)
 
@@ -302,11 +303,13 @@ def _fast_bind(body: bytes) -> Event | None:
 # What drivers send after the Bind of each execution of a prepared statement (libpq,
 # pgbench, psycopg: Describe and Execute of the unnamed portal, then Sync; asyncpg
 # without the Describe): recognized whole, so the common case costs one comparison.
-_DESCRIBE_PORTAL, _EXECUTE_ALL = Describe("P", ""), Execute("", 0)
+# These are the very objects returned, so that the query runner can tell the pipeline
+# by identity (QueryRunner.answer_now); nobody changes an event.
+DESCRIBE_PORTAL, EXECUTE_ALL, SYNC = Describe("P", ""), Execute("", 0), _SYNC
 _PIPELINE_TAILS = (
     (b"D\x00\x00\x00\x06P\x00" b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" b"S\x00\x00\x00\x04",
-     (_DESCRIBE_PORTAL, _EXECUTE_ALL, _SYNC)),
-    (b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" b"S\x00\x00\x00\x04", (_EXECUTE_ALL, _SYNC)),
+     (DESCRIBE_PORTAL, EXECUTE_ALL, SYNC)),
+    (b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" b"S\x00\x00\x00\x04", (EXECUTE_ALL, SYNC)),
 )
 
 

@@ -108,6 +108,55 @@ class QueryRunner:
             finally:
                 s.busy = False
 
+    def answer_now(self, events: list[frames.Event]) -> int:
+        """How many of ``events`` (from the first) were answered here and now."""
+        if 3 <= len(events) <= 4 and events[-1] is frames.SYNC and events[-2] is frames.EXECUTE_ALL \
+                and (len(events) == 3 or events[1] is frames.DESCRIBE_PORTAL) and type(events[0]) is frames.Bind \
+                and self.execution_now(events[0], described=len(events) == 4):
+            return len(events)
+        done = 0
+        for event in events:
+            if not self.now(event):
+                break
+            done += 1
+        return done
+
+    def execution_now(self, bind: frames.Bind, described: bool) -> bool:
+        """Bind, [Describe,] Execute and Sync of the unnamed portal, which is what a driver
+        sends for each execution of a prepared statement, answered in one go: the same
+        steps and replies as message by message, less the dispatching. False: nothing
+        was done (it goes message by message, which also names what is wrong)."""
+        statement = self.statements.get(bind.statement)
+        if self.skipping or bind.portal or statement is None or not statement.plain:
+            return False
+        try:
+            values = self.bind_values(bind, statement)
+        except StatementError:
+            return False
+        try:
+            result = self.session.sql.execute_now(statement.sql, values)
+        except AgoraError as error:
+            self.send(messages.BIND_COMPLETE)
+            self.error(_statement_error(statement.sql, error))
+            self.sync()
+            return True
+        if result is None:
+            return False
+        self.send(messages.BIND_COMPLETE)
+        portal = Portal(statement, values, bind.result_formats)
+        self.portal_ran(portal, self.rows(statement.sql, result))
+        assert portal.rows is not None and portal.oids is not None
+        if described:
+            self.describe_portal(portal)
+        try:
+            if portal.rows.columns:
+                self.session.out.extend(_data_rows(portal.rows.rows, portal.oids, portal.result_formats))
+            self.portal_executed(portal, len(portal.rows.rows))
+        except StatementError as error:
+            self.error(error)
+        self.sync()
+        return True
+
     def now(self, event: frames.Event) -> bool:
         """Answer one message at once if that needs no waiting; False: nothing was done,
         and it is run()'s (with every message after it, to keep their order)."""
@@ -234,11 +283,16 @@ class QueryRunner:
         self.send(messages.PARSE_COMPLETE)
 
     def bind(self, event: frames.Bind) -> None:
-        statement = self.statements.get(event.statement)
-        if statement is None:
-            raise StatementError("26000", f'prepared statement "{event.statement}" does not exist')
+        statement = self.statement(event.statement)
         if event.portal and event.portal in self.portals:
             raise StatementError("42P03", f'cursor "{event.portal}" already exists')
+        values = self.bind_values(event, statement)
+        self.portals[event.portal] = Portal(statement, values, event.result_formats)
+        self.send(messages.BIND_COMPLETE)
+
+    @staticmethod
+    def bind_values(event: frames.Bind, statement: Prepared) -> list[Any]:
+        """A Bind's parameters as values for the domain."""
         if len(event.params) != len(statement.param_types):
             raise StatementError("08P01", f"bind message supplies {len(event.params)} parameters, but prepared "
                                           f"statement requires {len(statement.param_types)}")
@@ -252,8 +306,7 @@ class QueryRunner:
                 values.append(None if raw is None else decode_param(raw, oid, binary))
             except (ValueError, UnicodeDecodeError) as error:
                 raise StatementError("22P02", f"invalid value for parameter ${i + 1}: {error}") from None
-        self.portals[event.portal] = Portal(statement, values, list(event.result_formats))
-        self.send(messages.BIND_COMPLETE)
+        return values
 
     def statement(self, name: str) -> Prepared:
         statement = self.statements.get(name)

@@ -89,11 +89,7 @@ class PGSession(asyncio.Protocol):
         runner = self.runner
         if runner is not None and self._waiter is not None and not self.stopping and not self._write_paused:
             # The task is idle, so nothing is in flight: answer here what can be.
-            done = 0
-            for event in events:
-                if not runner.now(event):
-                    break
-                done += 1
+            done = runner.answer_now(events)
             if self.out:
                 self.transport.write(b"".join(self.out))
                 self.out.clear()
