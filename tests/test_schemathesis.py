@@ -18,6 +18,10 @@ EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "200"))
 EXAMPLES_POSTGRESQL = int(os.environ.get("SCHEMATHESIS_EXAMPLES_POSTGRESQL", str(EXAMPLES // 2)))
 
 
+# Operations that check a password sent in the request (login, password change).
+PASSWORD_CHECKS = {"POST /api/v1/tokens", "POST /api/v1/me/password"}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # as long as the schemathesis run itself may take (below)
 def test_no_server_errors(make_server, backend: str, tmp_path: Path):
@@ -41,7 +45,15 @@ def test_no_server_errors(make_server, backend: str, tmp_path: Path):
     assert result.returncode == 0, output[-6000:] + "\n--- server log ---\n" + server.log()[-4000:]
     match = re.search(r"(\d+) generated, (\d+) passed", output)
     assert match and int(match.group(1)) > 13 * 10 and match.group(1) == match.group(2), output[-3000:]
-    assert "Authentication failed" not in output, output[-3000:]
+    # "Authentication failed" warns of operations that only ever answered 401/403: the
+    # token did not work there. Two operations check a password of their own, and random
+    # ones are rightly refused (401/403), or after a few, rate-limited (429) unless the
+    # fuzzer's requests come slowly, as on a busy machine: those two may be listed.
+    at = output.find("Authentication failed")
+    if at >= 0:
+        block = output[at:at + 2000].split("💡")[0]  # the operations, up to the hint after them
+        listed = set(re.findall(r"^\s+- ([A-Z]+ /\S+)\s*$", block, re.MULTILINE))
+        assert listed and listed <= PASSWORD_CHECKS, output[max(0, at - 200):at + 1500]
     # The server is still healthy after the storm.
     with server.client() as http:
         assert http.get("/healthz").status_code == 200
