@@ -99,21 +99,35 @@ def _columns(description: tuple[tuple[str, str | None], ...]) -> tuple[Column, .
 _CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
 
 
-def _command_tag(stmt: Statement, readonly: bool, rows: int, changes: int) -> str:
-    words = stmt.keywords
-    verb = words[0]
-    if verb == "WITH" and not readonly and (m := _DML.search(stmt.sql)):
-        verb = m.group(1).upper()
-    if verb in ("INSERT", "REPLACE"):
-        return f"INSERT 0 {changes}"
-    if verb in ("UPDATE", "DELETE"):
-        return f"{verb} {changes}"
-    if verb in ("CREATE", "DROP", "ALTER"):
-        rest = [w for w in words[1:] if w not in _CREATE_SKIP]
-        return f"{verb} {rest[0]}" if rest else verb
-    if verb in ("SELECT", "VALUES", "WITH", "PRAGMA", "EXPLAIN", "TABLE"):
-        return f"SELECT {rows}"
-    return verb
+_ROWS, _CHANGES = 1, 2  # what a command tag ends with: the rows returned, the rows changed
+_TAG_FORMS: dict[tuple[str, bool], tuple[str, int]] = {}
+
+
+def _tag_form(stmt: Statement, readonly: bool) -> tuple[str, int]:
+    """How a statement's command tag is made, ("SELECT ", _ROWS) or ("CREATE TABLE", 0):
+    the same each time, so worked out once per statement text."""
+    key = (stmt.sql, readonly)
+    form = _TAG_FORMS.get(key)
+    if form is None:
+        words = stmt.keywords
+        verb = words[0]
+        if verb == "WITH" and not readonly and (m := _DML.search(stmt.sql)):
+            verb = m.group(1).upper()
+        if verb in ("INSERT", "REPLACE"):
+            form = ("INSERT 0 ", _CHANGES)
+        elif verb in ("UPDATE", "DELETE"):
+            form = (f"{verb} ", _CHANGES)
+        elif verb in ("CREATE", "DROP", "ALTER"):
+            rest = [w for w in words[1:] if w not in _CREATE_SKIP]
+            form = (f"{verb} {rest[0]}" if rest else verb, 0)
+        elif verb in ("SELECT", "VALUES", "WITH", "PRAGMA", "EXPLAIN", "TABLE"):
+            form = ("SELECT ", _ROWS)
+        else:
+            form = (verb, 0)
+        if len(_TAG_FORMS) >= 4096:
+            _TAG_FORMS.clear()
+        _TAG_FORMS[key] = form
+    return form
 
 
 class SQLSession:
@@ -167,7 +181,7 @@ class SQLSession:
         if self.closed or self.revoked or (self.recheck is not None and
                                            time.monotonic() - self._checked_at >= self.recheck_interval):
             return None
-        if not self._busy.acquire(blocking=False):
+        if not self._busy.acquire(False):
             return None
         try:
             self._why = None
@@ -322,9 +336,13 @@ class SQLSession:
             cursor.close(True)
         description, readonly = self._seen or ((), True)
         columns = list(_columns(description))
-        changes = 0 if readonly else self._conn.changes()
-        tag = _command_tag(stmt, readonly, len(rows), changes)
-        affected = len(rows) if tag.startswith("SELECT") else changes
+        text, count = _tag_form(stmt, readonly)
+        if count == _ROWS:
+            affected = len(rows)
+            tag = text + str(affected)
+        else:
+            affected = 0 if readonly else self._conn.changes()
+            tag = text + str(affected) if count else text
         return Result(_with_storage(columns, rows), rows, affected, truncated, tag)
 
     def _trace(self, cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
