@@ -6,11 +6,12 @@ Extended protocol: after an error every message up to the next Sync is skipped
 (PostgreSQL does the same, so a pipelined batch stops at its first failure). SET, SHOW,
 version() and the catalog queries of psql and drivers are answered here (catalog.py).
 
-Two ways in: :meth:`QueryRunner.now` answers a message at once when that takes no
-waiting (Bind, Sync, Parse, and Describe/Execute of a statement the domain can run
-inline: a quick read); the session's protocol callback calls it for each message that
-arrives while :meth:`QueryRunner.run` is idle, so a pipelined Bind/Describe/Execute/Sync
-of a point select is answered in that callback, without waking the session's task.
+Two ways in: :meth:`QueryRunner.answer_now` answers messages at once when that takes
+no waiting (Bind, Sync, Parse, and Describe/Execute of a statement the domain can run
+inline: a quick read); the session's protocol callback gives it what arrives while
+:meth:`QueryRunner.run` is idle, so a pipelined Bind/Describe/Execute/Sync of a point
+select is answered in that callback, without waking the session's task (and, being what
+drivers send for each execution of a prepared statement, in one go: execution_now).
 Everything else, and every message after it, goes through ``run``.
 """
 
