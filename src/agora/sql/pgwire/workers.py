@@ -215,6 +215,13 @@ async def _work(config: Config, channel: socket.socket, index: int) -> None:
                                                  share(config.postgres.max_connections_per_ip, workers)),
                           relay=relay)
 
+    handing: set[asyncio.Task[Any]] = set()  # connections being wrapped (tasks need a reference)
+
+    def handed(task: asyncio.Task[Any]) -> None:
+        handing.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the client left at once
+            log.debug("postgres: a connection could not be taken: %s", task.exception())
+
     def receive() -> None:
         while True:
             try:
@@ -233,7 +240,9 @@ async def _work(config: Config, channel: socket.socket, index: int) -> None:
                     sock.close()
                     continue
                 sock.setblocking(False)
-                loop.create_task(loop.connect_accepted_socket(lambda: PGSession(listener), sock))
+                task = loop.create_task(loop.connect_accepted_socket(lambda: PGSession(listener), sock))
+                handing.add(task)
+                task.add_done_callback(handed)
             if message[:1] == b"k" and len(message) == _CANCEL.size:
                 _, pid, secret = _CANCEL.unpack(message)
                 listener.cancel(pid, secret, relayed=True)
