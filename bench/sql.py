@@ -2,7 +2,7 @@
 in one run, with the same client (pgbench) on both sides.
 
     python bench/sql.py [--duration 5] [--clients 16] [--rows 100000] [--rounds 3]
-                        [--workers CPUS] [--json out.json]
+                        [--workers CPUS] [--no-pin] [--json out.json]
 
 Starts `python -m agora serve` on ephemeral loopback ports in a temporary data dir,
 creates a hosted database for the admin account and, in PostgreSQL at 127.0.0.1:5432
@@ -18,7 +18,9 @@ servers taking turns, --rounds times (the best run of each server counts):
 
 and prints tps, p50/p99 latency (from pgbench's log of a 10% sample of transactions)
 and the ratio Agora / PostgreSQL. Agora runs with ``postgres.workers`` = --workers (one
-per CPU by default: PostgreSQL, a process per connection, uses every core too). Both connections are plain TCP on loopback (sslmode=disable);
+per CPU by default: PostgreSQL, a process per connection, uses every core too), each
+worker on a CPU of its own (``postgres.worker_cpu_affinity``; --no-pin leaves them to the
+scheduler). Both connections are plain TCP on loopback (sslmode=disable);
 connection set-up (SCRAM on Agora, trust on PostgreSQL) is excluded by pgbench.
 Absolute numbers on a shared machine mean little; the ratio does.
 """
@@ -49,8 +51,9 @@ SCRIPTS = {
 
 
 class Agora:
-    def __init__(self, work: Path, workers: int):
+    def __init__(self, work: Path, workers: int, pin: bool):
         self.workers = workers
+        self.pin = pin
         self.data_dir = work / "agora"
         self.password = "bench-" + secrets.token_hex(8)
         self.proc: subprocess.Popen | None = None
@@ -59,6 +62,7 @@ class Agora:
     def start(self) -> None:
         self.proc, self.ports = start_agora(self.data_dir, agora_env(self.password), ("http", "postgres"),
                                             args=["--sql-max-rows", "100000", "--postgres-workers", str(self.workers),
+                                                  "--postgres-worker-cpu-affinity", str(self.pin).lower(),
                                                   *CHEAP_HASHING],
                                             log=self.data_dir.parent / "agora.log")
 
@@ -144,6 +148,8 @@ def main() -> None:
                              "speed changes from one minute to the next)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="Agora's postgres.workers (default: one per CPU, as PostgreSQL uses every core)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="leave the workers to the scheduler (postgres.worker_cpu_affinity off)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     for tool in ("pgbench", "psql"):
@@ -157,14 +163,15 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="agora-bench-sql-") as tmp:
         work = Path(tmp)
-        agora = Agora(work, args.workers)
+        agora = Agora(work, args.workers, args.pin)
         try:
             agora.start()
             agora.create_database()
             load(agora.conninfo(), agora.env(), args.rows, "INTEGER PRIMARY KEY")
             load(postgres, pg_env, args.rows, "BIGSERIAL PRIMARY KEY")
             print(f"{args.clients} clients, {args.duration:g} s each, pgbench -M prepared, {args.rows} rows, "
-                  f"Agora with postgres.workers = {args.workers}, best of {args.rounds} rounds", flush=True)
+                  f"Agora with postgres.workers = {args.workers}{' (pinned)' if args.pin else ''}, "
+                  f"best of {args.rounds} rounds", flush=True)
             for name, script in SCRIPTS.items():
                 script = script.format(rows=args.rows)
                 rounds: list[dict[str, dict[str, float]]] = []

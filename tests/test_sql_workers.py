@@ -91,3 +91,28 @@ def test_workers_share_databases_cancels_and_lifecycle(make_server):
     assert server.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in replaced)
     assert "worker" in server.log() and "starting it again" in server.log()
+
+
+def allowed_cpus(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def test_worker_cpu_affinity_binds_each_worker_to_a_cpu_of_its_own(make_server):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip(f"this machine lets the tests use {len(cpus)} CPU: nothing to tell workers apart by")
+    server = make_server(env={**server_env(), "AGORA_POSTGRES_WORKERS": "2",
+                              "AGORA_POSTGRES_WORKER_CPU_AFFINITY": "true"})
+    assert server.proc is not None
+    workers = workers_of(server.proc.pid)
+    assert len(workers) == 2
+    # Worker i runs on the i-th CPU of those the server may use (the order of the pids
+    # is not the order of the workers), and the server itself is left alone.
+    assert sorted(allowed_cpus(pid) for pid in workers) == [str(cpus[0]), str(cpus[1])]
+    assert allowed_cpus(server.proc.pid) != allowed_cpus(workers[0])
+    ann = account(server, "pinned")
+    with psycopg.connect(ann.dsn("pinned"), autocommit=True) as conn:
+        assert conn.execute("SELECT 40 + 2").fetchone() == (42,)

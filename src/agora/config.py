@@ -380,6 +380,7 @@ SETTINGS += [
     Setting("postgres.idle_timeout", _duration, 8 * 3600.0, "A connection that sends nothing for this long is closed (SQLSTATE 57P05); 0 = never."),
     Setting("postgres.max_message", parse_size, 64 * 1024**2, "Largest frontend message (a query with its parameters) in bytes; a longer one closes the connection (54000)."),
     Setting("postgres.workers", _int(1, 256), 1, "Processes that answer PostgreSQL connections: 1 = the server's own; N > 1 starts N worker processes (a core each) and deals them the connections in turn, each with its share of the connection limits."),
+    Setting("postgres.worker_cpu_affinity", _bool, False, "Bind each PostgreSQL worker process to a CPU of its own (worker i to the i-th CPU the server may use), as nginx's worker_cpu_affinity auto: steadier on a machine that runs little else."),
     Setting("postgres.password_method", _choice("scram-sha-256", "password"), "scram-sha-256", "How passwords are checked: SCRAM-SHA-256 (cleartext only for users without a SCRAM verifier yet), or cleartext always (lets API tokens serve as passwords); cleartext only over TLS or from loopback."),
 ]
 
