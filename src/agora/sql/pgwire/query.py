@@ -242,17 +242,13 @@ class QueryRunner:
     # -- extended query -------------------------------------------------------------
 
     async def extended(self, event: frames.Event) -> None:
+        """What now() left: an Execute or Describe that waits for the domain, a malformed
+        message, one that does not belong here (Bind, Parse and Close never wait)."""
         kind = type(event)
-        if kind is frames.Bind:
-            self.bind(event)
-        elif kind is frames.Execute:
+        if kind is frames.Execute:
             await self.execute_portal(event)
         elif kind is frames.Describe:
             await self.describe(event)
-        elif kind is frames.Parse:
-            self.parse(event)
-        elif kind is frames.Close:
-            self.close(event)
         elif kind is frames.Malformed:
             raise StatementError(event.sqlstate, event.message)
         else:
