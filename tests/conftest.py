@@ -18,12 +18,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sized
+from typing import Callable, Iterator, Sized, TypeVar
 
 import httpx
 import pytest
 
 from agora.config import LISTENERS
+
+T = TypeVar("T")
 
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 START_TIMEOUT = 30.0
@@ -62,6 +64,18 @@ def drop_pg_database(url: str) -> None:
     assert base
     name = url.rsplit("/", 1)[1]
     _pg(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+    """``predicate()`` once it is truthy, polling for at most ``timeout`` seconds; then
+    its last value, for the caller to assert on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import AgoraServer, ServerFactory
+from conftest import AgoraServer, ServerFactory, wait_for
 
 TIMEOUT = 15
 FTP_ARGS = ("--ftp-port", "0")
@@ -128,15 +128,6 @@ def tree(server: AgoraServer, name: str) -> Path:
 
 def leftovers(server: AgoraServer, name: str) -> list[Path]:
     return list((server.data_dir / "files" / ".uploads").glob(f"{name}.*"))
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def refused(ftp: ftplib.FTP, command: str) -> str:
@@ -524,7 +515,7 @@ def test_dropped_or_aborted_upload_keeps_the_previous_version(ftp_server, user):
     time.sleep(0.3)
     client.kill()
     client.wait()
-    assert wait_for(lambda: not leftovers(ftp_server, name))
+    assert wait_for(lambda: not leftovers(ftp_server, name), timeout=5.0)
 
     # The control connection drops, then the data connection closes as if complete.
     ftp = connect(ftp_server, name, password)
@@ -534,7 +525,7 @@ def test_dropped_or_aborted_upload_keeps_the_previous_version(ftp_server, user):
     ftp.close()
     time.sleep(0.2)
     data.close()
-    assert wait_for(lambda: not leftovers(ftp_server, name))
+    assert wait_for(lambda: not leftovers(ftp_server, name), timeout=5.0)
     with connect(ftp_server, name, password) as ftp:
         assert sha(fetch(ftp, "doc.bin")) == sha(old)
 
@@ -564,7 +555,7 @@ def test_dropped_or_aborted_upload_keeps_the_previous_version(ftp_server, user):
     ftp.quit()
     assert sha((tree(ftp_server, name) / "doc.bin").read_bytes()) == sha(old)
     assert [p.name for p in tree(ftp_server, name).iterdir()] == ["doc.bin"]
-    assert wait_for(lambda: not leftovers(ftp_server, name))
+    assert wait_for(lambda: not leftovers(ftp_server, name), timeout=5.0)
 
 
 def test_quota_breach_is_552_and_stores_nothing(ftp_server):
@@ -586,7 +577,7 @@ def test_quota_breach_is_552_and_stores_nothing(ftp_server):
         store(ftp, "small.bin", b"s" * 5_000)
         assert store_refused(ftp, "small.bin", b"t" * 20_000).startswith("552")
         assert fetch(ftp, "small.bin") == b"s" * 5_000
-    assert wait_for(lambda: not leftovers(ftp_server, name))
+    assert wait_for(lambda: not leftovers(ftp_server, name), timeout=5.0)
 
 
 # -- path tricks and other users ------------------------------------------------------
@@ -737,7 +728,7 @@ def test_limits_and_data_connection_settings(limits_server):
             data.sendall(b"s" * 1000)
             with pytest.raises(ftplib.error_temp, match="^421"):
                 ftp.voidresp()
-    assert wait_for(lambda: not leftovers(limits_server, name))
+    assert wait_for(lambda: not leftovers(limits_server, name), timeout=5.0)
     assert [p.name for p in tree(limits_server, name).iterdir()] == ["ok.bin"]
 
 

@@ -25,7 +25,7 @@ from agora.mail.outbound import outbound_queue
 from agora.mail.outbound_smtp import Result, dsn
 from agora.mail.store import mail_store
 from agora.mail.tables import mail_queue
-from conftest import AgoraServer, create_pg_database, drop_pg_database
+from conftest import AgoraServer, create_pg_database, drop_pg_database, wait_for
 from test_mail_smtp import SERVER_ENV, message, submission
 
 TIMEOUT = 30
@@ -41,16 +41,6 @@ def inbox(server: AgoraServer, user: str) -> list[bytes]:
     root = server.data_dir / "mail" / user
     return [p.read_bytes() for sub in ("new", "cur") if (root / sub).is_dir()
             for p in sorted((root / sub).iterdir())]
-
-
-def wait_for(predicate, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 def queue_files(server: AgoraServer) -> list[Path]:
@@ -91,22 +81,22 @@ def test_mail_reaches_another_server_and_waits_while_it_is_down(domains):
     bob, _ = b.create_user()
     _, first = message("across", b"From a.test to b.test.\r\n")
     assert send(a, ann, password, [f"{bob}@b.test"], first) == {}
-    [got] = wait_for(lambda: inbox(b, bob))
+    [got] = wait_for(lambda: inbox(b, bob), timeout=TIMEOUT)
     assert got.endswith(first)
     head = got.split(b"\r\n\r\n")[0]
     assert head.startswith(f"Return-Path: <{ann}@a.test>\r\n".encode())
     assert b"with ESMTPS id" in head  # opportunistic STARTTLS between the servers
     assert b"with ESMTPSA id" in head  # ann's own submission to a.test
-    assert wait_for(lambda: queue_files(a) == [])
+    assert wait_for(lambda: queue_files(a) == [], timeout=TIMEOUT)
 
     b.stop()
     _, second = message("while down", b"Sent while b.test was down.\r\n")
     assert send(a, ann, password, [f"{bob}@b.test"], second) == {}  # queued, durably
     assert len(queue_files(a)) == 1
-    assert wait_for(lambda: len(re.findall(r"deferred, next attempt", a.log())) >= 2)
+    assert wait_for(lambda: len(re.findall(r"deferred, next attempt", a.log())) >= 2, timeout=TIMEOUT)
     b.start()
-    assert wait_for(lambda: len(inbox(b, bob)) == 2)
-    assert wait_for(lambda: queue_files(a) == [])
+    assert wait_for(lambda: len(inbox(b, bob)) == 2, timeout=TIMEOUT)
+    assert wait_for(lambda: queue_files(a) == [], timeout=TIMEOUT)
     time.sleep(1.5)  # no retry after success
     copies = [raw for raw in inbox(b, bob) if raw.endswith(second)]
     assert len(copies) == 1
@@ -120,14 +110,14 @@ def test_refused_recipient_is_bounced_at_once(domains):
     message_id, raw = message("partly refused")
     nobody = f"nobody-{secrets.token_hex(3)}@b.test"
     assert send(a, ann, password, [f"{bob}@b.test", nobody], raw) == {}
-    assert wait_for(lambda: inbox(b, bob))[0].endswith(raw)
-    [bounce] = wait_for(lambda: inbox(a, ann))
+    assert wait_for(lambda: inbox(b, bob), timeout=TIMEOUT)[0].endswith(raw)
+    [bounce] = wait_for(lambda: inbox(a, ann), timeout=TIMEOUT)
     human, status, headers = report(bounce)
     assert nobody in human and "550 5.1.1" in human
     assert f"Final-Recipient: rfc822; {nobody}" in status and "Action: failed" in status
     assert "Status: 5.1.1" in status and f"{bob}@b.test" not in status
     assert f"Message-ID: {message_id}" in headers and "Subject: partly refused" in headers
-    assert wait_for(lambda: queue_files(a) == [])
+    assert wait_for(lambda: queue_files(a) == [], timeout=TIMEOUT)
 
 
 def test_undeliverable_mail_is_bounced_after_bounce_after(make_server):
@@ -139,13 +129,13 @@ def test_undeliverable_mail_is_bounced_after_bounce_after(make_server):
     _, raw = message("never arrives")
     started = time.monotonic()
     assert send(a, ann, password, ["someone@c.test"], raw) == {}
-    [bounce] = wait_for(lambda: inbox(a, ann))
+    [bounce] = wait_for(lambda: inbox(a, ann), timeout=TIMEOUT)
     assert time.monotonic() - started >= 2
     human, status, headers = report(bounce)
     assert "given up" in human and "someone@c.test" in human
     assert "Final-Recipient: rfc822; someone@c.test" in status and "Status: 4.4.1" in status
     assert "Subject: never arrives" in headers
-    assert wait_for(lambda: queue_files(a) == [])
+    assert wait_for(lambda: queue_files(a) == [], timeout=TIMEOUT)
     assert len(re.findall(r"attempt \d+: <[^>]*> -> <someone@c.test>: 451", a.log())) >= 2
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import AgoraServer
+from conftest import AgoraServer, wait_for
 from mail_support import DOMAIN, SERVER_ENV, TIMEOUT, local_address, module_server, unverified
 
 MAX_MESSAGE = 256 * 1024
@@ -70,16 +70,6 @@ def message(subject: str = "hello", body: bytes = b"Hi there.\r\n", **headers: s
 def maildir(server: AgoraServer, user: str, folder: str = "") -> list[Path]:
     root = server.data_dir / "mail" / user / (f".{folder}" if folder else "")
     return sorted(p for sub in ("new", "cur") if (root / sub).is_dir() for p in (root / sub).iterdir())
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def stored(server: AgoraServer, user: str, folder: str = "", count: int = 1) -> list[bytes]:

@@ -165,17 +165,24 @@ def _messages(sock: socket.socket, until: bytes) -> list[tuple[bytes, bytes]]:
         buffer += chunk
 
 
+def _cleartext_session(ann: Account, database: str) -> socket.socket:
+    """A raw connection logged in with the password in clear (the user must have no
+    SCRAM verifier), ready for queries."""
+    sock = socket.create_connection(("127.0.0.1", ann.port), timeout=10)
+    body = struct.pack("!i", 3 << 16) + f"user\0{ann.name}\0database\0{database}\0\0".encode()
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    assert _messages(sock, b"R")[-1] == (b"R", struct.pack("!i", 3))
+    password = ann.password.encode() + b"\0"
+    sock.sendall(b"p" + struct.pack("!i", len(password) + 4) + password)
+    assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+    return sock
+
+
 def test_malformed_messages_after_login_get_errors_and_the_session_goes_on(pg_server):
     """Raw protocol over the cleartext login (a user without a verifier, from loopback)."""
     ann = account(pg_server, "db")
     provision(pg_server, forget_verifiers=[ann.name])
-    with socket.create_connection(("127.0.0.1", pg_server.ports["postgres"]), timeout=10) as sock:
-        body = struct.pack("!i", 3 << 16) + f"user\0{ann.name}\0database\0db\0\0".encode()
-        sock.sendall(struct.pack("!i", len(body) + 4) + body)
-        assert _messages(sock, b"R")[-1] == (b"R", struct.pack("!i", 3))
-        password = ann.password.encode() + b"\0"
-        sock.sendall(b"p" + struct.pack("!i", len(password) + 4) + password)
-        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+    with _cleartext_session(ann, "db") as sock:
         # a Query whose string is not terminated: an error, then ready again
         sock.sendall(b"Q" + struct.pack("!i", 8) + b"SELE")
         replies = _messages(sock, b"Z")
@@ -243,12 +250,7 @@ def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(m
     server = make_server(env={**server_env(), "AGORA_POSTGRES_IDLE_TIMEOUT": "1.5"})
     ann = account(server, "db")
     provision(server, forget_verifiers=[ann.name])
-    with socket.create_connection(("127.0.0.1", server.ports["postgres"]), timeout=10) as sock:
-        body = struct.pack("!i", 3 << 16) + f"user\0{ann.name}\0database\0db\0\0".encode()
-        sock.sendall(struct.pack("!i", len(body) + 4) + body)
-        assert _messages(sock, b"R")[-1] == (b"R", struct.pack("!i", 3))
-        sock.sendall(_typed(b"p", ann.password.encode() + b"\0"))
-        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+    with _cleartext_session(ann, "db") as sock:
         sock.sendall(_typed(b"Q", b"CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT); "
                                   b"INSERT INTO kv VALUES (1, 'one'), (2, 'two')\0"))
         assert _messages(sock, b"Z")[-1] == (b"Z", b"I")

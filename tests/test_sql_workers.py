@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from pgwire_support import account, server_env
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pip install -e '.[test]')")
@@ -36,16 +37,6 @@ def workers_of(pid: int) -> list[int]:
         if parent == pid and b"agora.sql.pgwire.workers" in cmdline:
             found.append(int(entry.name))
     return sorted(found)
-
-
-def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_workers_share_databases_cancels_and_lifecycle(make_server):
@@ -82,7 +73,9 @@ def test_workers_share_databases_cancels_and_lifecycle(make_server):
             conn.close()
     # A worker killed is replaced, and new connections are answered on both again.
     os.kill(first[0], signal.SIGKILL)
-    replaced = wait_for(lambda: (w := workers_of(server.proc.pid)) and len(w) == 2 and first[0] not in w and w)
+    replaced = wait_for(lambda: (w := workers_of(server.proc.pid)) and len(w) == 2 and first[0] not in w and w,
+                        timeout=30.0)
+    assert replaced, workers_of(server.proc.pid)
     time.sleep(0.5)
     for _ in range(4):
         with psycopg.connect(ann.dsn("shared"), autocommit=True) as conn:
