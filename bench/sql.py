@@ -110,13 +110,13 @@ def load(conninfo: str, env: dict[str, str], rows: int, integer: str) -> None:
 
 
 def pgbench(conninfo: str, env: dict[str, str], script: str, clients: int, duration: float,
-            work: Path, label: str) -> dict[str, float]:
+            work: Path, label: str, protocol: str = "prepared") -> dict[str, float]:
     folder = work / f"log-{label}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     (work / "script.sql").write_text(script)
     done = subprocess.run(
-        ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+        ["pgbench", "-n", "-M", protocol, "-c", str(clients), "-j", str(min(clients, 2)),
          "-T", str(max(1, round(duration))), "-f", str(work / "script.sql"),
          # A sample of the transactions is enough for p50/p99, and costs pgbench (on the
          # same two cores as the server) far less than a line for each.
@@ -150,6 +150,9 @@ def main() -> None:
                         help="Agora's postgres.workers (default: one per CPU, as PostgreSQL uses every core)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="leave the workers to the scheduler (postgres.worker_cpu_affinity off)")
+    parser.add_argument("--protocol", choices=("prepared", "simple", "extended"), default="prepared",
+                        help="pgbench's -M")
+    parser.add_argument("--only", choices=tuple(SCRIPTS), help="run this script only")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     for tool in ("pgbench", "psql"):
@@ -169,17 +172,20 @@ def main() -> None:
             agora.create_database()
             load(agora.conninfo(), agora.env(), args.rows, "INTEGER PRIMARY KEY")
             load(postgres, pg_env, args.rows, "BIGSERIAL PRIMARY KEY")
-            print(f"{args.clients} clients, {args.duration:g} s each, pgbench -M prepared, {args.rows} rows, "
+            print(f"{args.clients} clients, {args.duration:g} s each, pgbench -M {args.protocol}, {args.rows} rows, "
                   f"Agora with postgres.workers = {args.workers}{' (pinned)' if args.pin else ''}, "
                   f"best of {args.rounds} rounds", flush=True)
             for name, script in SCRIPTS.items():
+                if args.only and name != args.only:
+                    continue
                 script = script.format(rows=args.rows)
                 rounds: list[dict[str, dict[str, float]]] = []
                 for _ in range(args.rounds):
                     rounds.append({
-                        "postgresql": pgbench(postgres, pg_env, script, args.clients, args.duration, work, f"pg-{name}"),
+                        "postgresql": pgbench(postgres, pg_env, script, args.clients, args.duration, work, f"pg-{name}",
+                                              args.protocol),
                         "agora": pgbench(agora.conninfo(), agora.env(), script, args.clients, args.duration, work,
-                                         f"agora-{name}"),
+                                         f"agora-{name}", args.protocol),
                     })
                     print(f"  {name} round {len(rounds)}: agora {rounds[-1]['agora']['tps']:.0f} tps, "
                           f"postgresql {rounds[-1]['postgresql']['tps']:.0f} tps", flush=True)

@@ -24,6 +24,11 @@ from agora.sql.errors import SQLError
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _DIGITS = re.compile(r"[0-9]+")
 _SPACE = re.compile(r"\s*")
+_FOUR_WORDS = re.compile(r"[\s(]*" + ("(?:[\s(]+(" + _WORD.pattern + "))?").join([f"({_WORD.pattern})"] + [""] * 3)
+                         + r"[\s(]*")
+# What _rewrite acts on: text with none of these (most statements a client builds with
+# its values inline) is SQLite's as it stands, and holds one statement.
+_REWRITE_SIGNS = re.compile(r"[$:;\-/]")
 # Multi-word PostgreSQL type names whose later words must go with a dropped cast.
 _TYPE_TAILS = {
     "double": ("precision",), "character": ("varying",), "bit": ("varying",),
@@ -94,6 +99,8 @@ def _skip_cast(sql: str, i: int) -> int:
 
 def _rewrite(sql: str) -> tuple[str, list[int]]:
     """SQLite's spelling of ``sql`` and the offsets of its top-level semicolons."""
+    if not _REWRITE_SIGNS.search(sql):
+        return sql, []
     out: list[str] = []
     semicolons: list[int] = []
     start = i = 0
@@ -121,6 +128,11 @@ def _rewrite(sql: str) -> tuple[str, list[int]]:
 
 
 def _keywords(sql: str, count: int = 4) -> tuple[str, ...]:
+    """The first ``count`` words, upper-cased, past spaces, parentheses and comments."""
+    if count == 4 and (plain := _FOUR_WORDS.match(sql)):
+        # One regex call for the usual case; a comment among the words takes the long way.
+        if plain.lastindex == 4 or sql[plain.end():plain.end() + 1] not in ("-", "/"):
+            return tuple(word.upper() for word in plain.groups() if word)
     words: list[str] = []
     i, n = 0, len(sql)
     while i < n and len(words) < count:

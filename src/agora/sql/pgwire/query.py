@@ -169,6 +169,8 @@ class QueryRunner:
             return False
         if kind is frames.Flush or self.skipping:
             return True
+        if kind is frames.Query:
+            return self.query_now(event.sql)
         try:
             if kind is frames.Bind:
                 self.bind(event)
@@ -181,7 +183,7 @@ class QueryRunner:
             elif kind is frames.Close:
                 self.close(event)
             else:
-                return False  # Query, Malformed: run() answers those
+                return False  # Malformed: run() answers it
         except StatementError as error:
             self.error(error)
             self.skipping = True
@@ -216,11 +218,34 @@ class QueryRunner:
                 self.error(error)
                 break
             if rows.columns:
-                oids = result_oids(rows.columns, rows.rows)
-                self.send(messages.row_description([(n, o) for (n, _), o in zip(rows.columns, oids)]))
-                await self.send_rows(rows.rows, oids, [])
+                await self.send_rows(rows.rows, self.describe_rows(rows), [])
             self.complete(rows)
         self.send(messages.READY_FOR_QUERY[self.status()])
+
+    def query_now(self, sql: str) -> bool:
+        """A simple Query of one plain statement the domain runs here and now (a quick
+        read), answered as simple_query would; False: nothing was done."""
+        pieces = split_statements(sql)
+        if len(pieces) != 1 or not _plain(pieces[0]):
+            return False
+        try:
+            rows = self.domain_now(pieces[0], [])
+            if rows is None:
+                return False
+            if rows.columns:
+                # A quick read has few rows (SQLSession's inline budget): no flush between.
+                self.session.out.extend(_data_rows(rows.rows, self.describe_rows(rows), ()))
+            self.complete(rows)
+        except StatementError as error:
+            self.error(error)
+        self.send(messages.READY_FOR_QUERY[self.status()])
+        return True
+
+    def describe_rows(self, rows: Rows) -> list[int]:
+        """Send the RowDescription of a simple query's result (text format); its type OIDs."""
+        oids = result_oids(rows.columns, rows.rows)
+        self.send(_row_description(tuple(n for n, _ in rows.columns), tuple(oids), ()))
+        return oids
 
     async def send_rows(self, rows: Any, oids: list[int], formats: list[int]) -> None:
         s = self.session

@@ -28,6 +28,12 @@ _TOKEN = re.compile(r"""
   | (?P<other>.)
 """, re.VERBOSE | re.DOTALL)
 
+# What can make one statement text several, or hide words from a plain reading: without
+# any of these, split_statements has nothing to look at.
+_SPLIT_SIGNS = re.compile(r"[;\-/]")
+# A word preceded by spaces only (the same word as _TOKEN's): first_words' quick path.
+_LEAD_WORD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_$]*|[0-9]+(?:\.[0-9]*)?)")
+
 MAX_PARAMS = 32766  # SQLite's SQLITE_MAX_VARIABLE_NUMBER
 
 
@@ -124,6 +130,11 @@ def split_statements(sql: str) -> list[str]:
     SQLite decides where a statement ends (so ';' inside strings, comments and
     CREATE TRIGGER ... BEGIN ... END bodies does not split).
     """
+    body = sql.rstrip()
+    if body.endswith(";"):
+        body = body[:-1]
+    if not _SPLIT_SIGNS.search(body):  # the common case: one statement, no comment, no ';' but the last
+        return [body] if body and not body.isspace() else []
     statements: list[str] = []
     start = 0
     for match in _TOKEN.finditer(sql):
@@ -142,7 +153,13 @@ def is_empty(sql: str) -> bool:
 def first_words(sql: str, count: int = 2) -> list[str]:
     """The first words of a statement, upper-cased, skipping comments."""
     words: list[str] = []
-    for match in _TOKEN.finditer(sql):
+    pos = 0
+    while len(words) < count and (lead := _LEAD_WORD.match(sql, pos)):  # words and spaces only: no scan
+        words.append(lead.group(1).upper())
+        pos = lead.end()
+    if len(words) == count:
+        return words
+    for match in _TOKEN.finditer(sql, pos):
         if match.lastgroup == "word":
             words.append(match.group(0).upper())
             if len(words) == count:
