@@ -236,6 +236,7 @@ def test_isolation_denials(open_runtime, tmp_path):
                 "PRAGMA writable_schema = 1",
                 "PRAGMA journal_mode = DELETE",
                 "PRAGMA synchronous = OFF",
+                "PRAGMA mmap_size = 0",
                 "PRAGMA max_page_count = 999999999",
                 "PRAGMA query_only = 0",
                 "PRAGMA temp_store_directory = '/tmp'",
@@ -287,6 +288,18 @@ def test_isolation_denials(open_runtime, tmp_path):
             await runtime.close()
 
     run(scenario())
+
+
+def test_databases_are_read_through_a_memory_map_of_the_configured_size(tmp_path):
+    """sql.mmap_size reaches every connection (reads then make no pread); 0 turns it off."""
+    from agora.sql.guard import open_database
+
+    options = dict(max_bytes=1 << 30, lock_timeout=1.0, max_value=1 << 20, max_sql=1 << 20)
+    for size in (64 << 20, 0):
+        conn = open_database(tmp_path / "m.sqlite", read_only=False, create=True, mmap_size=size, **options)
+        conn.authorizer = None  # users may not ask (see test_isolation_denials); the server may
+        assert conn.execute("PRAGMA mmap_size").fetchall() == [(size,)]
+        conn.close()
 
 
 def test_deleting_a_user_deletes_their_databases_and_grants(open_runtime):

@@ -365,6 +365,7 @@ SETTINGS += [
     Setting("sql.max_value_size", parse_size, 64 * 1024**2, "Largest single string or blob value in a hosted database (SQLite's length limit)."),
     Setting("sql.max_statement", parse_size, 1024**2, "Longest SQL statement text accepted."),
     Setting("sql.max_batch", _int(1, 100000), 1000, "Statements in one batch request."),
+    Setting("sql.mmap_size", parse_size, 256 * 1024**2, "How much of each hosted database file SQLite reads through memory mapping instead of read calls (0: none)."),
     Setting("sql.lock_timeout", _duration, 5.0, "How long a write waits for another connection's write transaction on the same database (then SQLSTATE 55P03)."),
     Setting("sql.pool_size", _int(0, 1000), 4, "Idle connections kept per database and user for HTTP queries."),
     Setting("sql.recheck_interval", _duration, 5.0, "A long-lived connection (PostgreSQL protocol) checks that its access still holds this often (grants changed on another node)."),

@@ -171,7 +171,7 @@ class HostedSQL:
     def _open_options(self) -> dict:
         s = self.settings
         return dict(max_bytes=s.max_database_size, lock_timeout=s.lock_timeout,
-                    max_value=s.max_value_size, max_sql=s.max_statement)
+                    max_value=s.max_value_size, max_sql=s.max_statement, mmap_size=s.mmap_size)
 
     async def list(self, user: User) -> list[DatabaseInfo]:
         """The user's own databases (with their grants), then those granted to them."""
