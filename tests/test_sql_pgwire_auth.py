@@ -243,6 +243,48 @@ def fused_error(sock: socket.socket, execution: bytes) -> bytes:
     return next(body for kind, body in answer if kind == b"E")
 
 
+def test_a_quick_simple_query_is_answered_as_the_same_statement_in_a_script(pg_server):
+    """A simple Query of one quick read is answered in the data callback; a script of
+    several statements goes through the session's task. The first statement of a script
+    must get the same replies, byte for byte, as the statement alone."""
+    ann = account(pg_server, "db")
+    provision(pg_server, forget_verifiers=[ann.name])
+    with _cleartext_session(ann, "db") as sock:
+        sock.sendall(_typed(b"Q", b"CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT, r REAL, b BLOB); "
+                                  b"INSERT INTO kv VALUES (1, 'one', 1.5, x'00ff'), (2, NULL, NULL, NULL)\0"))
+        assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+
+        def replies(sql: str) -> list[tuple[bytes, bytes]]:
+            sock.sendall(_typed(b"Q", sql.encode() + b"\0"))
+            [answer] = _answers(sock, 1)
+            return answer
+
+        cases = ["SELECT v FROM kv WHERE id = 1", "SELECT v FROM kv WHERE id = 99;", "  select * from kv  ",
+                 "SELECT id + 0.5 AS x, upper(v), 7 AS n, NULL AS z FROM kv ORDER BY id",
+                 "SELECT count(*) FROM kv", "SELECT abs(-9223372036854775808)", "SELECT nosuch FROM kv"]
+        def in_state(status: bytes, sql: str) -> list[tuple[bytes, bytes]]:
+            """The replies to ``sql`` outside a transaction, in one, or in a failed one."""
+            if status != b"I":
+                assert replies("BEGIN")[-1] == (b"Z", b"T")
+            if status == b"E":
+                assert replies("SELECT abs(-9223372036854775808)")[-1] == (b"Z", b"E")
+            answer = replies(sql)
+            if status != b"I":
+                assert replies("ROLLBACK")[-1] == (b"Z", b"I")
+            return answer
+
+        for status in (b"I", b"T", b"E"):
+            for sql in cases:
+                alone = in_state(status, sql)
+                script = in_state(status, sql.rstrip().rstrip(";") + "; SELECT 'second'")
+                assert alone[-1][0] == b"Z" and alone[-1] == script[-1], (status, sql, alone, script)
+                assert alone[:-1] == script[:len(alone) - 1], (status, sql, alone, script)
+                if status == b"E":
+                    assert [k for k, _ in alone] == [b"E", b"Z"] and b"C25P02" in alone[0][1]
+        assert [k for k, _ in replies("SELECT abs(-9223372036854775808)")] == [b"E", b"Z"]
+        assert replies("SELECT v FROM kv WHERE id = 1")[:3] == replies("SELECT v FROM kv WHERE id = 1; SELECT 1")[:3]
+
+
 def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(make_server):
     """Executions of a quick prepared read are answered as their bytes arrive (without
     waking the session's task); they must be answered in order, an error must stop only
