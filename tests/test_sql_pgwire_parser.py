@@ -231,6 +231,25 @@ def test_rewrite_placeholders_casts_and_statement_splitting():
     assert len(split_statements("CREATE TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END; SELECT 3")) == 2
 
 
+_SQL_PIECES = st.sampled_from(["SELECT", "select", " ", "\n", "\t", "(", ")", "--x\n", "/*c*/", "a", "b$", "_x",
+                               "1", "1.5", "E", '"q"', "'s'", "'", "-", "/", ";", "$1", "::int", ",", ".", "*"])
+
+
+@given(st.lists(_SQL_PIECES, max_size=12).map("".join))
+@settings(max_examples=500, deadline=None)
+def test_the_quick_paths_of_statement_reading_agree_with_the_long_ones(text):
+    """Splitting, first words, keywords and rewriting each look at a plain statement with
+    one regex; the answer must be what reading it token by token gives."""
+    from agora.sql import statements
+    from agora.sql.pgwire import rewrite as pg_rewrite
+
+    assert [s.strip() for s in split_statements(text)] == [s.strip() for s in pg_rewrite._split_tokens(text)]
+    for count in (1, 2, 3):
+        assert pg_rewrite.first_words(text, count) == pg_rewrite._scan_words(text, count)
+    assert statements._keywords(text) == statements._scan_keywords(text, 4)
+    assert statements._rewrite(text) == statements._scan_rewrite(text)
+
+
 # -- against a live listener -----------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,11 @@ def _rewrite(sql: str) -> tuple[str, list[int]]:
     """SQLite's spelling of ``sql`` and the offsets of its top-level semicolons."""
     if not _REWRITE_SIGNS.search(sql):
         return sql, []
+    return _scan_rewrite(sql)
+
+
+def _scan_rewrite(sql: str) -> tuple[str, list[int]]:
+    """_rewrite the long way, character by character."""
     out: list[str] = []
     semicolons: list[int] = []
     start = i = 0
@@ -133,6 +138,11 @@ def _keywords(sql: str, count: int = 4) -> tuple[str, ...]:
         # One regex call for the usual case; a comment among the words takes the long way.
         if plain.lastindex == 4 or sql[plain.end():plain.end() + 1] not in ("-", "/"):
             return tuple(word.upper() for word in plain.groups() if word)
+    return _scan_keywords(sql, count)
+
+
+def _scan_keywords(sql: str, count: int) -> tuple[str, ...]:
+    """_keywords the long way, character by character."""
     words: list[str] = []
     i, n = 0, len(sql)
     while i < n and len(words) < count:

@@ -135,6 +135,11 @@ def split_statements(sql: str) -> list[str]:
         body = body[:-1]
     if not _SPLIT_SIGNS.search(body):  # the common case: one statement, no comment, no ';' but the last
         return [body] if body and not body.isspace() else []
+    return _split_tokens(sql)
+
+
+def _split_tokens(sql: str) -> list[str]:
+    """split_statements the long way: token by token."""
     statements: list[str] = []
     start = 0
     for match in _TOKEN.finditer(sql):
@@ -157,8 +162,12 @@ def first_words(sql: str, count: int = 2) -> list[str]:
     while len(words) < count and (lead := _LEAD_WORD.match(sql, pos)):  # words and spaces only: no scan
         words.append(lead.group(1).upper())
         pos = lead.end()
-    if len(words) == count:
-        return words
+    return words if len(words) == count else _scan_words(sql, count, pos, words)
+
+
+def _scan_words(sql: str, count: int, pos: int = 0, words: list[str] | None = None) -> list[str]:
+    """first_words the long way, token by token from ``pos`` (past ``words``)."""
+    words = [] if words is None else words
     for match in _TOKEN.finditer(sql, pos):
         if match.lastgroup == "word":
             words.append(match.group(0).upper())
