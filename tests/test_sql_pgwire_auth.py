@@ -337,12 +337,18 @@ def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(m
             sock.sendall(one_go[:bind_end] + flush + one_go[bind_end:] if with_flush else one_go)
             [answer] = _answers(sock, 1)
             assert [k for k, _ in answer] == [b"2", b"E", b"Z"] and answer[-1] == (b"Z", b"E"), answer
+            # As in PostgreSQL, the Bind itself is refused (no BindComplete), and a
+            # Parse of anything but the end of the transaction
             sock.sendall(_execution(b"get", b"1"))
             [refused] = _answers(sock, 1)
-            assert any(kind == b"E" and b"C25P02" in body for kind, body in refused)
+            assert [k for k, _ in refused] == [b"E", b"Z"] and b"C25P02" in refused[0][1], refused
             assert refused[-1] == (b"Z", b"E")
-            sock.sendall(_typed(b"Q", b"ROLLBACK\0"))
-            assert _messages(sock, b"Z")[-1] == (b"Z", b"I")
+            sock.sendall(_typed(b"P", b"\0SELECT 1\0\0\0") + _typed(b"S", b""))
+            [refused] = _answers(sock, 1)
+            assert [k for k, _ in refused] == [b"E", b"Z"] and b"C25P02" in refused[0][1], refused
+            sock.sendall(_typed(b"P", b"\0ROLLBACK\0\0\0") + _execution(b""))
+            [ended] = _answers(sock, 1)
+            assert [k for k, _ in ended] == [b"1", b"2", b"n", b"C", b"Z"] and ended[-1] == (b"Z", b"I"), ended
         # 3 s of quick reads, 0.2 s apart: longer than the idle timeout, never idle
         started = time.monotonic()
         while time.monotonic() - started < 3:

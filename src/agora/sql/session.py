@@ -99,6 +99,7 @@ def _columns(description: tuple[tuple[str, str | None], ...]) -> tuple[Column, .
 _CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
 
 
+ABORTED = "current transaction is aborted, commands ignored until end of transaction block"  # 25P02
 _ROWS, _CHANGES = 1, 2  # what a command tag ends with: the rows returned, the rows changed
 _TAG_FORMS: dict[tuple[str, bool], tuple[str, int]] = {}
 
@@ -296,7 +297,7 @@ class SQLSession:
             if control is not None:
                 return control
         if self.failed:
-            raise SQLError("current transaction is aborted, commands ignored until end of transaction block", "25P02")
+            raise SQLError(ABORTED, "25P02")
         in_tx = not self._conn.get_autocommit()
         try:
             result = self._statement(stmt, params, limits)
@@ -449,7 +450,7 @@ class SQLSession:
         if stmt is None:
             raise SQLError("no statement to run", "42601")
         if self.failed:
-            raise SQLError("current transaction is aborted, commands ignored until end of transaction block", "25P02")
+            raise SQLError(ABORTED, "25P02")
         seen: dict[str, Any] = {}
 
         def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
@@ -482,4 +483,4 @@ class SQLSession:
         return rows
 
 
-__all__ = ["Column", "Limits", "Result", "SQLSession", "split_statements"]
+__all__ = ["ABORTED", "Column", "Limits", "Result", "SQLSession", "split_statements"]

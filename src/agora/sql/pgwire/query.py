@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agora.core.errors import AgoraError
-from agora.sql.session import Result
+from agora.sql.session import ABORTED, Result
 from agora.sql.pgwire import catalog, frames, messages
 from agora.sql.pgwire.params import infer_param_types
 from agora.sql.pgwire.results import Rows, columns_of, encode_rows, oid_for_expression, result_oids
@@ -128,7 +128,7 @@ class QueryRunner:
         steps and replies as message by message, less the dispatching. False: nothing
         was done (it goes message by message, which also names what is wrong)."""
         statement = self.statements.get(bind.statement)
-        if self.skipping or bind.portal or statement is None or not statement.plain:
+        if self.skipping or bind.portal or statement is None or not statement.plain or self.session.sql.failed:
             return False
         try:
             values = self.bind_values(bind, statement)
@@ -294,6 +294,7 @@ class QueryRunner:
             raise StatementError("42P02", str(error)) from None
         if several:
             raise StatementError("42601", "cannot insert multiple commands into a prepared statement")
+        self.refuse_if_aborted(event.sql)
         count = max(nparams, len(event.param_types))
         given = list(event.param_types) + [0] * (count - len(event.param_types))
         types = [given[i] or cast_types.get(i + 1, 0) for i in range(count)]
@@ -308,9 +309,16 @@ class QueryRunner:
         statement = self.statement(event.statement)
         if event.portal and event.portal in self.portals:
             raise StatementError("42P03", f'cursor "{event.portal}" already exists')
+        self.refuse_if_aborted(statement.sql)
         values = self.bind_values(event, statement)
         self.portals[event.portal] = Portal(statement, values, event.result_formats)
         self.send(messages.BIND_COMPLETE)
+
+    def refuse_if_aborted(self, sql: str) -> None:
+        """In a failed transaction only its end may be parsed or bound, as in PostgreSQL
+        (which checks at Parse and Bind, not only when the statement runs)."""
+        if self.session.sql.failed and not _ends_transaction(sql):
+            raise StatementError("25P02", ABORTED)
 
     @staticmethod
     def bind_values(event: frames.Bind, statement: Prepared) -> list[Any]:
@@ -608,6 +616,13 @@ def _analyse(sql: str) -> tuple[int, dict[int, int], bool]:
     cached, since drivers send the same few statements over and over."""
     info = rewrite(sql)
     return info.nparams, info.cast_types, len(split_statements(sql)) > 1
+
+
+@lru_cache(maxsize=256)
+def _ends_transaction(sql: str) -> bool:
+    """COMMIT, ROLLBACK (TO SAVEPOINT too), END, ABORT, or an empty statement."""
+    words = first_words(sql, 1)
+    return not words or words[0] in ("COMMIT", "ROLLBACK", "END", "ABORT")
 
 
 def _without_alias(expression: str) -> str:
