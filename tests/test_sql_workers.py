@@ -48,6 +48,13 @@ def test_workers_share_databases_cancels_and_lifecycle(make_server):
     # Connections are dealt in turn: these three go to workers 0, 1, 0.
     conns = [psycopg.connect(ann.dsn("shared"), autocommit=True) for _ in range(3)]
     try:
+        # The server's /metrics counts the workers' connections and logins.
+        assert wait_for(lambda: metric(server, 'agora_connections{listener="postgres"}') == 3), \
+            metric(server, 'agora_connections{listener="postgres"}')
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(ann.dsn("shared").replace(ann.password, "wrong-password"))
+        assert wait_for(lambda: metric(server, 'agora_logins_total{outcome="failed",protocol="postgres"}') == 1)
+        assert metric(server, 'agora_logins_total{outcome="ok",protocol="postgres"}') == 3
         conns[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who INTEGER)")
         for i, conn in enumerate(conns):
             conn.execute("INSERT INTO t (who) VALUES (%s)", (i,))
@@ -71,6 +78,7 @@ def test_workers_share_databases_cancels_and_lifecycle(make_server):
     finally:
         for conn in conns:
             conn.close()
+    assert wait_for(lambda: metric(server, 'agora_connections{listener="postgres"}') == 0)
     # A worker killed is replaced, and new connections are answered on both again.
     os.kill(first[0], signal.SIGKILL)
     replaced = wait_for(lambda: (w := workers_of(server.proc.pid)) and len(w) == 2 and first[0] not in w and w,
@@ -84,6 +92,15 @@ def test_workers_share_databases_cancels_and_lifecycle(make_server):
     assert server.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in replaced)
     assert "worker" in server.log() and "starting it again" in server.log()
+
+
+def metric(server, sample: str) -> float | None:
+    """The value of one sample of the server's /metrics, None if it has none."""
+    with server.client() as http:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+    return None
 
 
 def allowed_cpus(pid: int) -> str:

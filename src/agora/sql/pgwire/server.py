@@ -39,7 +39,8 @@ class PGListener:
     the settings'; ``relay``: where a cancel for a process id not held here goes."""
 
     def __init__(self, runtime: Runtime, sock: socket.socket | None, name: str = "postgres", *,
-                 limits: tuple[int, int] | None = None, relay: Callable[[int, int], None] | None = None):
+                 limits: tuple[int, int] | None = None, relay: Callable[[int, int], None] | None = None,
+                 counted: Callable[[int], None] | None = None):
         self.runtime = runtime
         self.sock = sock
         self.name = name
@@ -47,6 +48,7 @@ class PGListener:
         self.max_connections, self.max_connections_per_ip = limits or (self.settings.max_connections,
                                                                        self.settings.max_connections_per_ip)
         self.relay = relay
+        self.counted = counted  # told the number of open connections when it changes
         self.ssl_context: ssl.SSLContext | None = server_context(runtime.tls) if runtime.tls else None
         self.channel_binding = _end_point_hash(runtime.tls.cert) if runtime.tls else None
         self.server: asyncio.AbstractServer | None = None
@@ -78,7 +80,14 @@ class PGListener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         task = session.task = loop.create_task(self._serve(session))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._ended)
+        if self.counted is not None:
+            self.counted(len(self.tasks))
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.counted is not None:
+            self.counted(len(self.tasks))
 
     async def _refuse(self, session: Any) -> None:
         # Said after the startup packet (and TLS, if asked), as PostgreSQL does: an error

@@ -16,9 +16,13 @@ a connection of its own, which may be dealt to another worker than the session i
 cancels: a worker that does not hold the process id passes it back, and the server
 sends it to every other worker.
 
+The server's /metrics counts the workers' connections and password checks: each worker
+tells the server its number of open connections when it changes, and each login.
+
 Messages on a worker's socket pair (SOCK_SEQPACKET: one message per send):
 ``c`` with a connection's file descriptor (server -> worker), ``k`` + process id + key
-(a cancel, either way), ``r`` (worker -> server: ready).
+(a cancel, either way), ``r`` (worker -> server: ready), ``n`` + count (worker -> server:
+open connections), ``l`` + protocol + NUL + outcome (worker -> server: a password check).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from agora.config import Config
 log = logging.getLogger("agora.sql.pgwire")
 READY_TIMEOUT = 60.0   # for a worker to open its runtime and say it is ready
 RESTART_DELAY = 1.0    # before a worker that died is started again
+MAX_MESSAGE = 128      # bytes of one message on a socket pair
 _CANCEL = struct.Struct("!cii")
+_COUNT = struct.Struct("!ci")
 
 
 def share(limit: int, workers: int) -> int:
@@ -53,6 +59,7 @@ class Worker:
         self.index = index
         self.channel: socket.socket | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.connections = 0  # open, as it last said
 
 
 class WorkerPool:
@@ -70,6 +77,7 @@ class WorkerPool:
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+        self.runtime.metrics.count_connections(self.name, lambda: sum(w.connections for w in self.workers))
 
     async def _spawn(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -125,7 +133,7 @@ class WorkerPool:
     def _from_worker(self, worker: Worker) -> None:
         assert worker.channel is not None
         try:
-            message = worker.channel.recv(64)
+            message = worker.channel.recv(MAX_MESSAGE)
         except BlockingIOError:
             return
         except OSError:
@@ -136,6 +144,11 @@ class WorkerPool:
             for other in self.workers:
                 if other is not worker and other.channel is not None:
                     self._send(other, message)
+        elif message[:1] == b"n" and len(message) == _COUNT.size:
+            worker.connections = max(0, _COUNT.unpack(message)[1])
+        elif message[:1] == b"l" and message.count(b"\0") == 1:
+            protocol, outcome = message[1:].decode("utf-8", "replace").split("\0")
+            self.runtime.metrics.login(protocol, outcome)
 
     def _lost(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -143,6 +156,7 @@ class WorkerPool:
         loop.remove_reader(worker.channel.fileno())
         worker.channel.close()
         worker.channel = None
+        worker.connections = 0
         if self.stopping:
             return
         code = worker.process.poll() if worker.process else None
@@ -205,15 +219,18 @@ async def _work(config: Config, channel: socket.socket, index: int) -> None:
     hosted_sql(runtime)
     workers = config.postgres.workers
 
-    def relay(pid: int, secret: int) -> None:
+    def tell(message: bytes) -> None:
         try:
-            channel.send(_CANCEL.pack(b"k", pid, secret))
-        except OSError:
+            channel.send(message[:MAX_MESSAGE])
+        except OSError:  # the server is gone (receive() notices) or far behind: a metric lost
             pass
 
+    runtime.identity.login_observers.append(
+        lambda protocol, outcome: tell(b"l" + f"{protocol}\0{outcome}".encode()))
     listener = PGListener(runtime, None, limits=(share(config.postgres.max_connections, workers),
                                                  share(config.postgres.max_connections_per_ip, workers)),
-                          relay=relay)
+                          relay=lambda pid, secret: tell(_CANCEL.pack(b"k", pid, secret)),
+                          counted=lambda count: tell(_COUNT.pack(b"n", count)))
 
     handing: set[asyncio.Task[Any]] = set()  # connections being wrapped (tasks need a reference)
 
@@ -225,7 +242,7 @@ async def _work(config: Config, channel: socket.socket, index: int) -> None:
     def receive() -> None:
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(channel, 64, 16)
+                message, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 16)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
