@@ -131,9 +131,11 @@ def split_statements(sql: str) -> list[str]:
     CREATE TRIGGER ... BEGIN ... END bodies does not split).
     """
     body = sql.rstrip()
-    if body.endswith(";"):
+    ended = body.endswith(";")
+    if ended:
         body = body[:-1]
-    if not _SPLIT_SIGNS.search(body):  # the common case: one statement, no comment, no ';' but the last
+    # The common case: one statement, no comment, no ';' but a last one outside quotes.
+    if not _SPLIT_SIGNS.search(body) and (not ended or sqlite3.complete_statement(sql)):
         return [body] if body and not body.isspace() else []
     return _split_tokens(sql)
 
