@@ -1,11 +1,11 @@
 """What the IMAP and POP3 listeners share: the asyncio connection that feeds a session,
 and the listener that admits, counts and stops those connections.
 
-One asyncio Protocol per connection, feeding one Session task: no thread, and little
-state per idle client. The protocol hands the session whatever bytes arrived, with
-back-pressure both ways: it stops reading from a client whose bytes pile up, and a
-session waits (within mail.command_timeout) for a client that does not read its
-responses, so a slow client holds only itself.
+One asyncio Protocol per connection (core/streams.py), feeding one Session task: no
+thread, and little state per idle client. The protocol hands the session whatever bytes
+arrived, with back-pressure both ways: it stops reading from a client whose bytes pile
+up, and a session waits (within mail.command_timeout) for a client that does not read
+its responses, so a slow client holds only itself.
 
 A protocol's listener (imap/server.py, pop3/server.py) is a subclass of MailListener
 that says what differs: its name in logs, the line that turns a client away, its
@@ -21,6 +21,7 @@ import ssl
 from typing import Any, Callable, Protocol
 
 from agora.core.runtime import Runtime
+from agora.core.streams import StreamProtocol
 from agora.core.tls import server_context
 from agora.mail.store import mail_store
 
@@ -52,24 +53,19 @@ class MailSession:
         self.command_timeout = config.command_timeout
 
 
-class MailConnection(asyncio.Protocol):
-    """The transport side of one session (its session module's Connection)."""
+class MailConnection(StreamProtocol):
+    """The transport side of one session (its session module's Connection): the bytes
+    received wait in a buffer for the session's next read."""
 
     def __init__(self, listener: "MailListener"):
+        super().__init__()
         self.listener = listener
-        self.transport: Any = None
         self.peer = ""
         self.secure = listener.implicit
         self.session: Any = None
         self.task: asyncio.Task[None] | None = None
         self._buffer = bytearray()
-        self._eof = False
-        self._closed = False
-        self._reading_paused = False
-        self._writing_paused = False
         self._interrupted = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -88,37 +84,9 @@ class MailConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) > self.listener.read_ahead and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        if len(self._buffer) > self.listener.read_ahead:
+            self._hold_reading()
         self._wake()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = self._closed = True
-        self._wake()
-        self._resume_writer()
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._resume_writer()
-
-    def _resume_writer(self) -> None:
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- what the session uses -------------------------------------------------------
 
@@ -134,40 +102,21 @@ class MailConnection(asyncio.Protocol):
             if self._interrupted:
                 self._interrupted = False
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._until_woken()
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._reading_paused and not self._closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._release_reading()
         return data
 
     def write(self, data: bytes) -> None:
         if not self._closed:
             self.transport.write(data)
 
-    async def drain(self) -> None:
-        while self._writing_paused and not self._closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
-        if self._closed:
-            raise ConnectionResetError("the client went away")
-
     async def start_tls(self) -> None:
         # Whatever came in plain text after STARTTLS (STLS) is dropped, never run as if
         # it had come over TLS (CVE-2011-0411).
         self._buffer.clear()
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(self.transport, self, self.listener.ssl_context, server_side=True,
-                                         ssl_handshake_timeout=self.listener.runtime.config.mail.command_timeout)
-        if transport is None:
-            raise ConnectionResetError("TLS handshake failed")
-        self.transport = transport
-        self.secure = True
+        await self._start_tls(self.listener.ssl_context, self.listener.runtime.config.mail.command_timeout)
 
     def close(self) -> None:
         if not self._closed:

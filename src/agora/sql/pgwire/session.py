@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agora.core.errors import AgoraError, AuthenticationFailed, EncryptionRequired, Forbidden, NotFound, RateLimited
 from agora.core.identity import TOKEN_PREFIX, ClientInfo
+from agora.core.streams import StreamProtocol
 from agora.sql.pgwire import frames, messages
 from agora.sql.pgwire.frames import FrontendParser
 from agora.sql.pgwire.scram import MECHANISM, MECHANISM_PLUS, ScramError, ScramServer, fake_verifier, parse_initial_response
@@ -43,15 +44,14 @@ class Goodbye(Exception):
         self.message = message
 
 
-class PGSession(asyncio.Protocol):
+class PGSession(StreamProtocol):
     def __init__(self, listener: "PGListener"):
+        super().__init__()
         self.listener = listener
         self.refusal: str | None = None
         self.runtime = listener.runtime
         self.settings = listener.settings
-        self.transport: Any = None
         self.address = ""
-        self.secure = False
         self.parser = FrontendParser(self.settings.max_message)
         self.process_id = 0
         self.secret = 0
@@ -65,13 +65,8 @@ class PGSession(asyncio.Protocol):
         self.stopping = False
         self.busy = False
         self.task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a message
-        self._drained: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._read_paused = False
         self._held = 0           # bytes received since the task last ran out of messages
         self._last_read = time.monotonic()
-        self._gone = False       # end of input, or the connection lost
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -87,8 +82,9 @@ class PGSession(asyncio.Protocol):
         if not events:
             return
         runner = self.runner
-        if runner is not None and self._waiter is not None and not self.stopping and not self._write_paused:
-            # The task is idle, so nothing is in flight: answer here what can be.
+        if runner is not None and self._waiter is not None and not self.stopping and not self._writing_paused:
+            # The task waits for a message (it has answered all before), so nothing is
+            # in flight: answer here what can be.
             done = runner.answer_now(events)
             if self.out:
                 self.transport.write(b"".join(self.out))
@@ -98,33 +94,9 @@ class PGSession(asyncio.Protocol):
             events = events[done:]
         self.pending.extend(events)
         self._held += len(data)
-        if self._held > READ_AHEAD and not self._read_paused:
-            self._read_paused = True
-            self.transport.pause_reading()
+        if self._held > READ_AHEAD:
+            self._hold_reading()
         self._wake()
-
-    def eof_received(self) -> bool:
-        self._gone = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._gone = True
-        self._wake()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(ConnectionResetError("connection lost"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     # -- I/O ------------------------------------------------------------------------
 
@@ -133,17 +105,11 @@ class PGSession(asyncio.Protocol):
 
     async def flush(self) -> None:
         if self.out:
-            if not self._gone:
+            if not self._eof:
                 self.transport.write(b"".join(self.out))
             self.out.clear()
-        if self._write_paused:
-            if self._gone:
-                raise ConnectionResetError("connection lost")
-            self._drained = asyncio.get_running_loop().create_future()
-            try:
-                await self._drained
-            finally:
-                self._drained = None
+        if self._writing_paused:
+            await self.drain()
 
     async def next_event(self, timeout: float | None) -> frames.Event | None:
         """The next frontend message; None when the client has gone. ``timeout``: how
@@ -153,7 +119,7 @@ class PGSession(asyncio.Protocol):
                 self.pending.extend(self.parser.feed(b""))
                 if self.pending:
                     break
-            if self.parser.dead or self._gone:
+            if self.parser.dead or self._eof:
                 return None
             # Replies go out only when every message already received is answered: one
             # write per pipelined batch (Bind/Execute/Sync), not one per message.
@@ -161,35 +127,29 @@ class PGSession(asyncio.Protocol):
             if self.pending:
                 break
             self._held = 0
-            if self._read_paused:
-                self._read_paused = False
-                self.transport.resume_reading()
+            self._release_reading()
             await self._wait(timeout)
         return self.pending.popleft()
 
     async def _wait(self, timeout: float | None) -> None:
         """Until a message or the end of input; counting silence from the later of now
         and the last bytes received (which QueryRunner.now may have answered)."""
-        loop = asyncio.get_running_loop()
         since = time.monotonic()
-        while not self.pending and not self._gone and not self.parser.dead:
-            self._waiter = loop.create_future()
+        while not self.pending and not self._eof and not self.parser.dead:
+            if not timeout:
+                await self._until_woken()
+                continue
+            remaining = max(since, self._last_read) + timeout - time.monotonic()
+            if remaining <= 0:
+                raise Goodbye("57P05" if self.user else "08006",
+                              "terminating connection due to idle-session timeout" if self.user
+                              else "timeout waiting for the startup packet")
             try:
-                if not timeout:
-                    await self._waiter
-                    continue
-                remaining = max(since, self._last_read) + timeout - time.monotonic()
-                if remaining <= 0:
-                    raise Goodbye("57P05" if self.user else "08006",
-                                  "terminating connection due to idle-session timeout" if self.user
-                                  else "timeout waiting for the startup packet")
                 # asyncio.timeout, not wait_for: no task per wait.
                 async with asyncio.timeout(remaining):
-                    await self._waiter
+                    await self._until_woken()
             except TimeoutError:
                 continue  # time is counted again, from the last bytes
-            finally:
-                self._waiter = None
 
     def cancel(self) -> None:
         if self.sql is not None and self.busy:
@@ -254,13 +214,10 @@ class PGSession(asyncio.Protocol):
                 if self.parser.pending():
                     raise Goodbye("08P01", "received unencrypted data after SSL request")
                 self.transport.write(messages.SSL_ACCEPT)
-                transport = await asyncio.get_running_loop().start_tls(
-                    self.transport, self, self.listener.ssl_context, server_side=True,
-                    ssl_handshake_timeout=self.settings.startup_timeout)
-                if transport is None:  # the client went away during the handshake
+                try:
+                    await self._start_tls(self.listener.ssl_context, self.settings.startup_timeout)
+                except ConnectionResetError:  # the client went away during the handshake
                     return False
-                self.transport = transport
-                self.secure = True
                 continue
             if isinstance(event, frames.Startup):
                 if self.refusal:
