@@ -262,6 +262,7 @@ def test_a_quick_simple_query_is_answered_as_the_same_statement_in_a_script(pg_s
         cases = ["SELECT v FROM kv WHERE id = 1", "SELECT v FROM kv WHERE id = 99;", "  select * from kv  ",
                  "SELECT id + 0.5 AS x, upper(v), 7 AS n, NULL AS z FROM kv ORDER BY id",
                  "SELECT count(*) FROM kv", "SELECT abs(-9223372036854775808)", "SELECT nosuch FROM kv"]
+
         def in_state(status: bytes, sql: str) -> list[tuple[bytes, bytes]]:
             """The replies to ``sql`` outside a transaction, in one, or in a failed one."""
             if status != b"I":
@@ -281,8 +282,6 @@ def test_a_quick_simple_query_is_answered_as_the_same_statement_in_a_script(pg_s
                 assert alone[:-1] == script[:len(alone) - 1], (status, sql, alone, script)
                 if status == b"E":
                     assert [k for k, _ in alone] == [b"E", b"Z"] and b"C25P02" in alone[0][1]
-        assert [k for k, _ in replies("SELECT abs(-9223372036854775808)")] == [b"E", b"Z"]
-        assert replies("SELECT v FROM kv WHERE id = 1")[:3] == replies("SELECT v FROM kv WHERE id = 1; SELECT 1")[:3]
 
 
 def test_pipelined_executions_are_answered_in_order_and_keep_the_session_alive(make_server):
