@@ -2,13 +2,15 @@
 in one run, with the same client (pgbench) on both sides.
 
     python bench/sql.py [--duration 5] [--clients 16] [--rows 100000] [--rounds 3]
-                        [--workers CPUS] [--no-pin] [--json out.json]
+                        [--workers CPUS] [--no-pin] [--protocol prepared|simple|extended]
+                        [--only select|insert] [--json out.json]
 
 Starts `python -m agora serve` on ephemeral loopback ports in a temporary data dir,
 creates a hosted database for the admin account and, in PostgreSQL at 127.0.0.1:5432
 (user postgres, trust auth, as scripts/test-env.sh expects), a database of the same
 shape: ``kv(id INTEGER PRIMARY KEY, v TEXT)`` with --rows rows and an empty ``kv_ins``.
-Then pgbench (extended protocol, server-side prepared statements: ``-M prepared``) runs
+Then pgbench (extended protocol, server-side prepared statements: ``-M prepared``; or
+the query mode --protocol names, ``simple`` sending each statement as text) runs
 two custom scripts from --clients concurrent connections for --duration seconds each,
 servers taking turns, --rounds times (the best run of each server counts):
 
