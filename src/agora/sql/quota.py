@@ -1,0 +1,116 @@
+"""The size limit of hosted databases (``sql.max_database_size``).
+
+PostgreSQL has no per-database quota, so the server watches ``pg_database_size`` every
+``sql.quota_interval`` and switches a database over its limit to read-only: a statement
+trigger on every table refuses INSERT and UPDATE (COPY FROM included) with SQLSTATE
+53100, and, where the engine's role is a superuser, an event trigger refuses the DDL that
+would make room for more (new tables, indexes, ALTER, dropping the quota triggers).
+DELETE, TRUNCATE, DROP and VACUUM stay allowed, so the owner can make room; once the
+database is back under its limit the triggers go. The mark ``agora.over_quota`` on the
+database (a per-database setting) says which databases are locked, for every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from agora.sql.grants import ident, literal
+
+if TYPE_CHECKING:
+    from agora.sql.hosted import HostedSQL
+
+log = logging.getLogger("agora.sql")
+
+SCHEMA = "agora_quota"
+TRIGGER = "agora_over_quota"
+# DDL refused while over quota: whatever could add data or remove the triggers.
+BLOCKED_DDL = ("CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "ALTER TABLE", "CREATE INDEX",
+               "CREATE MATERIALIZED VIEW", "REFRESH MATERIALIZED VIEW", "DROP TRIGGER", "ALTER TRIGGER",
+               "CREATE TRIGGER", "DROP EVENT TRIGGER", "ALTER EVENT TRIGGER", "DROP FUNCTION", "ALTER FUNCTION",
+               "DROP SCHEMA", "ALTER SCHEMA")
+
+
+async def locked_databases(admin: asyncpg.Connection) -> set[str]:
+    rows = await admin.fetch(
+        "SELECT d.datname FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE s.setrole = 0 AND $1 = ANY(s.setconfig)", "agora.over_quota=on")
+    return {r["datname"] for r in rows}
+
+
+async def lock(hosted: "HostedSQL", dbname: str, size: int, limit: int) -> None:
+    message = (f"database {dbname} is over its size limit ({size // 1024**2} MiB of {limit // 1024**2} MiB, "
+               "sql.max_database_size): delete rows and VACUUM to write again")
+    async with hosted.engine.admin(dbname) as conn:
+        superuser = bool(await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            await conn.execute(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC")
+            await conn.execute(
+                f"CREATE OR REPLACE FUNCTION {SCHEMA}.refuse() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+                f"RAISE EXCEPTION USING ERRCODE = '53100', MESSAGE = {literal(message)}; END $f$")
+            tables = await conn.fetch(
+                "SELECT c.oid::regclass::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg_temp%' "
+                "AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $2)",
+                SCHEMA, TRIGGER)
+            for table in tables:
+                await conn.execute(f"CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE ON {table['name']} "
+                                   f"FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse()")
+            if superuser:
+                await conn.execute(
+                    f"CREATE OR REPLACE FUNCTION {SCHEMA}.refuse_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$ "
+                    f"BEGIN RAISE EXCEPTION USING ERRCODE = '53100', MESSAGE = {literal(message)}; END $f$")
+                if not await conn.fetchval("SELECT 1 FROM pg_event_trigger WHERE evtname = $1", TRIGGER):
+                    tags = ", ".join(literal(t) for t in BLOCKED_DDL)
+                    await conn.execute(f"CREATE EVENT TRIGGER {TRIGGER} ON ddl_command_start WHEN TAG IN ({tags}) "
+                                       f"EXECUTE FUNCTION {SCHEMA}.refuse_ddl()")
+            await conn.execute(f"ALTER DATABASE {ident(dbname)} SET agora.over_quota = on")
+    log.warning("sql: %s", message)
+
+
+async def unlock(hosted: "HostedSQL", dbname: str) -> None:
+    async with hosted.engine.admin(dbname) as conn:
+        async with conn.transaction():
+            await conn.execute(f"DROP EVENT TRIGGER IF EXISTS {TRIGGER}")
+            await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")  # the triggers with their function
+            await conn.execute(f"ALTER DATABASE {ident(dbname)} RESET agora.over_quota")
+    log.info("sql: database %s is back under its size limit; writes are allowed again", dbname)
+
+
+async def check(hosted: "HostedSQL") -> None:
+    """One round: lock what is over the limit, unlock what is back under."""
+    limit = hosted.settings.max_database_size
+    prefix = hosted.settings.role_prefix
+    async with hosted.engine.admin() as admin:
+        rows = await admin.fetch(
+            "SELECT datname, pg_database_size(oid) AS size FROM pg_database "
+            "WHERE NOT datistemplate AND pg_get_userbyid(datdba) LIKE $1 AND position('/' in datname) > 0",
+            prefix.replace("_", r"\_") + "%")
+        locked = await locked_databases(admin)
+    for row in rows:
+        name, size = row["datname"], row["size"]
+        try:
+            if size > limit:
+                await lock(hosted, name, size, limit)  # again each round: tables made meanwhile
+            elif name in locked:
+                await unlock(hosted, name)
+        except (asyncpg.PostgresError, OSError) as error:
+            log.warning("sql: quota of %s: %s", name, error)
+
+
+async def watch(hosted: "HostedSQL") -> None:
+    while True:
+        await asyncio.sleep(hosted.settings.quota_interval)
+        if hosted.engine._ready is None or not hosted.engine._ready.done():
+            continue  # not started (lazily): nothing has been written
+        try:
+            await check(hosted)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("sql: checking database sizes failed: %s", error)
