@@ -93,6 +93,8 @@ class AgoraServer:
         self.data_dir = data_dir
         self.database_url = database_url
         self.env = clean_env(AGORA_ADMIN_PASSWORD=ADMIN_PASSWORD, **(env or {}))
+        # Most test servers never use hosted SQL: their PostgreSQL starts only if they do.
+        self.env.setdefault("AGORA_SQL_ENGINE_START", "lazy")
         if database_url:
             self.env["AGORA_DATABASE_URL"] = database_url
         self.args = args

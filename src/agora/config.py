@@ -372,6 +372,7 @@ SETTINGS += [
     Setting("sql.engine_max_connections", _int(10, 100000), 300, "Embedded cluster: its max_connections (every PostgreSQL-protocol connection and pooled HTTP connection holds one)."),
     Setting("sql.engine_start", _choice("background", "lazy"), "background", "Start the embedded cluster right after the server is ready (background) or at the first use of hosted SQL (lazy)."),
     Setting("sql.role_prefix", _text, "agora_", "Prefix of the PostgreSQL role of each Agora user (agora_alice) and of each database's grant roles."),
+    Setting("sql.database_prefix", _text, "", "Prefix of each hosted database's name on the engine (before owner/name): for several Agora installations on one external server."),
     Setting("sql.query_timeout", _duration, 30.0, "A statement still running after this is stopped (SQLSTATE 57014): each role's statement_timeout; the connection stays usable."),
     Setting("sql.idle_transaction_timeout", _duration, 600.0, "A transaction left open and idle this long ends its connection (idle_in_transaction_session_timeout); 0 = never."),
     Setting("sql.temp_file_limit", parse_size, 1024**3, "Temporary file space one session may use for sorts and hashes (temp_file_limit)."),

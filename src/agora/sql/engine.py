@@ -81,6 +81,10 @@ class Engine:
     def role_name(self, user_name: str) -> str:
         return f"{self.prefix}{user_name}"
 
+    def dbname(self, ref: str) -> str:
+        """The engine's name of the hosted database ``owner/name``."""
+        return f"{self.settings.database_prefix}{ref}"
+
     def group_name(self, database_id: int, access: str) -> str:
         return f"{self.prefix}db{database_id}_{access}"
 

@@ -173,8 +173,8 @@ class HostedSQL:
         await self.ensure_role(info.owner)
         try:
             async with self.engine.admin() as admin:
-                await grants.create_database(admin, self.engine, info.ref, info.owner, info.id, replace=fresh)
-            async with self.engine.admin(info.ref) as admin:
+                await grants.create_database(admin, self.engine, self.engine.dbname(info.ref), info.owner, info.id, replace=fresh)
+            async with self.engine.admin(self.engine.dbname(info.ref)) as admin:
                 await grants.prepare_schema(admin, self.engine, info.owner, info.id)
         except asyncpg.PostgresError as error:
             raise from_engine(error) from None
@@ -193,13 +193,14 @@ class HostedSQL:
     async def _sizes(self, refs: list[str]) -> dict[str, int]:
         if not refs:
             return {}
+        names = {self.engine.dbname(r): r for r in refs}
         try:
             async with self.engine.admin() as admin:
                 rows = await admin.fetch("SELECT datname, pg_database_size(oid) AS size FROM pg_database "
-                                         "WHERE datname = ANY($1::text[])", refs)
+                                         "WHERE datname = ANY($1::text[])", list(names))
         except (SQLError, OSError, asyncpg.PostgresError):
             return {}
-        return {r["datname"]: r["size"] for r in rows}
+        return {names[r["datname"]]: r["size"] for r in rows}
 
     async def list(self, user: User) -> list[DatabaseInfo]:
         """The user's own databases (with their grants), then those granted to them."""
@@ -277,7 +278,7 @@ class HostedSQL:
         await self._forget_pooled(info.id, None)
         # After the commit: a crash in between leaves a database no row names, dropped by
         # the next create of that name.
-        await self._drop_engine_database(info.ref, info.id)
+        await self._drop_engine_database(self.engine.dbname(info.ref), info.id)
         log.info("sql: %s dropped database %s", user.name, info.ref)
 
     async def _drop_engine_database(self, ref: str, database_id: int) -> None:
@@ -298,7 +299,7 @@ class HostedSQL:
             raise InvalidInput("the owner always has full access")
         role = await self.ensure_role(grantee.name)
         try:
-            async with self.engine.admin(info.ref) as admin:
+            async with self.engine.admin(self.engine.dbname(info.ref)) as admin:
                 await grants.grant(admin, self.engine, info.owner, info.id, role, access)
         except asyncpg.PostgresError as error:
             raise from_engine(error) from None
@@ -328,7 +329,7 @@ class HostedSQL:
         await self._forget_pooled(info.id, grantee.id)
         try:
             async with self.engine.admin() as admin:
-                await grants.revoke(admin, self.engine, info.ref, info.id, self.engine.role_name(grantee.name))
+                await grants.revoke(admin, self.engine, self.engine.dbname(info.ref), info.id, self.engine.role_name(grantee.name))
         except asyncpg.PostgresError as error:
             raise from_engine(error) from None
 
@@ -362,7 +363,7 @@ class HostedSQL:
             self._idle.pop(conn, None)
         else:
             await self.engine.ready()
-            conn = await asyncio.to_thread(self._connect, role, info.ref)
+            conn = await asyncio.to_thread(self._connect, role, self.engine.dbname(info.ref))
         try:
             yield conn
         finally:
@@ -429,7 +430,7 @@ class HostedSQL:
         try:
             async with self.engine.admin() as admin:
                 for db_id, name in owned:
-                    await grants.drop_database(admin, self.engine, f"{user.name}/{name}", db_id)
+                    await grants.drop_database(admin, self.engine, self.engine.dbname(f"{user.name}/{name}"), db_id)
                 await grants.drop_role(admin, self.engine, role)
         except asyncpg.PostgresError as error:
             raise from_engine(error) from None

@@ -311,7 +311,7 @@ class PGSession(StreamProtocol):
         extra = {"idle_session_timeout": str(int(self.settings.idle_timeout * 1000))} if self.settings.idle_timeout else {}
         try:
             upstream, statuses, self.engine_key, ready = await open_upstream(
-                engine.address(), engine.ssl_mode(), role, engine.role_password(role), self.info.ref,
+                engine.address(), engine.ssl_mode(), role, engine.role_password(role), engine.dbname(self.info.ref),
                 params, extra, hosted.settings.engine_timeout)
         except UpstreamError as error:
             if error.error is not None:  # the engine's own words (too many connections...)
