@@ -391,6 +391,8 @@ class EmbeddedEngine(Engine):
         while foreign is not None and not self.stopping:  # another process's: until it ends
             await asyncio.sleep(0.5)
             if self._running_pid() != foreign:
+                log.error("sql: PostgreSQL exited (pid %d); starting it again", foreign)
+                self.runtime.metrics.sql_engine_restarts.inc()
                 foreign = None
         while not self.stopping:
             if self.process is not None and self.process.returncode is None:

@@ -1,0 +1,194 @@
+"""The engine behind hosted SQL: Agora's own PostgreSQL cluster, supervised (restarted
+after a kill -9 with nothing acknowledged lost), quotas enforced by PostgreSQL, access
+withdrawn from open connections, users deleted with their databases, and SQLite
+databases from earlier versions converted at start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import psycopg
+import pytest
+from conftest import wait_for
+from pgwire_support import account, provision, server_env
+
+
+def _connect(acct, db, **kw):
+    return psycopg.connect(acct.dsn(db), autocommit=True, **kw)
+
+
+def _postmaster_pid(server) -> int:
+    return int((server.data_dir / "sql" / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def test_a_database_over_its_size_limit_refuses_writes_until_rows_are_deleted(make_server):
+    server = make_server(env={**server_env(), "AGORA_SQL_MAX_DATABASE_SIZE": "12MiB",
+                              "AGORA_SQL_QUOTA_INTERVAL": "0.2"})
+    alice = account(server, "full")
+    with _connect(alice, "full") as conn:
+        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO t (v) SELECT repeat(md5(i::text), 40) FROM generate_series(1, 6000) i")
+
+        def refused():
+            try:
+                conn.execute("INSERT INTO t (v) VALUES ('x')")
+            except psycopg.Error as error:
+                return error.sqlstate
+            return None
+
+        assert wait_for(refused, timeout=20) == "53100"
+        with pytest.raises(psycopg.Error) as denied:
+            conn.execute("CREATE TABLE more (v text)")
+        assert denied.value.sqlstate == "53100"
+        with pytest.raises(psycopg.Error) as denied:
+            conn.execute("DROP TRIGGER agora_over_quota ON t")
+        assert denied.value.sqlstate == "53100"
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] > 0  # reads go on
+        conn.execute("DELETE FROM t")
+        conn.execute("VACUUM t")
+        assert wait_for(lambda: refused() is None, timeout=20)
+
+
+def test_a_disabled_user_loses_an_open_connection_and_a_revoked_grantee_too(make_server):
+    server = make_server(env={**server_env(), "AGORA_SQL_RECHECK_INTERVAL": "0.3"})
+    alice = account(server, "kept")
+    bob = account(server)
+    provision(server, grants=[(alice.name, "kept", bob.name, "read")])
+    own = _connect(alice, "kept")
+    shared = _connect(bob, f"{alice.name}/kept")
+    assert own.execute("SELECT 1").fetchone() == (1,)
+    assert shared.execute("SELECT 1").fetchone() == (1,)
+
+    server.admin.patch(f"/api/v1/users/{alice.name}", json={"disabled": True}).raise_for_status()
+    server.admin.delete(f"/api/v1/sql/databases/{alice.name}:kept/grants/{bob.name}")
+
+    def closed(conn):
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            return True
+        return False
+
+    assert wait_for(lambda: closed(own), timeout=10)
+    with pytest.raises(psycopg.OperationalError):
+        _connect(alice, "kept")
+    own.close()
+    shared.close()
+
+
+def test_revoke_and_read_grants_are_postgresql_privileges(make_server):
+    server = make_server(env=server_env())
+    alice = account(server, "shop")
+    bob = account(server)
+    with _connect(alice, "shop") as conn:
+        conn.execute("CREATE TABLE items (id serial PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO items (name) VALUES ('a')")
+    with pytest.raises(psycopg.OperationalError):
+        _connect(bob, f"{alice.name}/shop")
+    provision(server, grants=[(alice.name, "shop", bob.name, "read")])
+    with _connect(bob, f"{alice.name}/shop") as conn:
+        assert conn.execute("SELECT name FROM items").fetchall() == [("a",)]
+        with pytest.raises(psycopg.Error) as denied:
+            conn.execute("INSERT INTO items (name) VALUES ('b')")
+        assert denied.value.sqlstate == "42501"
+    provision(server, grants=[(alice.name, "shop", bob.name, "write")])
+    with _connect(bob, f"{alice.name}/shop") as conn:
+        conn.execute("INSERT INTO items (name) VALUES ('b')")
+        conn.execute("CREATE TABLE notes (v text)")
+        conn.execute("INSERT INTO notes VALUES ('bob''s')")
+    with _connect(alice, "shop") as conn:  # the owner reaches what a writer made
+        assert conn.execute("SELECT v FROM notes").fetchall() == [("bob's",)]
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
+
+
+def test_kill_9_of_the_engine_under_inserts_loses_no_acknowledged_row(make_server):
+    server = make_server(env=server_env())
+    alice = account(server, "load")
+    with _connect(alice, "load") as conn:
+        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+    acknowledged: list[int] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def insert(worker: int) -> None:
+        n = 0
+        conn = None
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = _connect(alice, "load", connect_timeout=5)
+                value = worker * 1_000_000 + n
+                conn.execute("INSERT INTO t VALUES (%s)", (value,))
+                with lock:
+                    acknowledged.append(value)
+                n += 1
+            except psycopg.Error:
+                conn = None
+                n += 1
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=insert, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert wait_for(lambda: len(acknowledged) > 200, timeout=30)
+        old = _postmaster_pid(server)
+        os.kill(old, signal.SIGKILL)
+        before = len(acknowledged)
+        assert wait_for(lambda: _postmaster_pid(server) != old and len(acknowledged) > before + 200, timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    with _connect(alice, "load") as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM t")}
+    assert set(acknowledged) <= stored
+    assert "PostgreSQL exited" in server.log()
+
+
+def test_deleting_a_user_drops_their_databases_and_role(make_server):
+    server = make_server(env=server_env())
+    alice = account(server, "gone")
+    with _connect(alice, "gone") as conn:
+        conn.execute("CREATE TABLE t (v int)")
+    server.admin.delete(f"/api/v1/users/{alice.name}").raise_for_status()
+    bob = account(server, "probe")
+    with _connect(bob, "probe") as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+        roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles")]
+    assert f"{alice.name}/gone" not in names
+    assert f"agora_{alice.name}" not in roles
+
+
+def test_sqlite_databases_of_an_earlier_version_are_converted_at_start(make_server):
+    server = make_server(env=server_env())
+    alice = account(server, "old")
+    bob = account(server)
+    provision(server, grants=[(alice.name, "old", bob.name, "read")])
+    server.stop()
+    # What the previous version kept: the catalogue row (made above) and a SQLite file.
+    path = server.data_dir / "sql" / alice.name / "old.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lite = sqlite3.connect(path)
+    lite.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, born DATE)")
+    lite.executemany("INSERT INTO people (name, born) VALUES (?, ?)",
+                     [(f"p{i}", f"2000-01-{i % 28 + 1:02d}") for i in range(500)])
+    lite.commit()
+    lite.close()
+    server.start()
+    aside = server.data_dir / "sql" / "legacy" / alice.name / "old.sqlite"
+    assert wait_for(aside.exists, timeout=60), server.log()
+    assert not path.exists()
+    with _connect(alice, "old") as conn:
+        assert conn.execute("SELECT count(*) FROM people").fetchone() == (500,)
+        conn.execute("INSERT INTO people (name) VALUES ('new')")  # the id follows on
+        assert conn.execute("SELECT max(id) FROM people").fetchone() == (501,)
+    with _connect(bob, f"{alice.name}/old") as conn:
+        assert conn.execute("SELECT count(*) FROM people").fetchone() == (501,)
+        with pytest.raises(psycopg.Error) as denied:
+            conn.execute("DELETE FROM people")
+        assert denied.value.sqlstate == "42501"
