@@ -144,6 +144,13 @@ class AgoraServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        # The server's PostgreSQL dies with it; one a CLI command (or a test's provisioning)
+        # started while the server ran lazily is ended here (immediate shutdown).
+        try:
+            pid = int((self.data_dir / "sql" / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+        except (OSError, ValueError, IndexError):
+            pass
 
     def log(self) -> str:
         try:
