@@ -273,11 +273,18 @@ class EmbeddedEngine(Engine):
                 if not mode & 0o001:
                     os.chmod(up, (mode & 0o7777) | 0o001)
 
-    def _subprocess_options(self, account: pwd.struct_passwd | None) -> dict[str, Any]:
-        options: dict[str, Any] = {"start_new_session": True}
-        if account is not None:
-            options.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
-        return options
+    def _subprocess_options(self, account: pwd.struct_passwd | None, *, die_with_parent: bool = False) -> dict[str, Any]:
+        # Through preexec_fn rather than user=/group=, which uvloop's subprocesses lack.
+        def preexec() -> None:
+            if account is not None:
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+            if die_with_parent:
+                _die_with_parent()  # after setuid, which would clear it
+
+        needed = account is not None or die_with_parent
+        return {"start_new_session": True, "preexec_fn": preexec if needed else None}
 
     # -- initdb, start, watch, stop -------------------------------------------------------
 
@@ -367,10 +374,9 @@ class EmbeddedEngine(Engine):
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *args, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                # The server's own: it dies with the server. Another process's (a CLI command's
+                # The server's own dies with the server. Another process's (a CLI command's
                 # while the server runs) is left to the server, which takes it over.
-                preexec_fn=_die_with_parent if sys.platform == "linux" and self.supervise else None,
-                **self._subprocess_options(account))
+                **self._subprocess_options(account, die_with_parent=sys.platform == "linux" and self.supervise))
         finally:
             logfile.close()
         log.info("sql: started PostgreSQL (pid %d) on %s", self.process.pid, self._socket_dir)
