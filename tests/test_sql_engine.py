@@ -192,3 +192,42 @@ def test_sqlite_databases_of_an_earlier_version_are_converted_at_start(make_serv
         with pytest.raises(psycopg.Error) as denied:
             conn.execute("DELETE FROM people")
         assert denied.value.sqlstate == "42501"
+
+
+def test_heavy_queries_do_not_hold_up_the_other_services(make_server):
+    import concurrent.futures
+    import imaplib
+
+    server = make_server(env={**server_env(), "AGORA_SQL_QUERY_TIMEOUT": "20"})
+    alice = account(server, "heavy")
+    started = threading.Barrier(31)
+
+    def heavy(_: int) -> str:
+        with _connect(alice, "heavy") as conn:
+            started.wait()
+            try:
+                conn.execute("SELECT count(*) FROM generate_series(1, 400000000)")
+            except psycopg.Error as error:
+                return error.sqlstate or ""
+            return "done"
+
+    imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"])
+    imap.starttls()
+    imap.login(alice.name, alice.password)
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        futures = [pool.submit(heavy, n) for n in range(30)]
+        started.wait()
+        time.sleep(0.5)  # let the 30 queries get going
+        with server.client() as http:
+            for _ in range(5):
+                began = time.monotonic()
+                assert http.get("/healthz").status_code == 200
+                assert time.monotonic() - began < 0.5
+                began = time.monotonic()
+                assert imap.noop()[0] == "OK"
+                assert time.monotonic() - began < 0.5
+        with _connect(alice, "heavy") as conn:  # and they can be stopped
+            conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                         "WHERE query LIKE '%generate_series(1, 400000000)%' AND pid <> pg_backend_pid()")
+        assert {f.result() for f in futures} <= {"57014", "done"}
+    imap.logout()

@@ -275,7 +275,11 @@ class EmbeddedEngine(Engine):
 
     def _subprocess_options(self, account: pwd.struct_passwd | None, *, die_with_parent: bool = False) -> dict[str, Any]:
         # Through preexec_fn rather than user=/group=, which uvloop's subprocesses lack.
+        nice = self.settings.engine_nice
+
         def preexec() -> None:
+            if nice:
+                os.nice(nice)
             if account is not None:
                 os.setgroups([])
                 os.setgid(account.pw_gid)
@@ -283,7 +287,7 @@ class EmbeddedEngine(Engine):
             if die_with_parent:
                 _die_with_parent()  # after setuid, which would clear it
 
-        needed = account is not None or die_with_parent
+        needed = account is not None or die_with_parent or bool(nice)
         return {"start_new_session": True, "preexec_fn": preexec if needed else None}
 
     # -- initdb, start, watch, stop -------------------------------------------------------
