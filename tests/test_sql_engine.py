@@ -217,7 +217,12 @@ def test_heavy_queries_do_not_hold_up_the_other_services(make_server):
     with concurrent.futures.ThreadPoolExecutor(30) as pool:
         futures = [pool.submit(heavy, n) for n in range(30)]
         started.wait()
-        time.sleep(0.5)  # let the 30 queries get going
+        with _connect(alice, "heavy") as conn:
+            def running() -> bool:
+                return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                    "AND query LIKE '%generate_series(1, 400000000)%'"
+                                    " AND pid <> pg_backend_pid()").fetchone()[0] == 30
+            assert wait_for(running, timeout=30)
         with server.client() as http:
             for _ in range(5):
                 began = time.monotonic()
