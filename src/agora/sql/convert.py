@@ -799,7 +799,6 @@ def _copy_rows(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Ta
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table.name), _ident(*(c.name for c in table.columns)))
     copied = 0
-    last: tuple[Any, ...] | None = None
     try:
         cursor = db.execute(query)
         with conn.cursor() as pg, pg.copy(statement) as copy:
@@ -817,18 +816,42 @@ def _copy_rows(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Ta
                                     f"not fit {column.type.pg}", table=table.source,
                                     rowid=row[0], column=column.source) from None
                     copy.write_row(values)
-                last = rows[-1][:width]
                 copied += len(rows)
     except sqlite3.Error as error:
-        where = f"after {table.label(last)}" if last else "at its first row"
-        raise ConversionError(f"table {table.source!r} cannot be read {where}: {error}",
-                              table=table.source) from None
+        raise _unreadable(db, table, error) from None
     except psycopg.Error as error:
         context = (error.diag.context or "").strip()
         raise ConversionError(f"table {table.source!r}: PostgreSQL refused a row: "
                               f"{(error.diag.message_primary or str(error)).strip()}"
                               + (f" ({context})" if context else ""), table=table.source) from None
     return copied
+
+
+def _unreadable(db: sqlite3.Connection, table: _Table, error: sqlite3.Error) -> ConversionError:
+    """The error for a table SQLite could not read: which row, where that can be told."""
+    if "decode" in str(error):   # text that is not UTF-8: find the row
+        keys = ", ".join(map(_q, table.key))
+        texts = ", ".join(f"CASE WHEN typeof({_q(c.source)}) = 'text' THEN {_q(c.source)} END"
+                          for c in table.columns)
+        db.text_factory = bytes
+        try:
+            for row in db.execute(f"SELECT {keys}, {texts} FROM {_q(table.source)} ORDER BY {keys}"):
+                key = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                            for v in row[:len(table.key)])
+                for column, value in zip(table.columns, row[len(table.key):], strict=True):
+                    try:
+                        value is None or value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return ConversionError(
+                            f"table {table.source!r}, {table.label(key)}: column "
+                            f"{column.source!r} holds text that is not valid UTF-8: "
+                            f"{_show(value)}", table=table.source, rowid=key[0],
+                            column=column.source)
+        except sqlite3.Error:
+            pass
+        finally:
+            db.text_factory = str
+    return ConversionError(f"table {table.source!r} cannot be read: {error}", table=table.source)
 
 
 def _create_table(conn: psycopg.Connection[Any], table: _Table) -> None:
@@ -1090,8 +1113,11 @@ def _plan(db: sqlite3.Connection, on_mismatch: str, warnings: list[str]) -> list
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
         sequences = dict(db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
     for table in tables:
-        for column, stats in zip(table.columns, _stats(db, table), strict=True):
-            _plan_column(db, table, column, stats, on_mismatch, warnings)
+        try:
+            for column, stats in zip(table.columns, _stats(db, table), strict=True):
+                _plan_column(db, table, column, stats, on_mismatch, warnings)
+        except sqlite3.Error as error:
+            raise _unreadable(db, table, error) from None
         table.rows = db.execute(f"SELECT count(*) FROM {_q(table.source)}").fetchone()[0]
         if table.rowid_alias is not None:
             highest = db.execute(f"SELECT max({_q(table.rowid_alias.source)}) "
