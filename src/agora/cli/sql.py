@@ -415,8 +415,9 @@ def restore(db: str, file: str | None, tool_args: tuple[str, ...], force_tls: bo
                 argv = [bundled("pg_restore"), "-d", conninfo, "--no-owner", "--no-privileges",
                         "--exit-on-error", "--single-transaction"]
             else:
+                # Query results (set_config, setval) are of no interest; errors go to stderr.
                 argv = [bundled("psql"), "-X", "-q", "-d", conninfo, "-v", "ON_ERROR_STOP=1",
-                        "--single-transaction", "-f", "-"]
+                        "--single-transaction", "-o", os.devnull, "-f", "-"]
             code = _feed(head, source.fileno(), [*argv, *tool_args], env)
     sys.exit(code)
 
