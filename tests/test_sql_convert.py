@@ -333,9 +333,12 @@ def test_views_that_run_on_postgresql_are_kept(
         CREATE VIEW "Named View" (who) AS SELECT [Name] FROM `People` WHERE ifnull(age, 0) == 30;
         CREATE VIEW counted AS SELECT count(*) AS n FROM adults;
         CREATE VIEW lite_only AS SELECT strftime('%Y', 'now') AS year;
+        CREATE VIEW aliased AS SELECT Name AS Who, CAST(age AS TEXT) AS AgeText FROM People;
         """)
     report = convert_sqlite(source, target)
-    assert sorted(report.views) == ["Named View", "adults", "counted"]
+    assert sorted(report.views) == ["Named View", "adults", "aliased", "counted"]
+    assert list(columns(target, "aliased")) == ["Who", "AgeText"]
+    assert rows(target, "aliased") == [("ann", "30"), ("bob", "17")]
     assert rows(target, "adults") == [("ann", 30)]
     assert rows(target, "Named View") == [("ann",)]
     assert rows(target, "counted") == [(1,)]
@@ -368,9 +371,10 @@ def test_any_identifier_sqlite_allows(tmp_path: Path, target: psycopg.Connection
 def test_unicode_blobs_nulls_and_extremes(tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     values = [
         (1, "héllo wörld ✓ 😀 עברית", b"\x00\xff" * 1000, None, 2**63 - 1, 1e308),
-        (2, "", b"", None, -(2**63), float("inf")),
+        (2, "tab\there, new\nline, back\\slash, \r, quote' \"", b"", None, -(2**63), float("inf")),
         (3, None, None, None, None, None),
         (4, "x" * 100_000, bytes(range(256)), None, 0, -0.0),
+        (5, "", b"\\x00", None, 1, float("-inf")),
     ]
     source = sqlite_file(tmp_path / "t.sqlite", """
         CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB, untyped, i INTEGER, r REAL);
@@ -486,7 +490,8 @@ def test_text_sqlite_accepts_but_postgresql_cannot_hold(
         convert_sqlite(bad, target)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a database at all" * 100, b"SQLite format 3\x00" + b"\xff" * 5000])
+@pytest.mark.parametrize("content", [
+    b"", b"not a database at all" * 100, b"SQLite format 3\x00" + b"\xff" * 5000])
 def test_a_file_that_is_no_database(tmp_path: Path, target: psycopg.Connection[Any],
                                     content: bytes) -> None:
     path = tmp_path / "x.sqlite"
@@ -554,7 +559,7 @@ def test_triggers_and_virtual_tables_are_reported(
 # --- round trip ---------------------------------------------------------------------
 
 _INT64 = st.integers(-(2**63), 2**63 - 1)
-_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 _COLUMN_KINDS: dict[str, st.SearchStrategy[Any]] = {
     "INTEGER": _INT64,
     "REAL": st.floats(allow_nan=False),
@@ -564,7 +569,7 @@ _COLUMN_KINDS: dict[str, st.SearchStrategy[Any]] = {
     "BOOLEAN": st.booleans(),
     "DATE": st.dates(),
     "DATETIME": st.datetimes(min_value=dt.datetime(1, 1, 1, 0, 0, 1)),
-    "VARCHAR(12)": st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+    "VARCHAR(12)": st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                            max_size=12),
     "": st.one_of(_INT64, _TEXT),
 }
@@ -625,8 +630,8 @@ def test_random_typed_values_round_trip(roundtrip_db: str, tmp_path_factory: pyt
     path = tmp_path_factory.mktemp("rt") / "r.sqlite"
     names = [f"c{i}" for i in range(len(kinds))]
     script = "CREATE TABLE r (id INTEGER PRIMARY KEY, " + ", ".join(
-        f"{n} {k}" for n, k in zip(names, kinds)) + ");"
-    stored = [tuple([i + 1] + [None if v is None else _stored(k, v) for k, v in zip(kinds, row)])
+        f"{n} {k}" for n, k in zip(names, kinds, strict=True)) + ");"
+    stored = [tuple([i + 1] + [None if v is None else _stored(k, v) for k, v in zip(kinds, row, strict=True)])
               for i, row in enumerate(values)]
     sqlite_file(path, script, (f"INSERT INTO r VALUES ({', '.join('?' * (len(kinds) + 1))})", stored))
     with psycopg.connect(roundtrip_db, autocommit=True) as conn:
@@ -634,7 +639,7 @@ def test_random_typed_values_round_trip(roundtrip_db: str, tmp_path_factory: pyt
         report = convert_sqlite(path, conn)
         got = rows(conn, "r")
     assert report.tables[0].target_rows == len(values)
-    columns_got = list(zip(*got)) if got else [() for _ in range(len(kinds) + 1)]
+    columns_got = list(zip(*got, strict=True)) if got else [() for _ in range(len(kinds) + 1)]
     for number, kind in enumerate(kinds):
         expected = _expected(kind, [row[number] for row in values])
         assert list(columns_got[number + 1]) == expected, (kind, report.tables[0].columns[number + 1])

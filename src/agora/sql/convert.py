@@ -94,7 +94,8 @@ class _Unfit(Exception):
 
 Convert = Callable[[Any], Any]
 _INT_TEXT = re.compile(r"\s*[+-]?\d+\s*\Z")
-_REAL_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z|\s*[+-]?(inf|infinity|nan)\s*\Z", re.I)
+_REAL_TEXT = re.compile(
+    r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z|\s*[+-]?(inf|infinity|nan)\s*\Z", re.I)
 _BOOL_TEXT = {"1": True, "0": False, "t": True, "f": False, "true": True, "false": False,
               "y": True, "n": False, "yes": True, "no": False, "on": True, "off": False}
 _TIME = r"(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6})0*)?)?"
@@ -148,14 +149,14 @@ def _numeric(precision: int | None, scale: int) -> Convert:
 def _to_text(value: Any) -> str:
     if isinstance(value, bytes):
         try:
-            value = value.decode("utf-8")
+            text = value.decode("utf-8")
         except UnicodeDecodeError:
             raise _Unfit from None
-    elif isinstance(value, (int, float)):
-        value = repr(value)
-    if "\x00" in value:   # PostgreSQL's text cannot hold NUL
+    else:
+        text = value if isinstance(value, str) else repr(value)
+    if "\x00" in text:   # PostgreSQL's text cannot hold NUL
         raise _Unfit
-    return value
+    return text
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -458,7 +459,7 @@ def _read_tables(db: sqlite3.Connection, warnings: list[str]) -> list[_Table]:
     entries = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
                          "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid").fetchall()
     readable_virtual = set()
-    for name, text in entries:
+    for name, _text in entries:
         if kinds.get(name) == "virtual":
             try:
                 db.execute(f"SELECT count(*) FROM {_q(name)}").fetchone()
@@ -652,17 +653,33 @@ def _pg_quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(name: str) -> str:
+    """A name as an unquoted identifier reaches PostgreSQL (and SQLite compares it)."""
+    return name.translate(_ASCII_LOWER)
+
+
 class _Rewriter:
-    """SQLite SQL text into PostgreSQL's, for what both spell alike but for quoting."""
+    """SQLite SQL text into PostgreSQL's, for what both spell alike but for quoting:
+    SQLite ignores the case of names, PostgreSQL folds unquoted ones to lower case, so a
+    name written ``Users`` for the table "Users" is quoted; `x` and [x] become "x"."""
 
     def __init__(self, names: Iterable[str]):
         self.names: dict[str, set[str]] = {}
         for name in names:
-            self.names.setdefault(name.lower(), set()).add(name)
+            self.names.setdefault(_fold(name), set()).add(name)
 
     def rewrite(self, tokens: Sequence[tuple[str, str]]) -> str:
+        solid = [i for i, t in enumerate(tokens) if t[0] != "space"]
+        after = {i: tokens[j][1] for i, j in zip(solid, solid[1:] + [len(tokens)])
+                 if j < len(tokens)}
+        before = {j: tokens[i][1] for i, j in zip(solid, solid[1:])}
+        casts: list[bool] = []   # per open parenthesis: whether it is CAST's
         out = []
         for i, (kind, text) in enumerate(tokens):
+            following, previous = after.get(i, ""), before.get(i, "")
             if kind == "quoted":
                 out.append(_pg_quote(_unquote(text)))
             elif kind == "blob":
@@ -670,16 +687,23 @@ class _Rewriter:
             elif kind == "op" and text == "==":
                 out.append("=")
             elif kind == "word":
-                following = next((t for k, t in tokens[i + 1:] if k != "space"), "")
-                exact = self.names.get(text.lower(), set())
-                if text.lower() == "ifnull" and following == "(":
+                exact = self.names.get(_fold(text), set())
+                keyword = _fold(text) in _KEYWORDS
+                if _fold(text) == "ifnull" and following == "(":
                     out.append("coalesce")
-                elif (len(exact) == 1 and text.lower() not in _KEYWORDS and following != "("
-                      and next(iter(exact)) != text.lower()):
-                    out.append(_pg_quote(next(iter(exact))))   # SQLite ignores case here
+                elif (previous.upper() == "AS" and not keyword and not (casts and casts[-1])
+                      and _fold(text) != text):
+                    out.append(_pg_quote(text))   # an alias keeps its case, as in SQLite
+                elif (len(exact) == 1 and not keyword and following != "("
+                      and next(iter(exact)) != _fold(text)):
+                    out.append(_pg_quote(next(iter(exact))))
                 else:
                     out.append(text)
             else:
+                if text == "(":
+                    casts.append(_fold(previous) == "cast")
+                elif text == ")" and casts:
+                    casts.pop()
                 out.append(text)
         return "".join(out)
 
@@ -776,12 +800,12 @@ def _ident(*names: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _attempt(conn: psycopg.Connection[Any], statement: sql.Composable | str,
+def _attempt(conn: psycopg.Connection[Any], statement: sql.SQL | sql.Composed,
              warnings: list[str], what: str) -> bool:
     """Run one statement in a savepoint; a failure becomes a warning."""
     try:
         with conn.transaction():
-            conn.execute(statement)   # type: ignore[arg-type]
+            conn.execute(statement)
         return True
     except psycopg.Error as error:
         message = (error.diag.message_primary or str(error)).strip()
@@ -934,7 +958,7 @@ def _create_index(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: 
                                             sql.SQL(" DESC" if desc else "")))
     name = _pg_name(index, "index", report.warnings)
     if plain:
-        statement: sql.Composable = sql.SQL("CREATE {}INDEX {} ON {} ({})").format(
+        statement = sql.SQL("CREATE {}INDEX {} ON {} ({})").format(
             sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name),
             sql.Identifier(table.name), sql.SQL(", ").join(parts))
     else:
@@ -977,7 +1001,9 @@ def _index_sql(text: str, rewriter: _Rewriter, warnings: list[str]) -> str | Non
         if element and element[-1][0] == "word" and element[-1][1].upper() in ("ASC", "DESC"):
             order = " " + element.pop()[1].upper()
         if len(element) > 2 and element[-2][0] == "word" and element[-2][1].upper() == "COLLATE":
-            warnings.append(f"an index's COLLATE {_unquote(element[-1][1]) if element[-1][0] == 'quoted' else element[-1][1]} was dropped")
+            kind, name = element[-1]
+            warnings.append(f"an index's COLLATE {_unquote(name) if kind == 'quoted' else name} "
+                            "was dropped")
             element = element[:-2]
         if not element:
             return None
@@ -1038,7 +1064,7 @@ def _action(action: str) -> str:
 
 def _create_views(db: sqlite3.Connection, conn: psycopg.Connection[Any], rewriter: _Rewriter,
                   report: ConversionReport) -> None:
-    pending: list[tuple[str, sql.Composable]] = []
+    pending: list[tuple[str, sql.Composed]] = []
     for name, text in db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view' "
                                  "ORDER BY rowid"):
         tokens = _tokens(text)
@@ -1050,14 +1076,17 @@ def _create_views(db: sqlite3.Connection, conn: psycopg.Connection[Any], rewrite
         at += 1   # the name
         if at < len(solid) and tokens[solid[at]][1] == ".":   # main.name
             at += 2
-        columns = sql.SQL("")
+        columns: sql.Composable = sql.SQL("")
         if at < len(solid) and tokens[solid[at]] == ("op", "("):
             end = _balanced([tokens[i] for i in solid], at)
             names = [tokens[i] for i in solid[at + 1:end - 1] if tokens[i][1] != ","]
             columns = sql.SQL(" ({})").format(_ident(*(_unquote(t) if k == "quoted" else t
                                                        for k, t in names)))
             at = end
-        body = rewriter.rewrite(tokens[solid[at] + 1:]) if at < len(solid) else ""
+        if at >= len(solid) or tokens[solid[at]][1].upper() != "AS":
+            report.warnings.append(f"view {name!r} was not created: its SQL was not understood")
+            continue
+        body = rewriter.rewrite(tokens[solid[at] + 1:])
         pending.append((name, sql.SQL("CREATE VIEW {}{} AS {}").format(
             sql.Identifier(_pg_name(name, "view", report.warnings)), columns, sql.SQL(body))))
     errors: dict[str, str] = {}
