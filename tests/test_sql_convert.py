@@ -143,6 +143,25 @@ def test_declared_types_map_by_affinity(tmp_path: Path, target: psycopg.Connecti
     assert any("s_big" in w and "bigint" in w for w in report.warnings)
 
 
+def test_declared_limits_sqlite_never_enforced_widen_the_type(
+        tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    source = sqlite_file(tmp_path / "t.sqlite", """
+        CREATE TABLE t (id INTEGER PRIMARY KEY, code VARCHAR(3), money DECIMAL(5,2),
+                        fits DECIMAL(5,2), tiny TINYINT);
+        INSERT INTO t VALUES (1, 'abc', 999.99, 1.005, 1), (2, 'abcdef', 123456.5, NULL, 40000);
+        """)
+    report = convert_sqlite(source, target)
+    assert {n: i[:4] for n, i in columns(target, "t").items()} == {
+        "id": ("bigint", None, 64, 0), "code": ("text", None, None, None),
+        "money": ("numeric", None, None, None), "fits": ("numeric", None, 5, 2),
+        "tiny": ("bigint", None, 64, 0)}
+    assert rows(target, "t") == [(1, "abc", Decimal("999.99"), Decimal("1.01"), 1),
+                                 (2, "abcdef", Decimal("123456.5"), None, 40000)]
+    warned = "\n".join(report.warnings)
+    for column in ("code", "money", "tiny"):
+        assert f"t.{column}" in warned
+
+
 def test_untyped_and_blob_columns_take_the_type_of_their_values(
         tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     source = sqlite_file(tmp_path / "t.sqlite", """
@@ -454,8 +473,8 @@ def test_a_value_that_does_not_fit_names_table_rowid_and_column(
     source = sqlite_file(tmp_path / "t.sqlite", """
         CREATE TABLE fine (id INTEGER PRIMARY KEY);
         INSERT INTO fine VALUES (1);
-        CREATE TABLE prices (id INTEGER PRIMARY KEY, amount INTEGER, n REAL);
-        INSERT INTO prices VALUES (1, 10, 1.0), (2, ' 12 ', '2.5'), (7, 'ten', 3);
+        CREATE TABLE prices (id INTEGER PRIMARY KEY, amount INTEGER, n REAL, label TEXT);
+        INSERT INTO prices VALUES (1, 10, 1.0, x'68c3a9'), (2, ' 12 ', '2.5', 'b'), (7, 'ten', 3, 'c');
         """)
     with pytest.raises(ConversionError) as caught:
         convert_sqlite(source, target)
@@ -469,7 +488,7 @@ def test_a_value_that_does_not_fit_names_table_rowid_and_column(
     assert columns(target, "prices")["amount"][0] == "text"
     assert columns(target, "prices")["n"][0] == "double precision"
     # SQLite had stored ' 12 ' in the INTEGER column as 12, and '2.5' in the REAL one as 2.5
-    assert rows(target, "prices") == [(1, "10", 1.0), (2, "12", 2.5), (7, "ten", 3.0)]
+    assert rows(target, "prices") == [(1, "10", 1.0, "hé"), (2, "12", 2.5, "b"), (7, "ten", 3.0, "c")]
     assert any("rowid 7" in w and "became text" in w for w in report.warnings)
 
 

@@ -454,8 +454,13 @@ def _pg_name(name: str, what: str, warnings: list[str]) -> str:
 
 
 def _read_tables(db: sqlite3.Connection, warnings: list[str]) -> list[_Table]:
-    kinds = {name: kind for schema, name, kind, *_ in db.execute("PRAGMA table_list")
-             if schema == "main"}
+    try:
+        listed = db.execute("PRAGMA table_list").fetchall()
+    except sqlite3.Error:   # e.g. a virtual table whose module this SQLite lacks
+        listed = []
+    kinds = {name: kind for schema, name, kind, *_ in listed if schema == "main"}
+    without_rowid = {name for schema, name, _kind, _ncol, wr, *_ in listed
+                     if schema == "main" and wr}
     entries = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
                          "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid").fetchall()
     readable_virtual = set()
@@ -476,11 +481,15 @@ def _read_tables(db: sqlite3.Connection, warnings: list[str]) -> list[_Table]:
             continue
         if kind == "shadow" and any(name.startswith(v + "_") for v in readable_virtual):
             continue
-        tables.append(_read_table(db, name, text or "", warnings))
+        text = text or ""
+        wr = name in without_rowid if listed else bool(
+            re.search(r"\bWITHOUT\s+ROWID\s*;?\s*\Z", text, re.I))
+        tables.append(_read_table(db, name, text, wr, warnings))
     return tables
 
 
-def _read_table(db: sqlite3.Connection, name: str, text: str, warnings: list[str]) -> _Table:
+def _read_table(db: sqlite3.Connection, name: str, text: str, without_rowid: bool,
+                warnings: list[str]) -> _Table:
     columns = []
     for _cid, column, declared, notnull, default, pk, hidden in db.execute(
             f"PRAGMA table_xinfo({_q(name)})"):
@@ -490,10 +499,8 @@ def _read_table(db: sqlite3.Connection, name: str, text: str, warnings: list[str
             warnings.append(f"generated column {name}.{column} was copied as a plain column")
         columns.append(_Column(column, _pg_name(column, f"column of {name!r}", warnings),
                                declared or "", bool(notnull), default, pk))
-    table = _Table(name, _pg_name(name, "table", warnings), text, [], columns)
-    options = db.execute("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?",
-                         (name,)).fetchone()
-    table.without_rowid = bool(options and options[0])
+    table = _Table(name, _pg_name(name, "table", warnings), text, [], columns,
+                   without_rowid=without_rowid)
     pk = sorted((c for c in columns if c.pk), key=lambda c: c.pk)
     pk_index = any(row[3] == "pk" for row in db.execute(f"PRAGMA index_list({_q(name)})"))
     if (len(pk) == 1 and pk[0].declared.upper() == "INTEGER" and not table.without_rowid
@@ -673,9 +680,9 @@ class _Rewriter:
 
     def rewrite(self, tokens: Sequence[tuple[str, str]]) -> str:
         solid = [i for i, t in enumerate(tokens) if t[0] != "space"]
-        after = {i: tokens[j][1] for i, j in zip(solid, solid[1:] + [len(tokens)])
+        after = {i: tokens[j][1] for i, j in zip(solid, solid[1:] + [len(tokens)], strict=True)
                  if j < len(tokens)}
-        before = {j: tokens[i][1] for i, j in zip(solid, solid[1:])}
+        before = {j: tokens[i][1] for i, j in zip(solid, solid[1:], strict=False)}
         casts: list[bool] = []   # per open parenthesis: whether it is CAST's
         out = []
         for i, (kind, text) in enumerate(tokens):
