@@ -492,6 +492,32 @@ def test_a_value_that_does_not_fit_names_table_rowid_and_column(
     assert any("rowid 7" in w and "became text" in w for w in report.warnings)
 
 
+def test_rows_without_a_rowid_are_named_by_their_primary_key(
+        tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    source = sqlite_file(tmp_path / "t.sqlite", """
+        CREATE TABLE pairs (a TEXT, b INTEGER, n INTEGER, PRIMARY KEY (a, b)) WITHOUT ROWID;
+        INSERT INTO pairs VALUES ('x', 1, 1), ('y', 2, 'two');
+        CREATE TABLE shadowed (rowid TEXT, _rowid_ TEXT, oid TEXT, n INTEGER);
+        INSERT INTO shadowed VALUES ('r', 'r_', 'o', 'nine');
+        """)
+    with pytest.raises(ConversionError, match=r"'pairs', primary key \('y', 2\): column 'n'"):
+        convert_sqlite(source, target)
+    report = convert_sqlite(source, target, on_mismatch="widen")
+    assert rows(target, "pairs") == [("x", 1, "1"), ("y", 2, "two")]
+    assert rows(target, "shadowed") == [("r", "r_", "o", "nine")]
+    assert any("'shadowed', row ('r', 'r_', 'o', 'nine')" in w for w in report.warnings)
+
+
+def test_a_table_wider_than_one_statistics_pass(tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    names = [f"c{i}" for i in range(250)]
+    source = sqlite_file(tmp_path / "t.sqlite", f"CREATE TABLE wide ({', '.join(names)});",
+                         (f"INSERT INTO wide VALUES ({', '.join('?' * 250)})",
+                          [tuple(range(250)), tuple(str(i) for i in range(250))]))
+    convert_sqlite(source, target)
+    assert set(info[0] for info in columns(target, "wide").values()) == {"text"}
+    assert rows(target, "wide", "c0") == [tuple(str(i) for i in range(250))] * 2
+
+
 def test_text_sqlite_accepts_but_postgresql_cannot_hold(
         tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     source = sqlite_file(tmp_path / "nul.sqlite", "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT);",

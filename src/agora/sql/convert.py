@@ -414,16 +414,16 @@ class _Table:
     sql: str
     key: list[str]              # what names a row in messages: the rowid, else the PK
     columns: list[_Column]
-    key_is_rowid: bool = False
+    key_kind: str = "rowid"     # or "primary key", or "row" (every column)
     rowid_alias: _Column | None = None
     without_rowid: bool = False
     next_id: int | None = None   # where the identity restarts
     rows: int = 0
 
     def label(self, key: Sequence[Any]) -> str:
-        if self.key_is_rowid:
+        if self.key_kind == "rowid":
             return f"rowid {key[0]}"
-        return f"primary key ({', '.join(map(repr, key))})"
+        return f"{self.key_kind} ({', '.join(map(repr, key))})"
 
 
 def _open(source: Path) -> sqlite3.Connection:
@@ -509,13 +509,12 @@ def _read_table(db: sqlite3.Connection, name: str, text: str, without_rowid: boo
         pk[0].identity = True
     names = {c.source.lower() for c in columns}
     hidden_rowid = next((r for r in ("rowid", "_rowid_", "oid") if r not in names), None)
-    table.key_is_rowid = True
     if table.rowid_alias is not None:
         table.key = [table.rowid_alias.source]
     elif not table.without_rowid and hidden_rowid:
         table.key = [hidden_rowid]
     else:
-        table.key_is_rowid = False
+        table.key_kind = "primary key" if pk else "row"
         table.key = [c.source for c in pk] or [c.source for c in columns]
     return table
 
