@@ -1,7 +1,9 @@
 """The hosted-SQL JSON API, ``/api/v1/sql/...``.
 
 A database in a URL (``{db}``) is ``name`` (yours) or ``owner:name`` (anyone's that is
-shared with you; ``:`` appears in no user or database name). Shapes:
+shared with you; ``:`` appears in no user or database name). Statements run on the
+PostgreSQL engine as the calling user's own role, so PostgreSQL itself decides what
+they may do. Shapes:
 
 - ``GET /api/v1/sql/info``: ``{"postgres_port": n | null, "tls": true, limits...}``
 - ``POST /api/v1/sql/databases`` ``{"name"}`` -> 201 database; ``GET`` lists yours and
@@ -9,19 +11,25 @@ shared with you; ``:`` appears in no user or database name). Shapes:
   ``PUT /api/v1/sql/databases/{db}/grants/{user}`` ``{"access": "read"|"write"}``,
   ``DELETE`` to revoke. A database: ``{"name", "owner", "ref", "access", "size",
   "created_at", "grants": [{"user", "access"}]}``.
-- ``POST /api/v1/sql/{db}/query`` ``{"sql", "params": [...]}`` -> ``{"columns": [names],
-  "types": [declared type or storage class], "rows": [[...]], "rows_affected": n,
-  "truncated": bool, "command": "SELECT 2"}``. Values: integers stay integers, NULL is
-  null, blobs ``{"$base64": "..."}`` (accepted as parameters too).
+- ``POST /api/v1/sql/{db}/query`` ``{"sql", "params": [...]}`` (one statement, ``$1``
+  placeholders) -> ``{"columns": [names], "types": [PostgreSQL type names: int4, text,
+  timestamptz, _int4 for int4[]...], "rows": [[...]], "rows_affected": n, "truncated":
+  bool, "command": "SELECT 2"}``. At most sql.max_rows rows and sql.max_result_bytes bytes
+  of them as sent; past either, ``truncated`` (the statement still ran to its end).
+  Values: integers and booleans as themselves, numeric as a string, timestamps ISO
+  8601, bytea ``{"$base64": "..."}`` (accepted as a parameter too), json/jsonb as JSON,
+  arrays as arrays, NULL as null, anything else as PostgreSQL's text (values.py).
 - ``POST /api/v1/sql/{db}/batch`` ``{"statements": [{"sql", "params"}]}`` -> ``{"results":
   [query result...]}``: one transaction, all or nothing.
 - ``POST /api/v1/sql/{db}/stream``: NDJSON, a ``{"columns", "types"}`` line, one JSON
   array per row, then ``{"rows": n}`` (or ``{"error": problem}`` if it failed midway).
-- ``POST /api/v1/sql/{db}/export``: CSV with a header line (blobs base64, NULL empty).
+- ``POST /api/v1/sql/{db}/export``: CSV with a header line (PostgreSQL's text of each
+  value, bytea base64, NULL empty).
 
-SQL errors are problem documents (status 400; 403 for denials, 409 for a lock wait that
-timed out, 507 for a full database) with ``sqlstate`` (PostgreSQL's code) and, in a
-batch, ``statement`` (0-based index of the failing one).
+SQL errors are problem documents (status 400; 403 for denials (42501), 409 for a lock
+wait that timed out (55P03), 507 for a full database (53100), 503 when the engine cannot
+be reached) with ``sqlstate`` (PostgreSQL's code) and, in a batch, ``statement`` (0-based
+index of the failing one).
 """
 
 from __future__ import annotations
@@ -34,13 +42,13 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agora.core.errors import InvalidInput
+from agora.core.errors import InvalidInput, TooLarge
 from agora.core.identity import User
+from agora.sql import execute
 from agora.sql.errors import SQLError
-from agora.sql.export import csv_rows, ndjson, open_result
+from agora.sql.export import call, csv_chunks, ndjson_chunks, open_stream
 from agora.sql.hosted import DatabaseInfo, HostedSQL, hosted_sql
-from agora.sql.session import Result
-from agora.sql.values import from_json, row_to_json
+from agora.sql.values import params_from_json
 from agora.web.auth import api_user
 from agora.web.problems import problem
 
@@ -52,8 +60,12 @@ AUTH_ERRORS = {401: {"description": "Missing, unknown, revoked or expired token"
 DB_ERRORS = {**AUTH_ERRORS, 404: {"description": "No such database, or not shared with you", **PROBLEM}}
 QUERY_ERRORS = {**DB_ERRORS, 400: {"description": "The statement failed (see sqlstate)", **PROBLEM},
                 403: {"description": "Not allowed (read-only access, or denied by isolation)", **PROBLEM},
+                409: {"description": "A lock wait timed out (55P03)", **PROBLEM},
+                413: {"description": "A statement longer than sql.max_statement", **PROBLEM},
+                503: {"description": "The engine cannot be reached, or refused the connection", **PROBLEM},
                 507: {"description": "The database is full (sql.max_database_size)", **PROBLEM}}
-_STATUS = {"42501": 403, "55P03": 409, "53100": 507}
+_STATUS = {"42501": 403, "55P03": 409, "53100": 507, "53300": 503, "57P01": 503, "57P03": 503}
+_UNREACHABLE = ("08000", "08001", "08003", "08004", "08006")  # the engine, not the statement
 
 DbRef = Path(description="A database: `name` (yours) or `owner:name`", max_length=200)
 
@@ -123,22 +135,23 @@ def _out(info: DatabaseInfo) -> DatabaseOut:
                        created_at=info.created_at, grants=[GrantOut(user=g.user, access=g.access) for g in info.grants])
 
 
-def result_json(result: Result) -> dict[str, Any]:
-    return {"columns": [c.name for c in result.columns], "types": [c.type for c in result.columns],
-            "rows": [row_to_json(r) for r in result.rows], "rows_affected": result.rows_affected,
-            "truncated": result.truncated, "command": result.command_tag}
-
-
 def sql_problem(request: Request, error: SQLError) -> Response:
     extra: dict[str, Any] = {"sqlstate": error.sqlstate}
     if error.index is not None:
         extra["statement"] = error.index
-    return problem(_STATUS.get(error.sqlstate, 400), error.detail, slug=error.slug, title=error.title,
-                   instance=request.url.path, **extra)
+    status = 503 if error.sqlstate in _UNREACHABLE else _STATUS.get(error.sqlstate, 400)
+    return problem(status, error.detail, slug=error.slug, title=error.title, instance=request.url.path, **extra)
 
 
-def _params(values: list[Any]) -> list[Any]:
-    return [from_json(v) for v in values]
+def _statement(request: Request, body: QueryRequest) -> tuple[str, list[Any]]:
+    limit = request.app.state.runtime.config.sql.max_statement
+    if len(body.sql) > limit or len(body.sql.encode()) > limit:
+        raise TooLarge(f"a statement has at most {limit} bytes (sql.max_statement)")
+    return body.sql, params_from_json(body.params)
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 @api.get("/info", summary="How to reach hosted SQL: the PostgreSQL port and the limits")
@@ -199,10 +212,12 @@ async def revoke(request: Request, db: str = DbRef, grantee: str = Path(max_leng
 
 @api.post("/{db}/query", response_model=QueryOut, responses=QUERY_ERRORS, summary="Run one statement")
 async def query(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Any:
-    params = _params(body.params)
+    sql, params = _statement(request, body)
+    s = request.app.state.runtime.config.sql
     try:
-        async with _hosted(request).session(user, ref_of(db)) as session:
-            return result_json(await session.execute(body.sql, params))
+        async with _hosted(request).borrow(user, ref_of(db)) as conn:
+            return _json(await call(conn, s.query_timeout, execute.query_json, sql, params,
+                                    max_rows=s.max_rows, max_bytes=s.max_result_bytes))
     except SQLError as error:
         return sql_problem(request, error)
 
@@ -210,37 +225,44 @@ async def query(request: Request, body: QueryRequest, db: str = DbRef, user: Use
 @api.post("/{db}/batch", response_model=BatchOut, responses=QUERY_ERRORS,
           summary="Run statements in one transaction: all or nothing")
 async def batch(request: Request, body: BatchRequest, db: str = DbRef, user: User = Depends(api_user)) -> Any:
-    limit = request.app.state.runtime.config.sql.max_batch
-    if len(body.statements) > limit:
-        raise InvalidInput(f"a batch has at most {limit} statements (sql.max_batch)")
-    statements = [(s.sql, _params(s.params)) for s in body.statements]
+    s = request.app.state.runtime.config.sql
+    if len(body.statements) > s.max_batch:
+        raise InvalidInput(f"a batch has at most {s.max_batch} statements (sql.max_batch)")
+    statements = [_statement(request, item) for item in body.statements]
     try:
-        async with _hosted(request).session(user, ref_of(db)) as session:
-            results = await session.execute_batch(statements)
+        async with _hosted(request).borrow(user, ref_of(db)) as conn:
+            return _json(await call(conn, s.query_timeout * len(statements), execute.batch_json, statements,
+                                    max_rows=s.max_rows, max_bytes=s.max_result_bytes))
     except SQLError as error:
         return sql_problem(request, error)
-    return {"results": [result_json(r) for r in results]}
+
+
+async def _stream(request: Request, body: QueryRequest, db: str, user: User, chunks: Any) -> Any:
+    sql, params = _statement(request, body)
+    s = request.app.state.runtime.config.sql
+    return await open_stream(_hosted(request).borrow(user, ref_of(db)), s.query_timeout,
+                             lambda conn: chunks(conn, sql, params, s.stream_chunk))
 
 
 @api.post("/{db}/stream", responses={**QUERY_ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
           response_class=StreamingResponse, summary="A query's whole result as NDJSON")
 async def stream(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
     try:
-        result = await open_result(_hosted(request).session(user, ref_of(db)), body.sql, _params(body.params))
+        chunks = await _stream(request, body, db, user, ndjson_chunks)
     except SQLError as error:
         return sql_problem(request, error)
-    return StreamingResponse(ndjson(result), media_type="application/x-ndjson")
+    return StreamingResponse(chunks, media_type="application/x-ndjson")
 
 
 @api.post("/{db}/export", responses={**QUERY_ERRORS, 200: {"content": {"text/csv": {}}}},
           response_class=StreamingResponse, summary="A query's whole result as CSV")
 async def export(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
     try:
-        result = await open_result(_hosted(request).session(user, ref_of(db)), body.sql, _params(body.params))
+        chunks = await _stream(request, body, db, user, csv_chunks)
     except SQLError as error:
         return sql_problem(request, error)
     name = ref_of(db).replace("/", "-")
-    return StreamingResponse(csv_rows(result), media_type="text/csv; charset=utf-8",
+    return StreamingResponse(chunks, media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
