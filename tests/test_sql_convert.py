@@ -128,7 +128,7 @@ def test_declared_types_map_by_affinity(tmp_path: Path, target: psycopg.Connecti
         "t": ("text", None, None, None), "v": ("character varying", 20, None, None),
         "c": ("text", None, None, None), "cl": ("text", None, None, None),
         "nv": ("character varying", 5, None, None),
-        "bo": ("boolean", None, None, None), "j": ("jsonb", None, None, None),
+        "bo": ("boolean", None, None, None), "j": ("json", None, None, None),
         "u": ("uuid", None, None, None), "tm": ("time without time zone", None, None, None),
     }
     [row, empty] = rows(target, "t", "i NULLS LAST")
@@ -251,6 +251,38 @@ def test_integer_primary_key_becomes_an_identity_that_continues(
         assert constraints(target, table) == {("p", ("id",))}
     with pytest.raises(psycopg.errors.UniqueViolation):
         target.execute("INSERT INTO items (id, name) VALUES (5, 'again')")
+
+
+def test_a_database_made_through_the_old_postgresql_face(
+        tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    """Agora's SQLite dialect kept PostgreSQL's type names, and SERIAL ids were NULL."""
+    source = sqlite_file(tmp_path / "t.sqlite", """
+        CREATE TABLE users (id SERIAL PRIMARY KEY, name CHARACTER VARYING(50) NOT NULL,
+                            created_at TIMESTAMP WITH TIME ZONE, payload BYTEA, meta JSONB,
+                            doc JSON, tags TEXT[], span INTERVAL, n INT4, seq BIGSERIAL);
+        INSERT INTO users (name, created_at, payload, meta, doc, tags, span, n) VALUES
+            ('a', '2024-01-01 10:00:00+00', x'00', '{"a": 1}', '{"b" : 2}', '{x,y}', '1 day', 4),
+            ('b', NULL, 'as text', NULL, NULL, NULL, NULL, NULL);
+        CREATE TABLE kept (id SERIAL PRIMARY KEY, v TEXT);
+        INSERT INTO kept VALUES (7, 'x'), (NULL, 'y');
+        """)
+    report = convert_sqlite(source, target)
+    assert {n: i[0] for n, i in columns(target, "users").items()} == {
+        "id": "integer", "name": "character varying", "created_at": "timestamp with time zone",
+        "payload": "bytea", "meta": "jsonb", "doc": "json", "tags": "text", "span": "text",
+        "n": "integer", "seq": "bigint"}
+    assert columns(target, "users")["id"][6] == "YES"
+    target.execute("SET TIME ZONE 'UTC'")
+    assert rows(target, "users") == [
+        (1, "a", dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc), b"\x00", {"a": 1},
+         {"b": 2}, "{x,y}", "1 day", 4, 1),
+        (2, "b", None, b"as text", None, None, None, None, None, 2)]
+    target.execute("INSERT INTO users (name) VALUES ('c')")
+    assert target.execute("SELECT id, seq FROM users WHERE name = 'c'").fetchone() == (3, 3)
+    target.execute("INSERT INTO kept (v) VALUES ('z')")
+    assert rows(target, "kept") == [(7, "x"), (8, "y"), (9, "z")]
+    assert constraints(target, "kept") == {("p", ("id",))}
+    assert any("2 rows of 'users' had no id" in w for w in report.warnings)
 
 
 def test_not_null_and_defaults(tmp_path: Path, target: psycopg.Connection[Any]) -> None:

@@ -16,8 +16,10 @@ precision, NUMERIC/DECIMAL(p,s) -> numeric(p,s), TEXT/CHAR -> text, VARCHAR(n) -
 varchar(n)); BOOLEAN, DATE, DATETIME/TIMESTAMP, TIME, JSON and UUID become PostgreSQL's
 type when every stored value fits it, else the type the values call for (with a warning);
 BLOB and untyped columns get the type the values call for (all integers -> bigint, all
-text -> text, all blobs -> bytea, mixed -> text). ``INTEGER PRIMARY KEY`` becomes a
-bigint identity restarted past the highest id. Rows go through COPY, in batches, so
+text -> text, all blobs -> bytea, mixed -> text). PostgreSQL's own names (SERIAL, BYTEA,
+TIMESTAMPTZ, JSONB, INT4...; databases made through Agora's old PostgreSQL face have them)
+mean PostgreSQL's type. ``INTEGER PRIMARY KEY`` and SERIAL become identities restarted
+past the highest id (SERIAL ids SQLite left NULL are numbered). Rows go through COPY, in batches, so
 memory stays bounded. Constraints and indexes follow the rows; views, CHECKs and
 expression indexes are kept where their SQL also runs on PostgreSQL, else warned about.
 """
@@ -298,6 +300,8 @@ class _Stats:
 
 _ALL = frozenset({"integer", "real", "text", "blob"})
 BIGINT = _Type("bigint", _int_in(-2**63, 2**63 - 1), frozenset({"integer"}))
+INTEGER = _Type("integer", _int_in(-2**31, 2**31 - 1), frozenset({"integer"}),
+                fits=lambda s: s.int_max_abs < 2**31)
 SMALLINT = _Type("smallint", _int_in(-2**15, 2**15 - 1), frozenset({"integer"}),
                  fits=lambda s: s.int_max_abs < 2**15)
 DOUBLE = _Type("double precision", _to_float, frozenset({"real"}))
@@ -310,6 +314,7 @@ TIMESTAMP = _Type("timestamp", _to_timestamp, by_value=True)
 TIMESTAMPTZ = _Type("timestamp with time zone", _to_timestamptz, by_value=True)
 TIME = _Type("time", _to_time, by_value=True)
 JSONB = _Type("jsonb", _to_json, by_value=True)
+JSON = _Type("json", _to_json, by_value=True)
 UUID = _Type("uuid", _to_uuid, by_value=True)
 
 
@@ -339,13 +344,38 @@ def _args(declared: str) -> list[int]:
         return []
 
 
+def _base(declared: str) -> str:
+    """A declared type's name without its arguments, upper case, spaces single."""
+    return " ".join(re.sub(r"\(.*?\)", " ", declared.upper()).split())
+
+
+# PostgreSQL's names, as databases made through Agora's old PostgreSQL face declare them.
+_SERIALS = {"SERIAL": [INTEGER, BIGINT], "SERIAL4": [INTEGER, BIGINT], "BIGSERIAL": [BIGINT],
+            "SERIAL8": [BIGINT], "SMALLSERIAL": [SMALLINT, INTEGER, BIGINT],
+            "SERIAL2": [SMALLINT, INTEGER, BIGINT]}
+_NAMED = {
+    "INT4": [INTEGER, BIGINT], "INT2": [SMALLINT, BIGINT], "SMALLINT": [SMALLINT, BIGINT],
+    "TINYINT": [SMALLINT, BIGINT], "BOOLEAN": [BOOLEAN], "BOOL": [BOOLEAN], "BYTEA": [BYTEA],
+    "DATE": [DATE, TIMESTAMP, TIMESTAMPTZ],
+    "DATETIME": [TIMESTAMP, TIMESTAMPTZ], "TIMESTAMP": [TIMESTAMP, TIMESTAMPTZ],
+    "TIMESTAMP WITHOUT TIME ZONE": [TIMESTAMP, TIMESTAMPTZ],
+    "TIMESTAMPTZ": [TIMESTAMPTZ], "TIMESTAMP WITH TIME ZONE": [TIMESTAMPTZ],
+    "TIME": [TIME], "TIME WITHOUT TIME ZONE": [TIME], "JSON": [JSON], "JSONB": [JSONB],
+    "UUID": [UUID], "GUID": [UUID], "UNIQUEIDENTIFIER": [UUID],
+}
+
+
 def _declared_types(declared: str) -> list[_Type] | None:
     """PostgreSQL types to try, in order, for a declared type; None: judge by the values."""
     name = declared.upper()
-    base = re.sub(r"\(.*", "", name).strip()
+    base = _base(declared)
+    if base in _NAMED:
+        return _NAMED[base]
+    if "[" in name or base in ("INTERVAL", "POINT"):   # INT in them says nothing
+        return None
     # SQLite's affinity rules (https://sqlite.org/datatype3.html#affname), in order.
     if "INT" in name:
-        return [SMALLINT, BIGINT] if base in ("SMALLINT", "INT2", "TINYINT") else [BIGINT]
+        return [BIGINT]
     if "CHAR" in name or "CLOB" in name or "TEXT" in name:
         length = _args(declared)
         if "VAR" in base and len(length) == 1 and 0 < length[0] <= 10485760:
@@ -360,15 +390,7 @@ def _declared_types(declared: str) -> list[_Type] | None:
         if 0 < numbers[0] <= 1000 and 0 <= numbers[1] <= numbers[0]:
             return [_bounded_numeric(numbers[0], numbers[1]), NUMERIC]
         return [NUMERIC]
-    return {
-        "BOOLEAN": [BOOLEAN], "BOOL": [BOOLEAN],
-        "DATE": [DATE, TIMESTAMP, TIMESTAMPTZ],
-        "DATETIME": [TIMESTAMP, TIMESTAMPTZ], "TIMESTAMP": [TIMESTAMP, TIMESTAMPTZ],
-        "TIMESTAMP WITHOUT TIME ZONE": [TIMESTAMP, TIMESTAMPTZ],
-        "TIMESTAMPTZ": [TIMESTAMPTZ], "TIMESTAMP WITH TIME ZONE": [TIMESTAMPTZ],
-        "TIME": [TIME], "JSON": [JSONB], "JSONB": [JSONB],
-        "UUID": [UUID], "GUID": [UUID], "UNIQUEIDENTIFIER": [UUID],
-    }.get(base)
+    return None
 
 
 def _judged(stats: _Stats, declared_blob: bool, blobs_are_text: Callable[[], bool]) -> _Type:
@@ -404,7 +426,9 @@ class _Column:
     pk: int
     type: _Type = TEXT
     convert: Convert | None = None
-    identity: bool = False
+    identity: bool = False       # INTEGER PRIMARY KEY, or a PostgreSQL-style SERIAL
+    next_id: int = 1             # the identity's next value (NULL ids are numbered too)
+    nulls: int = 0
 
 
 @dataclass
@@ -417,7 +441,6 @@ class _Table:
     key_kind: str = "rowid"     # or "primary key", or "row" (every column)
     rowid_alias: _Column | None = None
     without_rowid: bool = False
-    next_id: int | None = None   # where the identity restarts
     rows: int = 0
 
     def label(self, key: Sequence[Any]) -> str:
@@ -507,6 +530,10 @@ def _read_table(db: sqlite3.Connection, name: str, text: str, without_rowid: boo
             and not pk_index):
         table.rowid_alias = pk[0]   # INTEGER PRIMARY KEY: an alias of the rowid
         pk[0].identity = True
+    for column in columns:
+        # Databases made through the old PostgreSQL face hold SERIAL columns SQLite
+        # filled with NULL: they become identities, and their NULLs are numbered.
+        column.identity = column.identity or _base(column.declared) in _SERIALS
     names = {c.source.lower() for c in columns}
     hidden_rowid = next((r for r in ("rowid", "_rowid_", "oid") if r not in names), None)
     if table.rowid_alias is not None:
@@ -591,7 +618,8 @@ def _plan_column(db: sqlite3.Connection, table: _Table, column: _Column, stats: 
         return _first_unfit(db, table, column, kind.convert, classes) if classes else None
 
     present = stats.classes()
-    candidates = [BIGINT] if column.identity else _declared_types(column.declared)
+    candidates = (_SERIALS.get(_base(column.declared), [BIGINT]) if column.identity
+                  else _declared_types(column.declared))
     chosen: _Type | None = None
     reason = ""
     for number, kind in enumerate(candidates or []):
@@ -826,6 +854,7 @@ def _copy_rows(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Ta
              f"FROM {_q(table.source)} ORDER BY {keys}")
     width = len(table.key)
     converts = [(i, c.convert, c) for i, c in enumerate(table.columns) if c.convert]
+    numbered = [(i, c) for i, c in enumerate(table.columns) if c.identity and c.nulls]
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table.name), _ident(*(c.name for c in table.columns)))
     copied = 0
@@ -845,6 +874,9 @@ def _copy_rows(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Ta
                                     f"{column.source!r} holds {_show(values[i])}, which does "
                                     f"not fit {column.type.pg}", table=table.source,
                                     rowid=row[0], column=column.source) from None
+                    for i, column in numbered:
+                        if values[i] is None:
+                            values[i], column.next_id = column.next_id, column.next_id + 1
                     copy.write_row(values)
                 copied += len(rows)
     except sqlite3.Error as error:
@@ -937,12 +969,11 @@ def _finish_table(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: 
     for collation in _collations(table.sql):
         warnings.append(f"table {table.source!r}: COLLATE {collation} has no PostgreSQL "
                         "equivalent; comparisons are now case- and byte-exact")
-    if table.rowid_alias is not None and table.next_id is not None and table.next_id > 1:
-        if table.next_id <= 2**63 - 1:
-            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} RESTART WITH {}").format(
-                target, sql.Identifier(table.rowid_alias.name), sql.Literal(table.next_id)))
-        else:
-            warnings.append(f"table {table.source!r}: its ids are used up; inserts need one")
+    for column in table.columns:
+        if column.identity and column.next_id > 1:
+            _attempt(conn, sql.SQL("ALTER TABLE {} ALTER COLUMN {} RESTART WITH {}").format(
+                target, sql.Identifier(column.name), sql.Literal(column.next_id)),
+                warnings, f"the next value of {table.source}.{column.source}")
 
 
 def _create_index(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Table,
@@ -1154,10 +1185,18 @@ def _plan(db: sqlite3.Connection, on_mismatch: str, warnings: list[str]) -> list
         except sqlite3.Error as error:
             raise _unreadable(db, table, error) from None
         table.rows = db.execute(f"SELECT count(*) FROM {_q(table.source)}").fetchone()[0]
-        if table.rowid_alias is not None:
-            highest = db.execute(f"SELECT max({_q(table.rowid_alias.source)}) "
-                                 f"FROM {_q(table.source)}").fetchone()[0] or 0
-            table.next_id = max(highest, sequences.get(table.source) or 0) + 1
+        for column in table.columns:
+            if column.identity:
+                highest, nulls = db.execute(
+                    f"SELECT max({_q(column.source)}), sum({_q(column.source)} IS NULL) "
+                    f"FROM {_q(table.source)}").fetchone()
+                if column is table.rowid_alias:
+                    highest = max(highest or 0, sequences.get(table.source) or 0)
+                column.next_id, column.nulls = max(highest or 0, 0) + 1, nulls or 0
+                if column.nulls:
+                    warnings.append(f"{column.nulls} rows of {table.source!r} had no "
+                                    f"{column.source} (NULL); they were numbered from "
+                                    f"{column.next_id} on")
     for name, in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY rowid"):
         warnings.append(f"trigger {name!r} was not copied (PostgreSQL's triggers call functions)")
     return tables
