@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import secrets
 import sqlite3
+import tracemalloc
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -449,6 +450,24 @@ def test_a_100k_row_table_in_batches(tmp_path: Path, target: psycopg.Connection[
         "row 12345", 12345 / 3.0)
     target.execute("INSERT INTO big (n) VALUES (0)")
     assert target.execute("SELECT max(id) FROM big").fetchone() == (100001,)
+
+
+def test_memory_stays_bounded_by_the_batch(tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    source = sqlite_file(tmp_path / "t.sqlite", """
+        CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB, t TEXT);
+        WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 3000)
+        INSERT INTO blobs SELECT i, randomblob(10000), hex(randomblob(2000)) FROM k;
+        """)   # 42 MB of values
+    tracemalloc.start()
+    try:
+        report = convert_sqlite(source, target, batch_rows=50)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.tables[0].target_rows == 3000
+    assert peak < 8_000_000, peak
+    assert target.execute("SELECT sum(length(b)), sum(length(t)) FROM blobs").fetchone() == (
+        30_000_000, 12_000_000)
 
 
 def test_objects_belong_to_the_connecting_role(tmp_path: Path, database: str) -> None:

@@ -44,7 +44,7 @@ from agora.core.errors import InvalidInput
 
 __all__ = ["ColumnReport", "ConversionError", "ConversionReport", "TableReport", "convert_sqlite"]
 
-BATCH_ROWS = 5000
+BATCH_ROWS = 1000   # rows read from SQLite at a time: what bounds the memory used
 _MAGIC = b"SQLite format 3\x00"
 _PG_NAME_BYTES = 63
 
