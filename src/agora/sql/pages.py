@@ -1,30 +1,38 @@
 """The SQL pages at ``/sql``: the list of your databases (size, access, grants; create,
-share, drop) and a console per database (editor, results table, errors inline, history).
+share, drop) and a console per database: the schema (tables, columns, types, indexes)
+beside the editor, scripts of several statements (each one's result in a grid, or its
+error), the editor's statement as a CSV download, and a CSV file imported into a table.
 
 Session pages like the rest of the UI: every POST carries the session's CSRF token and
 calls the domain (``hosted.py``) directly, never the JSON API. A database is named by
-the ``db`` query parameter, ``owner/name``. The console works without JavaScript (a
-plain form); ``/static/sql/sql.js`` adds Ctrl+Enter and a query history kept in the
-browser's localStorage (the CSP forbids inline scripts).
+the ``db`` query parameter, ``owner/name``. Statements run as the user's own role on a
+borrowed connection, in a worker thread (``export.call``), as the API's do. The console
+works without JavaScript (plain forms); ``/static/sql/sql.js`` adds Ctrl+Enter and a
+query history kept in the browser's localStorage (the CSP forbids inline scripts).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import psycopg
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader
+from starlette.datastructures import UploadFile
 
+from agora.core.errors import InvalidInput, TooLarge
 from agora.core.identity import Session
+from agora.sql import execute
 from agora.sql.errors import SQLError
-from agora.sql.export import csv_rows, open_result
+from agora.sql.export import call, csv_chunks, import_csv, open_stream
 from agora.sql.hosted import HostedSQL, hosted_sql
 from agora.web import pages
-from agora.web.pages import PageRoute, actor, viewer
+from agora.web.pages import PageRoute, actor, check_csrf, viewer
 
 router = APIRouter(prefix="/sql", route_class=PageRoute, include_in_schema=False)
 
@@ -32,11 +40,18 @@ templates = Jinja2Templates(env=pages.templates.env.overlay(loader=ChoiceLoader(
     FileSystemLoader(Path(__file__).parent / "templates"), pages.templates.env.loader])))
 
 MAX_SQL = 100_000  # characters of SQL typed into the console
-SHOWN_ROWS = 1000  # rows the console shows (the API and export give more)
+SHOWN_ROWS = 1000  # rows the console shows of each statement (the API and export give more)
+SHOWN_VALUE = 200  # characters of one value shown in the grid
+SHOWN_TABLES = 500  # tables (and views) listed beside the editor
+SHOWN_COLUMNS = 10_000  # columns listed, in all
 
 
 def _hosted(request: Request) -> HostedSQL:
     return hosted_sql(request.app.state.runtime)
+
+
+def _settings(request: Request) -> Any:
+    return request.app.state.runtime.config.sql
 
 
 def _page(request: Request, template: str, session: Session, *, status: int = 200, **context: Any) -> Response:
@@ -55,20 +70,91 @@ def console_url(ref: str) -> str:
     return "/sql/console?" + urlencode({"db": ref})
 
 
-def _cell(value: Any) -> str:
+def _cell(value: str | None) -> str:
     if value is None:
         return "NULL"
-    if isinstance(value, bytes):
-        return "\\x" + value.hex() if len(value) <= 64 else f"\\x{value[:64].hex()}… ({len(value)} bytes)"
-    return str(value)
+    return value if len(value) <= SHOWN_VALUE else f"{value[:SHOWN_VALUE]}… ({len(value)} characters)"
+
+
+# -- the schema ---------------------------------------------------------------------------
+
+
+@dataclass
+class Column:
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+    primary: bool
+
+
+@dataclass
+class Index:
+    name: str
+    definition: str
+
+
+@dataclass
+class Table:
+    schema: str
+    name: str
+    kind: str  # table, view, materialized view, foreign table, partitioned table
+    columns: list[Column] = field(default_factory=list)
+    indexes: list[Index] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.schema == "public" else f"{self.schema}.{self.name}"
+
+
+_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}
+_TABLES = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'
+ORDER BY n.nspname <> 'public', n.nspname, c.relname LIMIT %s"""
+_COLUMNS = """
+SELECT a.attrelid::int8, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+               WHERE i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY (i.indkey))
+FROM pg_catalog.pg_attribute a
+LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = ANY (%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum LIMIT %s"""
+_INDEXES = """
+SELECT i.indrelid::int8, c.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid)
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+WHERE i.indrelid = ANY (%s::oid[]) ORDER BY i.indrelid, NOT i.indisprimary, c.relname"""
+
+
+def read_schema(conn: psycopg.Connection) -> list[Table]:
+    """The database's tables and views (not PostgreSQL's own), their columns and indexes."""
+    try:
+        found = conn.execute(_TABLES, [SHOWN_TABLES], prepare=False).fetchall()
+        tables = {oid: Table(schema, name, _KINDS.get(kind, kind)) for oid, schema, name, kind in found}
+        oids = "{" + ",".join(map(str, tables)) + "}"
+        for oid, name, type_, notnull, default, primary in conn.execute(
+                _COLUMNS, [oids, SHOWN_COLUMNS], prepare=False):
+            tables[oid].columns.append(Column(name, type_, not notnull, default, primary))
+        for oid, name, definition in conn.execute(_INDEXES, [oids], prepare=False):
+            tables[oid].indexes.append(Index(name, definition))
+    except psycopg.Error as error:
+        raise execute.sql_error(str(error).strip(), error.sqlstate) from None
+    finally:
+        execute.end_transaction(conn)
+    return list(tables.values())
+
+
+# -- the list of databases ----------------------------------------------------------------
 
 
 @router.get("", name="sql.home")
 async def databases_page(request: Request, session: Session = Depends(viewer)) -> Response:
     found = await _hosted(request).list(session.user)
-    ports = request.app.state.runtime.config
     return _page(request, "sql/databases.html", session, databases=found, console_url=console_url,
-                 notice=request.query_params.get("notice"), max_size=ports.sql.max_database_size)
+                 notice=request.query_params.get("notice"), max_size=_settings(request).max_database_size)
 
 
 @router.post("/databases")
@@ -99,9 +185,33 @@ async def revoke(request: Request, session: Session = Depends(actor)) -> Respons
     return RedirectResponse("/sql?notice=unshared", status_code=303)
 
 
-async def _console(request: Request, session: Session, ref: str, sql: str = "", **context: Any) -> Response:
-    info = await _hosted(request).get(session.user, ref)
-    return _page(request, "sql/console.html", session, database=info, sql=sql, cell=_cell, **context)
+# -- the console ----------------------------------------------------------------------------
+
+
+async def _console(request: Request, session: Session, ref: str, sql: str = "", *, run: str | None = None,
+                   upload: UploadFile | None = None, form: Any = None, **context: Any) -> Response:
+    """The console page; first runs the script ``run`` or imports ``upload``, if given,
+    on the same borrowed connection that then reads the schema."""
+    hosted = _hosted(request)
+    info = await hosted.get(session.user, ref)
+    s = _settings(request)
+    schema: list[Table] = []
+    try:
+        async with hosted.borrow(session.user, info.ref) as conn:
+            try:
+                if run is not None:
+                    context["outcome"] = await call(
+                        conn, s.query_timeout * (run.count(";") + 1), execute.script, run,
+                        max_rows=min(s.max_rows, SHOWN_ROWS), max_bytes=s.max_result_bytes)
+                if upload is not None:
+                    context.update(await _import(conn, s, upload, form))
+            except (SQLError, InvalidInput) as error:
+                context["error"] = error
+            schema = await call(conn, s.query_timeout, read_schema)
+    except SQLError as error:
+        context.setdefault("error", error)
+    return _page(request, "sql/console.html", session, database=info, sql=sql, cell=_cell, schema=schema,
+                 shown_tables=SHOWN_TABLES, **context)
 
 
 @router.get("/console")
@@ -111,34 +221,52 @@ async def console(request: Request, session: Session = Depends(viewer)) -> Respo
 
 @router.post("/console")
 async def run(request: Request, session: Session = Depends(actor)) -> Response:
+    """The editor's script: each statement in turn, stopping at the first error."""
     form = await request.form()
     ref, sql = _value(form, "db"), _value(form, "sql", MAX_SQL)
-    hosted = _hosted(request)
-    try:
-        async with hosted.session(session.user, ref) as conn:
-            result = await conn.execute(sql, limits=_limits(hosted))
-    except SQLError as error:
-        return await _console(request, session, ref, sql, error=error)
-    return await _console(request, session, ref, sql, result=result)
+    return await _console(request, session, ref, sql, run=sql)
 
 
 @router.post("/export")
 async def export(request: Request, session: Session = Depends(actor)) -> Response:
-    """The console's statement, its whole result as a CSV download."""
+    """The editor's statement, its whole result as a CSV download."""
     form = await request.form()
     ref, sql = _value(form, "db"), _value(form, "sql", MAX_SQL)
+    s = _settings(request)
     try:
-        result = await open_result(_hosted(request).session(session.user, ref), sql)
+        chunks = await open_stream(_hosted(request).borrow(session.user, ref), s.query_timeout,
+                                   lambda conn: csv_chunks(conn, sql, (), s.stream_chunk))
     except SQLError as error:
         return await _console(request, session, ref, sql, error=error)
     name = ref.replace("/", "-") or "result"
-    return StreamingResponse(csv_rows(result), media_type="text/csv; charset=utf-8",
+    return StreamingResponse(chunks, media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="{name}.csv"',
                                       "Cache-Control": "no-store"})
 
 
-def _limits(hosted: HostedSQL):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
+@router.post("/import")
+async def import_file(request: Request, session: Session = Depends(viewer)) -> Response:
+    """A CSV file into a new table (its header names the columns) or onto an existing one."""
+    limit = _settings(request).max_upload
+    declared = request.headers.get("content-length", "")
+    # The form parser spools the file before the token can be checked: refuse what could
+    # never be imported before it is read.
+    if not declared.isdigit() or int(declared) > limit:
+        raise TooLarge(f"imported files are limited to {limit} bytes (sql.max_upload); the form must declare its size")
+    await check_csrf(request, session.csrf_token)
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise InvalidInput("choose a CSV file to import")
+    return await _console(request, session, _value(form, "db"), upload=upload, form=form)
 
-    limits = hosted.limits()
-    return replace(limits, max_rows=min(limits.max_rows, SHOWN_ROWS))
+
+async def _import(conn: psycopg.Connection, s: Any, upload: UploadFile, form: Any) -> dict[str, Any]:
+    table = _value(form, "table").strip() or Path(upload.filename or "").stem.strip()
+    if not table or len(table.encode()) > 63:
+        raise InvalidInput("name the table: 1 to 63 bytes")
+    create = _value(form, "mode") != "append"
+    infer = _value(form, "types") == "infer"
+    count = await call(conn, s.query_timeout, import_csv, upload.file, table, create=create, infer=infer)
+    verb = "into a new table" if create else "onto table"
+    return {"notice": f"{count} rows imported {verb} {table}.", "import_table": table}
