@@ -1,5 +1,5 @@
 """agora.client's sql sub-API, blocking and asyncio, against a real server: typed
-values both ways (bytes, None, int), batches, streaming rows, CSV, errors as the
+values both ways (bytes, None, int, bool), batches, streaming rows, CSV, errors as the
 client's exception classes with the SQLSTATE in ``problem``."""
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ def test_sync_client_round_trip(server):
         assert (made.ref, made.access) == (f"{name}/c", "owner")
         with pytest.raises(Conflict):
             client.sql.create("c")
-        client.sql.query("c", "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB)")
+        client.sql.query("c", "CREATE TABLE t (id serial PRIMARY KEY, s text, b bytea)")
         r = client.sql.query("c", "INSERT INTO t (s, b) VALUES ($1, $2)", ["x", b"\x00\x01\xff"])
         assert r.rows_affected == 1 and r.command == "INSERT 0 1"
-        r = client.sql.query("c", "SELECT id, s, b, NULL AS n FROM t")
-        assert r.rows == [[1, "x", b"\x00\x01\xff", None]] and r.columns == ["id", "s", "b", "n"]
-        results = client.sql.batch("c", ["INSERT INTO t (s) VALUES ('y')", ("INSERT INTO t (s) VALUES (?)", ["z"])])
+        r = client.sql.query("c", "SELECT id, s, b, NULL AS n, $1 AS yes FROM t", [True])
+        assert r.rows == [[1, "x", b"\x00\x01\xff", None, True]] and r.columns == ["id", "s", "b", "n", "yes"]
+        assert r.types == ["int4", "text", "bytea", "text", "bool"]
+        results = client.sql.batch("c", ["INSERT INTO t (s) VALUES ('y')", ("INSERT INTO t (s) VALUES ($1)", ["z"])])
         assert [x.rows_affected for x in results] == [1, 1]
         with pytest.raises(InvalidRequest) as e:
             client.sql.batch("c", ["INSERT INTO t (s) VALUES ('w')", "INSERT INTO t (id) VALUES (1)"])
@@ -62,8 +63,8 @@ def test_async_client_round_trip(server):
         async with AsyncClient(server.url) as client:
             await client.login(name, password)
             await client.sql.create("a")
-            await client.sql.query("a", "CREATE TABLE t (x INTEGER)")
-            await client.sql.batch("a", [("INSERT INTO t VALUES (?)", [i]) for i in range(5)])
+            await client.sql.query("a", "CREATE TABLE t (x integer)")
+            await client.sql.batch("a", [("INSERT INTO t VALUES ($1)", [i]) for i in range(5)])
             r = await client.sql.query("a", "SELECT sum(x) AS s FROM t")
             assert r.rows == [[10]]
             assert [row async for row in client.sql.rows("a", "SELECT x FROM t ORDER BY x")] == [[i] for i in range(5)]
