@@ -220,3 +220,34 @@ def test_dump_and_restore_refusals(server, tmp_path):
     assert result.returncode == 2 and "--file" in result.stderr
     result = cli("sql", "dump", "nothere", home=home, password=password, text=False)
     assert result.returncode == 1 and result.stderr.startswith(b"agora: ") and not result.stdout
+
+
+@pytest.mark.parametrize("binding", [None, b"\x01" * 32])
+def test_the_tunnels_scram_client_against_the_servers(binding):
+    """The tunnel logs in as libpq would: SCRAM-SHA-256, or -PLUS bound to the TLS
+    channel; a wrong password or another channel (a relay in the middle) fails."""
+    from agora.core.scram import make_verifier
+    from agora.sql.pgwire.scram import ScramError, ScramServer, parse_initial_response
+    from agora.sql.tunnel import ScramClient, TunnelError
+
+    verifier = make_verifier("pässword", iterations=4096)
+
+    def exchange(password: str, client_binding: bytes | None) -> bool:
+        client = ScramClient(password, client_binding)
+        server = ScramServer(verifier, binding)
+        mechanism, first = parse_initial_response(client.first())
+        server_first = server.client_first(mechanism, first)
+        ok, server_final = server.client_final(client.final(server_first))
+        if ok:
+            client.verify(server_final)
+        return ok
+
+    assert exchange("pa\u0308ssword", binding)  # SASLprep: the same password, decomposed
+    assert not exchange("wrong", binding)
+    if binding is not None:
+        with pytest.raises(ScramError):
+            exchange("pässword", b"\x02" * 32)
+    client = ScramClient("pässword", binding)
+    client.final(ScramServer(verifier, binding).client_first(*parse_initial_response(client.first())))
+    with pytest.raises(TunnelError):
+        client.verify(b"v=" + b"A" * 44)  # a server that does not know the verifier

@@ -295,9 +295,10 @@ def _child_env(password: str | None) -> dict[str, str]:
 
 
 @contextmanager
-def _route(target: Target, tls_capable: bool, force_tls: bool) -> Iterator[str]:
+def _route(target: Target, tls_capable: bool, force_tls: bool, env: dict[str, str]) -> Iterator[str]:
     """The conninfo a tool connects with: straight to the server (in TLS when the tool
-    can; in clear on loopback when it cannot), or through a local TLS tunnel."""
+    can; in clear on loopback when it cannot), or through a local TLS tunnel, which then
+    logs in with the password itself (taken out of ``env``: the tool needs none)."""
     from agora.sql import tunnel
 
     if tls_capable:
@@ -309,7 +310,8 @@ def _route(target: Target, tls_capable: bool, force_tls: bool) -> Iterator[str]:
                         sslmode="disable", connect_timeout=10)
         return
     try:
-        relay = tunnel.Tunnel(target.host, target.port, tunnel.client_context(target.cafile))
+        relay = tunnel.Tunnel(target.host, target.port, tunnel.client_context(target.cafile),
+                              password=env.pop("PGPASSWORD", None))
         local_port = relay.start()
     except tunnel.TunnelError as error:
         fail(str(error))
@@ -351,7 +353,7 @@ def shell(db: str, psql_args: tuple[str, ...], use_bundled: bool, force_tls: boo
     system = None if use_bundled else shutil.which("psql")
     password = _password(target, password_stdin)
     env = _child_env(password)
-    with _route(target, tls_capable=system is not None, force_tls=force_tls) as conninfo:
+    with _route(target, tls_capable=system is not None, force_tls=force_tls, env=env) as conninfo:
         argv = [system or bundled("psql"), "-d", conninfo, *psql_args]
         if system is not None:
             sys.stdout.flush()
@@ -378,7 +380,7 @@ def dump(db: str, pg_dump_args: tuple[str, ...], dump_format: str, force_tls: bo
         fail("a custom-format dump is binary: redirect it to a file (or use -F p)", USAGE)
     target = _target(db)
     env = _child_env(_password(target, password_stdin))
-    with _route(target, tls_capable=False, force_tls=force_tls) as conninfo:
+    with _route(target, tls_capable=False, force_tls=force_tls, env=env) as conninfo:
         argv = [bundled("pg_dump"), "-d", conninfo, "-F", dump_format]
         if dump_format == "p":
             argv += ["--no-owner", "--no-privileges"]
@@ -410,7 +412,7 @@ def restore(db: str, file: str | None, tool_args: tuple[str, ...], force_tls: bo
             fail("the dump is empty" if file else "no dump on stdin: `agora sql restore DB < FILE`", USAGE)
         target = _target(db)
         env = _child_env(_password(target, password_stdin))
-        with _route(target, tls_capable=False, force_tls=force_tls) as conninfo:
+        with _route(target, tls_capable=False, force_tls=force_tls, env=env) as conninfo:
             if head.startswith(CUSTOM_MAGIC):
                 argv = [bundled("pg_restore"), "-d", conninfo, "--no-owner", "--no-privileges",
                         "--exit-on-error", "--single-transaction"]

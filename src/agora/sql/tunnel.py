@@ -11,14 +11,29 @@ background thread of the CLI process and lives as long as the tool it serves.
 (cleartext, which accepts an API token, or SCRAM, which needs the password) without
 logging in.
 
+Given the password (or API token), the tunnel logs in itself: it reads the tool's
+startup packet, passes it on, answers the server's password request (cleartext, or
+SCRAM-SHA-256-PLUS bound to the TLS channel, as libpq would over TLS), hands the tool
+AuthenticationOk and from then on relays bytes. The tool is never asked for a password
+and none is put in its environment. Without one, the tunnel relays from the start, and
+takes SCRAM-SHA-256-PLUS out of the mechanisms the server offers, since libpq refuses
+channel binding offered on a connection it sees without TLS (a sign of stripped TLS);
+the tool then proves the password without binding.
+
 Verification follows libpq's sslmode: with a CA certificate the server's chain is
 checked against it (verify-ca); without one the connection is encrypted but the
-certificate not checked (require).
+certificate not checked (require), where channel binding still defeats a relay in the
+middle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import secrets
 import socket
 import ssl
 import struct
@@ -26,8 +41,13 @@ import sys
 import threading
 from typing import Callable
 
-SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+SSL_REQUEST = struct.pack("!ii", 8, SSL_REQUEST_CODE)
 PROTOCOL_3 = 196608
+MAX_STARTUP = 10_000     # bytes of a startup packet, as PostgreSQL's limit
+MAX_ITERATIONS = 10_000_000  # of a server's SCRAM salt: beyond, a way to make us spin
 CHUNK = 256 * 1024
 CONNECT_TIMEOUT = 10.0
 
@@ -36,6 +56,10 @@ AUTH_OK = 0
 AUTH_CLEARTEXT = 3
 AUTH_MD5 = 5
 AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+SCRAM = "SCRAM-SHA-256"
+SCRAM_PLUS = "SCRAM-SHA-256-PLUS"
 
 
 class TunnelError(Exception):
@@ -171,6 +195,97 @@ async def _authentication(reader: asyncio.StreamReader, writer: asyncio.StreamWr
             return
 
 
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+def error_response(sqlstate: str, text: str) -> bytes:
+    fields = [b"SFATAL", b"VFATAL", b"C" + sqlstate.encode(), b"M" + text.encode()]
+    return message(b"E", b"\x00".join(fields) + b"\x00\x00")
+
+
+def end_point_hash(certificate: bytes) -> bytes:
+    """tls-server-end-point channel binding data (RFC 5929) of a DER certificate: its
+    hash with the certificate's signature hash, SHA-256 where that is MD5 or SHA-1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_der_x509_certificate(certificate)
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or algorithm.name in ("md5", "sha1"):
+        algorithm = hashes.SHA256()
+    return cert.fingerprint(algorithm)
+
+
+class ScramClient:
+    """The client's side of SCRAM-SHA-256 (RFC 5802/7677) as libpq runs it: an empty
+    user name (the startup packet's counts), channel binding when ``binding`` is given."""
+
+    def __init__(self, password: str, binding: bytes | None):
+        from agora.core.scram import saslprep
+
+        self.password = saslprep(password).encode("utf-8")
+        self.binding = binding
+        self.mechanism = SCRAM_PLUS if binding is not None else SCRAM
+        self.gs2 = "p=tls-server-end-point,," if binding is not None else "n,,"
+        self.nonce = base64.b64encode(secrets.token_bytes(18)).decode()
+        self.first_bare = f"n=,r={self.nonce}"
+        self.server_signature = b""
+
+    def first(self) -> bytes:
+        """The SASLInitialResponse's body."""
+        data = (self.gs2 + self.first_bare).encode()
+        return self.mechanism.encode() + b"\x00" + struct.pack("!i", len(data)) + data
+
+    def final(self, server_first: bytes) -> bytes:
+        text = server_first.decode("utf-8", "replace")
+        attributes = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+        try:
+            nonce, salt, iterations = attributes["r"], base64.b64decode(attributes["s"]), int(attributes["i"])
+        except (KeyError, ValueError):
+            raise TunnelError("malformed SCRAM message from the server") from None
+        if not nonce.startswith(self.nonce) or len(nonce) == len(self.nonce) or not 0 < iterations <= MAX_ITERATIONS:
+            raise TunnelError("the server's SCRAM message is not a valid answer")
+        salted = hashlib.pbkdf2_hmac("sha256", self.password, salt, iterations)
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        binding = base64.b64encode(self.gs2.encode() + (self.binding or b"")).decode()
+        without_proof = f"c={binding},r={nonce}"
+        auth_message = f"{self.first_bare},{text},{without_proof}".encode()
+        signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+        self.server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        """That the server knew the verifier: it is the server we meant."""
+        text = server_final.decode("utf-8", "replace")
+        try:
+            signature = base64.b64decode(text[2:].split(",")[0], validate=True) if text.startswith("v=") else b""
+        except ValueError:
+            signature = b""
+        if not hmac.compare_digest(signature, self.server_signature):
+            raise TunnelError("the server's SCRAM signature does not match: not the server it claims to be")
+
+
+async def read_packet(reader: asyncio.StreamReader) -> bytes:
+    """One startup-phase packet of a client (length-prefixed, no type byte)."""
+    header = await reader.readexactly(4)
+    size = struct.unpack("!i", header)[0]
+    if not 8 <= size <= MAX_STARTUP:
+        raise TunnelError("invalid startup packet length")
+    return header + await reader.readexactly(size - 4)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One server message: (type byte, whole message)."""
+    header = await reader.readexactly(5)
+    size = struct.unpack("!i", header[1:])[0]
+    if size < 4:
+        raise TunnelError("malformed message from the server")
+    return header[:1], header + await reader.readexactly(size - 4)
+
+
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -189,11 +304,12 @@ class Tunnel:
     ``on_error`` hears why a connection could not be relayed (default: one line on
     stderr), since the tool at the other end only sees its connection closed."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext | None,
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None, password: str | None = None,
                  on_error: Callable[[str], None] | None = None):
         self.host = host
         self.port = port
         self.context = context
+        self.password = password
         self.on_error = on_error or (lambda message: print(f"agora: {message}", file=sys.stderr))
         self.local_port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -257,6 +373,13 @@ class Tunnel:
                 await asyncio.wait(connections, timeout=2)
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        first = b""
+        if self.password is not None:
+            try:
+                first = await self._client_startup(client_reader, client_writer)
+            except (OSError, asyncio.IncompleteReadError, TunnelError):
+                client_writer.close()
+                return
         try:
             server_reader, server_writer = await open_server(self.host, self.port, self.context)
         except (OSError, asyncio.TimeoutError, ssl.SSLError, TunnelError, asyncio.IncompleteReadError) as error:
@@ -266,15 +389,87 @@ class Tunnel:
             client_writer.close()
             return
         try:
+            if first:
+                server_writer.write(first)
+                await server_writer.drain()
+                if struct.unpack("!i", first[4:8])[0] == CANCEL_REQUEST_CODE:
+                    with contextlib.suppress(asyncio.TimeoutError):  # the server closes once it has it
+                        await asyncio.wait_for(server_reader.read(1), CONNECT_TIMEOUT)
+                    return
+                if not await self._authenticate(server_reader, server_writer, client_writer):
+                    return
+                downstream = asyncio.ensure_future(_pipe(server_reader, client_writer))
+            else:
+                downstream = asyncio.ensure_future(self._downstream(server_reader, client_writer))
             upstream = asyncio.ensure_future(_pipe(client_reader, server_writer))
-            downstream = asyncio.ensure_future(self._downstream(server_reader, client_writer))
             # Either side ending ends the connection: PostgreSQL has no half-closed state.
             await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
             for task in (upstream, downstream):
                 task.cancel()
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
         finally:
             for writer in (server_writer, client_writer):
                 writer.close()
+
+    async def _client_startup(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The tool's startup (or cancel) packet; its requests for TLS or GSSAPI
+        encryption are declined: the tunnel's own connection is the encrypted one."""
+        while True:
+            packet = await read_packet(reader)
+            code = struct.unpack("!i", packet[4:8])[0]
+            if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
+                writer.write(b"N")
+                continue
+            return packet
+
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            client: asyncio.StreamWriter) -> bool:
+        """Log in with the tunnel's password; True once the tool has AuthenticationOk,
+        False when the server refused (its error went to the tool)."""
+        password = self.password or ""
+        scram: ScramClient | None = None
+        try:
+            while True:
+                kind, data = await read_message(reader)
+                if kind == b"E":
+                    client.write(data)
+                    await client.drain()
+                    return False
+                if kind != b"R":
+                    if kind == b"v":  # NegotiateProtocolVersion: the tool's business
+                        client.write(data)
+                        continue
+                    raise TunnelError(f"unexpected message {kind!r} from the server during authentication")
+                code = struct.unpack("!i", data[5:9])[0]
+                body = data[9:]
+                if code == AUTH_OK:
+                    client.write(data)
+                    await client.drain()
+                    return True
+                if code == AUTH_CLEARTEXT:
+                    writer.write(message(b"p", password.encode() + b"\x00"))
+                elif code == AUTH_SASL:
+                    offered = [m.decode("ascii", "replace") for m in body.split(b"\x00") if m]
+                    ssl_object = writer.get_extra_info("ssl_object")
+                    binding = None
+                    if SCRAM_PLUS in offered and ssl_object is not None:
+                        binding = end_point_hash(ssl_object.getpeercert(binary_form=True))
+                    elif SCRAM not in offered:
+                        raise TunnelError(f"the server offers no SASL mechanism the tunnel speaks ({offered})")
+                    scram = ScramClient(password, binding)
+                    writer.write(message(b"p", scram.first()))
+                elif code == AUTH_SASL_CONTINUE and scram is not None:
+                    writer.write(message(b"p", scram.final(body)))
+                elif code == AUTH_SASL_FINAL and scram is not None:
+                    scram.verify(body)
+                else:
+                    raise TunnelError(f"the server asks for an authentication the tunnel does not speak ({code})")
+                await writer.drain()
+        except TunnelError as error:
+            client.write(error_response("08006", f"agora tunnel: {error}"))
+            await client.drain()
+            return False
 
     async def _downstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
