@@ -19,7 +19,8 @@ import uuid
 import pytest
 
 from conftest import ServerFactory
-from pgwire_support import QUERY_TIMEOUT, Account, account, provision, server_env
+from pgwire_support import QUERY_TIMEOUT, Account, provision, server_env
+from sql_tools.accounts import accounts
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a dependency (pip install -e '.[test]')")
 asyncpg = pytest.importorskip("asyncpg")
@@ -32,6 +33,33 @@ def pg_server(tmp_path_factory, backend):
     factory = ServerFactory(tmp_path_factory.mktemp(f"pgdrivers-{backend}"), backend)
     yield factory(env=server_env())
     factory.close()
+
+
+# Each test's own user, with the databases it owns.
+USERS = {
+    "shop": ("shop",),
+    "ledger": ("ledger",),
+    "pooled": ("pooled",),
+    "types": ("types",),
+    "bulk": ("bulk",),
+    "legacy": ("legacy",),
+    "together": ("together",),
+    "chat": ("chat",),
+    "slow": ("slow",),
+    "alice": ("mine",),
+    "bob": ("bobs",),
+    "owner": ("granted",),
+    "reader": (),
+    "writer": (),
+    "fortress": ("fortress",),
+    "other": ("other",),
+}
+
+
+@pytest.fixture(scope="module")
+def users(pg_server) -> dict[str, Account]:
+    """The module's users, each owning the databases USERS names, made in one go."""
+    return accounts(pg_server, USERS)
 
 
 def connect_asyncpg(acct: Account, database: str, **kwargs):
@@ -51,8 +79,8 @@ def sqlstate_of(conn, statement: str) -> str | None:
 # -- psycopg 3 -----------------------------------------------------------------------------
 
 
-def test_psycopg_parameters_prepared_statements_transactions_and_copy(pg_server):
-    ann = account(pg_server, "shop")
+def test_psycopg_parameters_prepared_statements_transactions_and_copy(users):
+    ann = users["shop"]
     with psycopg.connect(ann.dsn("shop")) as conn:
         conn.execute("CREATE TABLE items (id serial PRIMARY KEY, name text, price real, data bytea, "
                      "ok boolean, amount numeric)")
@@ -112,8 +140,8 @@ def test_psycopg_parameters_prepared_statements_transactions_and_copy(pg_server)
 # -- asyncpg --------------------------------------------------------------------------------
 
 
-def test_asyncpg_parameters_statements_transactions_and_cursors(pg_server):
-    ann = account(pg_server, "ledger")
+def test_asyncpg_parameters_statements_transactions_and_cursors(users):
+    ann = users["ledger"]
 
     async def scenario():
         conn = await connect_asyncpg(ann, "ledger")
@@ -141,8 +169,8 @@ def test_asyncpg_parameters_statements_transactions_and_cursors(pg_server):
     asyncio.run(scenario())
 
 
-def test_asyncpg_pool_acquired_and_released_many_times(pg_server):
-    ann = account(pg_server, "pooled")
+def test_asyncpg_pool_acquired_and_released_many_times(users):
+    ann = users["pooled"]
 
     async def scenario():
         pool = await asyncpg.create_pool(host="127.0.0.1", port=ann.port, user=ann.name, password=ann.password,
@@ -177,8 +205,8 @@ def test_asyncpg_pool_acquired_and_released_many_times(pg_server):
     asyncio.run(scenario())
 
 
-def test_asyncpg_types_round_trip(pg_server):
-    ann = account(pg_server, "types")
+def test_asyncpg_types_round_trip(users):
+    ann = users["types"]
     values = {
         "d": datetime.date(2024, 2, 29),
         "t": datetime.time(13, 14, 15, 161718),
@@ -224,8 +252,8 @@ def test_asyncpg_types_round_trip(pg_server):
     asyncio.run(scenario())
 
 
-def test_asyncpg_copy_and_nested_transactions(pg_server):
-    ann = account(pg_server, "bulk")
+def test_asyncpg_copy_and_nested_transactions(users):
+    ann = users["bulk"]
 
     async def scenario():
         conn = await connect_asyncpg(ann, "bulk")
@@ -269,9 +297,9 @@ def test_asyncpg_copy_and_nested_transactions(pg_server):
 # -- psycopg2 -------------------------------------------------------------------------------
 
 
-def test_psycopg2_named_cursors_and_copy_expert(pg_server):
+def test_psycopg2_named_cursors_and_copy_expert(users):
     psycopg2 = pytest.importorskip("psycopg2")
-    ann = account(pg_server, "legacy")
+    ann = users["legacy"]
     conn = psycopg2.connect(ann.dsn("legacy"))
     try:
         with conn.cursor() as cur:
@@ -313,8 +341,8 @@ def test_psycopg2_named_cursors_and_copy_expert(pg_server):
 # -- two connections ----------------------------------------------------------------------------
 
 
-def test_an_idle_transaction_blocks_no_other_connection(pg_server):
-    ann = account(pg_server, "together")
+def test_an_idle_transaction_blocks_no_other_connection(users):
+    ann = users["together"]
     with psycopg.connect(ann.dsn("together"), autocommit=True) as setup:
         setup.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
         setup.execute("INSERT INTO t VALUES (1, 'one')")
@@ -341,8 +369,8 @@ def test_an_idle_transaction_blocks_no_other_connection(pg_server):
         assert snap.execute("SELECT count(*) FROM t").fetchone() == (3,)
 
 
-def test_listen_notify_between_two_connections(pg_server):
-    ann = account(pg_server, "chat")
+def test_listen_notify_between_two_connections(users):
+    ann = users["chat"]
     with psycopg.connect(ann.dsn("chat"), autocommit=True) as listener, \
             psycopg.connect(ann.dsn("chat"), autocommit=True) as talker:
         listener.execute("LISTEN news")
@@ -374,8 +402,8 @@ def test_listen_notify_between_two_connections(pg_server):
 # -- limits and cancel ------------------------------------------------------------------------
 
 
-def test_time_limit_and_cancel_keep_the_connection(pg_server):
-    ann = account(pg_server, "slow")
+def test_time_limit_and_cancel_keep_the_connection(users):
+    ann = users["slow"]
     with psycopg.connect(ann.dsn("slow"), autocommit=True) as conn:
         for runaway in ("SELECT pg_sleep(60)", "DO $$ BEGIN LOOP END LOOP; END $$"):
             started = time.monotonic()
@@ -417,9 +445,9 @@ def test_time_limit_and_cancel_keep_the_connection(pg_server):
 # -- isolation --------------------------------------------------------------------------------
 
 
-def test_authentication_and_who_may_connect(pg_server):
-    alice = account(pg_server, "mine")
-    bob = account(pg_server, "bobs")
+def test_authentication_and_who_may_connect(pg_server, users):
+    alice = users["alice"]
+    bob = users["bob"]
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(alice.dsn("mine", password="wrong-password"))
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
@@ -440,10 +468,10 @@ def test_authentication_and_who_may_connect(pg_server):
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_read_and_write_grants(pg_server):
-    owner = account(pg_server, "granted")
-    reader = account(pg_server)
-    writer = account(pg_server)
+def test_read_and_write_grants(pg_server, users):
+    owner = users["owner"]
+    reader = users["reader"]
+    writer = users["writer"]
     with psycopg.connect(owner.dsn("granted"), autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t (v) VALUES ('a')")
@@ -474,9 +502,9 @@ def test_read_and_write_grants(pg_server):
         assert conn.execute("SELECT x FROM made_by_writer").fetchall() == [(1,)]
 
 
-def test_nothing_beyond_the_users_own_role(pg_server):
-    alice = account(pg_server, "fortress")
-    bob = account(pg_server, "other")
+def test_nothing_beyond_the_users_own_role(users):
+    alice = users["fortress"]
+    bob = users["other"]
     with psycopg.connect(bob.dsn("other"), autocommit=True) as conn:
         bob_role = conn.execute("SELECT current_user").fetchone()[0]
     with psycopg.connect(alice.dsn("fortress"), autocommit=True) as conn:

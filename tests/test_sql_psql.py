@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ServerFactory, clean_env
-from pgwire_support import Account, account, provision, server_env
+from pgwire_support import Account, provision, server_env
+from sql_tools.accounts import accounts
 
 pytestmark = pytest.mark.xdist_group("sql-psql")
 
@@ -28,6 +29,24 @@ def pg_server(tmp_path_factory, backend):
     factory = ServerFactory(tmp_path_factory.mktemp(f"psql-{backend}"), backend)
     yield factory(env=server_env())
     factory.close()
+
+
+# Each test's own user, with the databases it owns.
+USERS = {
+    "shop": ("shop",),
+    "tls": ("tls",),
+    "copies": ("copies",),
+    "notes": ("notes",),
+    "private": ("private",),
+    "bob": (),
+}
+
+
+@pytest.fixture(scope="module")
+def users(pg_server) -> dict[tuple[str, str], Account]:
+    """The module's users, for each psql (keyed by its sslmode) one of each, made in one go."""
+    return accounts(pg_server, {(sslmode, key): databases for key, databases in USERS.items()
+                                for sslmode in ("require", "disable")})
 
 
 @pytest.fixture(params=["system", "bundled"])
@@ -63,8 +82,8 @@ def role_of(acct: Account, database: str, client: tuple[str, str]) -> str:
     return done.stdout.splitlines()[2].strip()
 
 
-def test_psql_sql_and_meta_commands(pg_server, client):
-    ann = account(pg_server, "shop")
+def test_psql_sql_and_meta_commands(users, client):
+    ann = users[client[1], "shop"]
     role = role_of(ann, "shop", client)
     done = psql(ann, "shop",
                 "CREATE TABLE fruit (id serial PRIMARY KEY, name text NOT NULL, price real DEFAULT 1.5)",
@@ -110,19 +129,19 @@ def test_psql_sql_and_meta_commands(pg_server, client):
         assert "List of databases" in done.stdout and f" {ann.name}/shop " in done.stdout, done.stdout
 
 
-def test_psql_conninfo_shows_tls(pg_server):
+def test_psql_conninfo_shows_tls(users):
     program = shutil.which("psql")
     if program is None:
         pytest.skip("psql is not installed (Debian package postgresql-client)")
-    ann = account(pg_server, "tls")
+    ann = users["require", "tls"]
     done = psql(ann, "tls", "\\conninfo", client=(program, "require"))
     assert done.returncode == 0, done.stderr
     assert f'You are connected to database "tls" as user "{ann.name}"' in done.stdout, done.stdout
     assert "SSL connection (protocol: TLSv1.3" in done.stdout, done.stdout
 
 
-def test_psql_copy_in_and_out(pg_server, client, tmp_path):
-    ann = account(pg_server, "copies")
+def test_psql_copy_in_and_out(users, client, tmp_path):
+    ann = users[client[1], "copies"]
     (tmp_path / "in.csv").write_text('id,name,note\n1,apple,"red, round"\n2,pear,\n3,"fig ""dried""",x\n')
     done = psql(ann, "copies", "CREATE TABLE f (id integer PRIMARY KEY, name text, note text)",
                 "\\copy f FROM 'in.csv' WITH (FORMAT csv, HEADER)",
@@ -141,8 +160,8 @@ def test_psql_copy_in_and_out(pg_server, client, tmp_path):
     assert " 1,2,3\n" in done.stdout
 
 
-def test_psql_on_error_rollback_and_errors(pg_server, client):
-    ann = account(pg_server, "notes")
+def test_psql_on_error_rollback_and_errors(users, client):
+    ann = users[client[1], "notes"]
     done = psql(ann, "notes", "CREATE TABLE n (id integer PRIMARY KEY, body text); "
                               "INSERT INTO n VALUES (1, 'one'); SELECT count(*) AS c FROM n", client=client)
     assert done.returncode == 0, done.stderr
@@ -166,9 +185,9 @@ def test_psql_on_error_rollback_and_errors(pg_server, client):
     assert 'Did not find any relation named "nosuch"' in done.stderr
 
 
-def test_psql_denials(pg_server, client):
-    ann = account(pg_server, "private")
-    bob = account(pg_server)
+def test_psql_denials(pg_server, users, client):
+    ann = users[client[1], "private"]
+    bob = users[client[1], "bob"]
     wrong = psql(ann, "private", "SELECT 1", password="not-the-password", client=client)
     assert wrong.returncode != 0 and f'password authentication failed for user "{ann.name}"' in wrong.stderr
     other = psql(bob, f"{ann.name}/private", "SELECT 1", client=client)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ServerFactory, clean_env, wait_for
-from pgwire_support import Account, account, provision, server_env
+from pgwire_support import Account, provision, server_env
+from sql_tools.accounts import accounts
 
 sa = pytest.importorskip("sqlalchemy")
 psycopg = pytest.importorskip("psycopg")
@@ -40,6 +41,27 @@ def pg_server(tmp_path_factory, backend):
     factory = ServerFactory(tmp_path_factory.mktemp(f"sqltools-{backend}"), backend)
     yield factory(env=server_env())
     factory.close()
+
+
+# Each test's own user, with the databases it owns.
+USERS = {
+    "orm_sync": ("orm_sync",),
+    "orm_async": ("orm_async",),
+    "migrated": ("migrated",),
+    "site": ("site",),
+    "frames": ("frames",),
+    "complete": ("complete",),
+    "hal": ("shared",),
+    "ivy": ("mine",),
+    "dump_custom": ("source", "restored"),
+    "dump_plain": ("source", "restored"),
+}
+
+
+@pytest.fixture(scope="module")
+def users(pg_server) -> dict[str, Account]:
+    """The module's users, each owning the databases USERS names, made in one go."""
+    return accounts(pg_server, USERS)
 
 
 def url(acct: Account, database: str, driver: str = "psycopg") -> sa.URL:
@@ -109,8 +131,8 @@ def schema_of(conn: sa.Connection) -> dict:
     }
 
 
-def test_sqlalchemy_orm_and_inspector_on_psycopg(pg_server):
-    ann = account(pg_server, "orm_sync")
+def test_sqlalchemy_orm_and_inspector_on_psycopg(users):
+    ann = users["orm_sync"]
     engine = sa.create_engine(url(ann, "orm_sync"))
     try:
         Base.metadata.create_all(engine)
@@ -158,11 +180,11 @@ def test_sqlalchemy_orm_and_inspector_on_psycopg(pg_server):
         engine.dispose()
 
 
-def test_sqlalchemy_orm_and_inspector_on_asyncpg(pg_server):
+def test_sqlalchemy_orm_and_inspector_on_asyncpg(users):
     pytest.importorskip("asyncpg")
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-    bob = account(pg_server, "orm_async")
+    bob = users["orm_async"]
 
     async def scenario():
         engine = create_async_engine(url(bob, "orm_async", "asyncpg"), pool_size=3)
@@ -203,13 +225,13 @@ def test_sqlalchemy_orm_and_inspector_on_asyncpg(pg_server):
 # -- Alembic ---------------------------------------------------------------------------------
 
 
-def test_alembic_upgrade_downgrade_upgrade(pg_server):
+def test_alembic_upgrade_downgrade_upgrade(users):
     pytest.importorskip("alembic")
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    cy = account(pg_server, "migrated")
+    cy = users["migrated"]
     config = Config()
     config.set_main_option("script_location", str(TOOLS / "alembic"))
     config.set_main_option("sqlalchemy.url", url(cy, "migrated").render_as_string(hide_password=False))
@@ -252,9 +274,9 @@ def test_alembic_upgrade_downgrade_upgrade(pg_server):
 # -- Django ------------------------------------------------------------------------------------
 
 
-def test_django_migrate_orm_and_inspectdb(pg_server):
+def test_django_migrate_orm_and_inspectdb(users):
     pytest.importorskip("django")
-    dee = account(pg_server, "site")
+    dee = users["site"]
     database = {"host": "127.0.0.1", "port": dee.port, "user": dee.name, "password": dee.password, "name": "site",
                 "sslmode": "require"}
     done = subprocess.run([sys.executable, str(TOOLS / "django" / "drive.py")],
@@ -287,9 +309,9 @@ def test_django_migrate_orm_and_inspectdb(pg_server):
 # -- pandas ------------------------------------------------------------------------------------
 
 
-def test_pandas_to_sql_and_read_sql_table(pg_server):
+def test_pandas_to_sql_and_read_sql_table(users):
     pd = pytest.importorskip("pandas")
-    eve = account(pg_server, "frames")
+    eve = users["frames"]
     engine = sa.create_engine(url(eve, "frames"))
     first = pd.DataFrame({"id": [1, 2, 3], "name": ["apple", "pear", "fig"], "price": [0.5, 0.75, None],
                           "day": pd.to_datetime(["2024-01-02", "2024-02-03", "2024-03-04"]),
@@ -320,11 +342,11 @@ def test_pandas_to_sql_and_read_sql_table(pg_server):
 # -- pgcli -------------------------------------------------------------------------------------
 
 
-def test_pgcli_completion_lists_tables_and_columns(pg_server, tmp_path, monkeypatch):
+def test_pgcli_completion_lists_tables_and_columns(users, tmp_path, monkeypatch):
     pytest.importorskip("pgcli")
     from pgcli.main import PGCli
 
-    fay = account(pg_server, "complete")
+    fay = users["complete"]
     with psycopg.connect(fay.dsn("complete"), autocommit=True) as conn:
         conn.execute("CREATE TABLE customers (id serial PRIMARY KEY, email text UNIQUE)")
         conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers, "
@@ -418,8 +440,8 @@ def pg_tool(acct: Account, tools: tuple[Path, str], program: str, *args: str,
 
 
 @pytest.mark.parametrize("dump_format", ["custom", "plain"])
-def test_pg_dump_and_pg_restore_round_trip(pg_server, tmp_path, dump_format):
-    gus = account(pg_server, "source", "restored")
+def test_pg_dump_and_pg_restore_round_trip(users, tmp_path, dump_format):
+    gus = users[f"dump_{dump_format}"]
     with psycopg.connect(gus.dsn("source"), autocommit=True) as conn:
         for statement in SOURCE_SCHEMA:
             conn.execute(statement)
@@ -445,10 +467,10 @@ def test_pg_dump_and_pg_restore_round_trip(pg_server, tmp_path, dump_format):
     assert before[-1] == [(4, 51)]
 
 
-def test_pg_dump_of_a_granted_database(pg_server, tmp_path):
+def test_pg_dump_of_a_granted_database(pg_server, users, tmp_path):
     """pg_dump as a read grantee of someone else's database, named owner/name."""
-    hal = account(pg_server, "shared")
-    ivy = account(pg_server, "mine")
+    hal = users["hal"]
+    ivy = users["ivy"]
     with psycopg.connect(hal.dsn("shared"), autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
