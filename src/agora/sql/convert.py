@@ -279,6 +279,9 @@ class _Type:
     # whether its values are in range; ``by_value``: every value is tried (dates, JSON...).
     fits: Callable[[_Stats], bool] | None = None
     by_value: bool = False
+    # Once every value was found to fit, COPY is given text values as they are:
+    # PostgreSQL reads the ISO dates, JSON and UUID text itself.
+    passes_text: bool = False
 
 
 @dataclass
@@ -309,13 +312,13 @@ NUMERIC = _Type("numeric", _numeric(None, 0), frozenset({"integer", "real"}))
 TEXT = _Type("text", _to_text, frozenset({"text"}))
 BYTEA = _Type("bytea", _to_bytes, frozenset({"blob"}))
 BOOLEAN = _Type("boolean", _to_bool, by_value=True)
-DATE = _Type("date", _to_date, by_value=True)
-TIMESTAMP = _Type("timestamp", _to_timestamp, by_value=True)
-TIMESTAMPTZ = _Type("timestamp with time zone", _to_timestamptz, by_value=True)
-TIME = _Type("time", _to_time, by_value=True)
-JSONB = _Type("jsonb", _to_json, by_value=True)
-JSON = _Type("json", _to_json, by_value=True)
-UUID = _Type("uuid", _to_uuid, by_value=True)
+DATE = _Type("date", _to_date, by_value=True, passes_text=True)
+TIMESTAMP = _Type("timestamp", _to_timestamp, by_value=True, passes_text=True)
+TIMESTAMPTZ = _Type("timestamp with time zone", _to_timestamptz, by_value=True, passes_text=True)
+TIME = _Type("time", _to_time, by_value=True, passes_text=True)
+JSONB = _Type("jsonb", _to_json, by_value=True, passes_text=True)
+JSON = _Type("json", _to_json, by_value=True, passes_text=True)
+UUID = _Type("uuid", _to_uuid, by_value=True, passes_text=True)
 
 
 def _varchar(length: int) -> _Type:
@@ -546,30 +549,51 @@ def _read_table(db: sqlite3.Connection, name: str, text: str, without_rowid: boo
     return table
 
 
-_STAT_EXPRESSIONS = (
-    "sum(typeof({c})='integer')", "sum(typeof({c})='real')", "sum(typeof({c})='text')",
-    "sum(typeof({c})='blob')", "min(CASE WHEN typeof({c})='integer' THEN {c} END)",
-    "max(CASE WHEN typeof({c})='integer' THEN {c} END)",
-    "max(CASE WHEN typeof({c}) IN ('integer', 'real') THEN abs(CAST({c} AS REAL)) END)",
-    "max(CASE WHEN typeof({c})='text' THEN length({c}) END)",
-    "sum(typeof({c})='text' AND instr(CAST({c} AS BLOB), x'00') > 0)",
-)
+_COUNTS = ("sum(typeof({c})='integer')", "sum(typeof({c})='real')", "sum(typeof({c})='text')",
+           "sum(typeof({c})='blob')")
+_MEASURES = {   # the statistics a type's ``fits`` (or the values' judgement) needs
+    "int_max_abs": "max(abs(min(CASE WHEN typeof({c})='integer' THEN {c} END)), "
+                   "abs(max(CASE WHEN typeof({c})='integer' THEN {c} END)))",
+    "number_max_abs": "max(CASE WHEN typeof({c}) IN ('integer', 'real') "
+                      "THEN abs(CAST({c} AS REAL)) END)",
+    "text_max_length": "max(CASE WHEN typeof({c})='text' THEN length({c}) END)",
+    "text_with_nul": "sum(typeof({c})='text' AND instr({c}, char(0)) > 0)",
+}
+
+
+def _measures(declared: str, identity: bool) -> list[str]:
+    candidates = _SERIALS.get(_base(declared), [BIGINT]) if identity else _declared_types(declared)
+    if candidates is None or any(kind.by_value for kind in candidates):   # values judge
+        return ["int_max_abs", "text_with_nul"]
+    needed = []
+    if any(kind in (SMALLINT, INTEGER) for kind in candidates):
+        needed.append("int_max_abs")
+    if any(kind.pg.startswith("numeric(") for kind in candidates):
+        needed.append("number_max_abs")
+    if any(kind.pg.startswith("varchar(") for kind in candidates):
+        needed.append("text_max_length")
+    if any(kind.pg.startswith("varchar(") or kind is TEXT for kind in candidates):
+        needed.append("text_with_nul")
+    return needed
 
 
 def _stats(db: sqlite3.Connection, table: _Table) -> list[_Stats]:
-    """One pass over the table per 100 columns: storage classes and ranges."""
+    """What every column holds, from one pass over the table per 50 columns."""
     result: list[_Stats] = []
-    utf8 = db.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
-    width = len(_STAT_EXPRESSIONS)
-    for start in range(0, len(table.columns), 100):
-        chunk = table.columns[start:start + 100]
-        parts = [e.format(c=_q(c.source)) for c in chunk for e in _STAT_EXPRESSIONS]
-        row = db.execute(f"SELECT {', '.join(parts)} FROM {_q(table.source)}").fetchone()
-        for i in range(len(chunk)):
-            integer, real, text, blob, low, high, number, length, nul = (
-                v or 0 for v in row[i * width:(i + 1) * width])
-            result.append(_Stats(integer, real, text, blob, max(abs(low), abs(high)),
-                                 number, length, nul if utf8 else 0))
+    for start in range(0, len(table.columns), 50):
+        chunk = table.columns[start:start + 50]
+        parts: list[str] = []
+        wanted: list[list[str]] = []
+        for column in chunk:
+            wanted.append(_measures(column.declared, column.identity))
+            parts += [e.format(c=_q(column.source)) for e in _COUNTS]
+            parts += [_MEASURES[name].format(c=_q(column.source)) for name in wanted[-1]]
+        row = iter(db.execute(f"SELECT {', '.join(parts)} FROM {_q(table.source)}").fetchone())
+        for names in wanted:
+            stats = _Stats(*(next(row) or 0 for _ in _COUNTS))
+            for name in names:
+                setattr(stats, name, next(row) or 0)
+            result.append(stats)
     return result
 
 
@@ -649,7 +673,9 @@ def _plan_column(db: sqlite3.Connection, table: _Table, column: _Column, stats: 
         warnings.append(f"column {table.source}.{column.source} ({column.declared}) became "
                         f"{chosen.pg}: {reason}")
     column.type = chosen
-    if chosen.by_value or present - chosen.native or (stats.text_with_nul and "text" in present):
+    if chosen.passes_text:
+        column.convert = None if present <= {"text"} else chosen.convert
+    elif chosen.by_value or present - chosen.native or (stats.text_with_nul and "text" in present):
         column.convert = chosen.convert
 
 
