@@ -126,7 +126,7 @@ def test_psql_sql_and_meta_commands(users, client):
     if client[0] == bundled_psql():
         done = psql(ann, "shop", "\\l", client=client)
         assert done.returncode == 0, done.stderr
-        assert "List of databases" in done.stdout and f" {ann.name}/shop " in done.stdout, done.stdout
+        assert "List of databases" in done.stdout and f"{ann.name}/shop " in done.stdout, done.stdout
 
 
 def test_psql_conninfo_shows_tls(users):
@@ -199,5 +199,5 @@ def test_psql_denials(pg_server, users, client):
     assert read.returncode == 0 and " 7\n" in read.stdout, read.stderr
     write = psql(bob, f"{ann.name}/private", "INSERT INTO t VALUES (8)", client=client)
     assert write.returncode != 0 and "permission denied for table t" in write.stderr, write.stderr
-    escape = psql(ann, "private", "COPY t TO '/tmp/agora-escape'", client=client)
-    assert escape.returncode != 0 and "permission denied" in escape.stderr, escape.stderr
+    escape = psql(ann, "private", "\\set VERBOSITY verbose", "COPY t TO '/tmp/agora-escape'", client=client)
+    assert escape.returncode != 0 and "ERROR:  42501:" in escape.stderr, escape.stderr
