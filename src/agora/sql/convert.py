@@ -888,6 +888,11 @@ def _copy_rows(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Ta
         cursor = db.execute(query)
         with conn.cursor() as pg, pg.copy(statement) as copy:
             while rows := cursor.fetchmany(batch_rows):
+                copied += len(rows)
+                if not converts and not numbered:   # the common case, kept quick
+                    for row in rows:
+                        copy.write_row(row[width:])
+                    continue
                 for row in rows:
                     values = list(row[width:])
                     for i, convert, column in converts:
@@ -904,7 +909,6 @@ def _copy_rows(db: sqlite3.Connection, conn: psycopg.Connection[Any], table: _Ta
                         if values[i] is None:
                             values[i], column.next_id = column.next_id, column.next_id + 1
                     copy.write_row(values)
-                copied += len(rows)
     except sqlite3.Error as error:
         raise _unreadable(db, table, error) from None
     except psycopg.Error as error:
