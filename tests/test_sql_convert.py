@@ -358,6 +358,11 @@ def test_foreign_keys_are_created_after_the_rows(
         CREATE TABLE lines (id INTEGER PRIMARY KEY, order_id INTEGER, code TEXT,
                             FOREIGN KEY (order_id) REFERENCES orders (id));
         CREATE TABLE dangling (id INTEGER PRIMARY KEY, customer INTEGER REFERENCES customers(id));
+        CREATE TABLE "django_line" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT,
+            "order_id" integer NOT NULL REFERENCES "orders" ("id") DEFERRABLE INITIALLY DEFERRED,
+            "a" integer, "b" text,
+            CONSTRAINT pair FOREIGN KEY ("a", "b") REFERENCES pairs ("x", "y") DEFERRABLE INITIALLY DEFERRED);
+        CREATE TABLE pairs (x integer, y text, PRIMARY KEY (x, y));
         INSERT INTO customers VALUES (1, 'ann'), (2, 'bob');
         INSERT INTO orders VALUES (10, 1), (11, 2), (12, NULL);
         INSERT INTO lines VALUES (1, 10, 'a');
@@ -374,6 +379,12 @@ def test_foreign_keys_are_created_after_the_rows(
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         target.execute("INSERT INTO dangling (customer) VALUES (77)")
     assert any("'dangling'" in w and "NOT VALID" in w for w in report.warnings)
+    deferred = target.execute(
+        "SELECT conrelid::regclass::text, condeferrable, condeferred FROM pg_constraint "
+        "WHERE contype = 'f' ORDER BY 1, 2").fetchall()
+    assert deferred == [("dangling", False, False), ("django_line", True, True),
+                        ("django_line", True, True), ("lines", False, False),
+                        ("orders", False, False)]
 
 
 def test_views_that_run_on_postgresql_are_kept(

@@ -1084,10 +1084,43 @@ def _index_sql(text: str, rewriter: _Rewriter, warnings: list[str]) -> str | Non
     return f"({', '.join(parts)}){where}"
 
 
+def _deferred_keys(text: str) -> set[tuple[str, ...]]:
+    """The (lower-case) columns of a CREATE TABLE's foreign keys declared DEFERRABLE
+    INITIALLY DEFERRED (as Django declares them), which SQLite's pragmas do not tell."""
+    tokens = [t for t in _tokens(text) if t[0] != "space"]
+    start = next((i for i, t in enumerate(tokens) if t == ("op", "(")), None)
+    if start is None:
+        return set()
+    elements: list[list[tuple[str, str]]] = [[]]
+    depth = 0
+    for token in tokens[start + 1:_balanced(tokens, start) - 1]:
+        depth += token == ("op", "(")
+        depth -= token == ("op", ")")
+        if token == ("op", ",") and depth == 0:
+            elements.append([])
+        else:
+            elements[-1].append(token)
+    found = set()
+    for element in elements:
+        words = [w.upper() if k == "word" else w for k, w in element]
+        if "REFERENCES" not in words or " ".join(words).find("NOT DEFERRABLE") >= 0:
+            continue
+        if "DEFERRABLE INITIALLY DEFERRED" not in " ".join(words):
+            continue
+        names = [(_unquote(w) if k == "quoted" else w).lower() for k, w in element]
+        if "FOREIGN" in words[:3]:
+            opening = words.index("(")
+            found.add(tuple(n for n in names[opening + 1:words.index(")")] if n != ","))
+        else:
+            found.add((names[0],))
+    return found
+
+
 def _create_foreign_keys(db: sqlite3.Connection, conn: psycopg.Connection[Any],
                          tables: list[_Table], warnings: list[str]) -> None:
     by_lower = {t.source.lower(): t for t in tables}
     for table in tables:
+        deferred = _deferred_keys(table.sql)
         keys: dict[int, list[Any]] = {}
         for row in db.execute(f"PRAGMA foreign_key_list({_q(table.source)})"):
             keys.setdefault(row[0], []).append(row)
@@ -1106,10 +1139,13 @@ def _create_foreign_keys(db: sqlite3.Connection, conn: psycopg.Connection[Any],
             else:
                 referenced = [parent_columns.get(r[4].lower(), r[4]) for r in rows]
             child = [columns.get(r[3].lower(), r[3]) for r in rows]
+            timing = (" DEFERRABLE INITIALLY DEFERRED"
+                      if tuple(r[3].lower() for r in rows) in deferred else "")
             statement = sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) REFERENCES {} ({}) "
-                                "ON UPDATE {} ON DELETE {}").format(
+                                "ON UPDATE {} ON DELETE {}{}").format(
                 sql.Identifier(table.name), _ident(*child), sql.Identifier(parent.name),
-                _ident(*referenced), sql.SQL(_action(rows[0][5])), sql.SQL(_action(rows[0][6])))
+                _ident(*referenced), sql.SQL(_action(rows[0][5])), sql.SQL(_action(rows[0][6])),
+                sql.SQL(timing))
             try:
                 with conn.transaction():
                     conn.execute(statement)
