@@ -399,6 +399,23 @@ def test_listen_notify_between_two_connections(users):
     asyncio.run(over_asyncpg())
 
 
+def test_listen_notify_between_two_nodes(make_server, backend):
+    if backend != "postgresql":
+        pytest.skip("two nodes share a PostgreSQL metadata database and engine: the postgresql backend")
+    a, b = make_server.nodes(2)
+    on_a = accounts(a, {"ann": ("wire",)})["ann"]
+    on_b = Account(b, on_a.name, on_a.password)
+    with psycopg.connect(on_a.dsn("wire"), autocommit=True) as listener, \
+            psycopg.connect(on_b.dsn("wire"), autocommit=True) as talker:
+        listener.execute("LISTEN across")
+        talker.execute("CREATE TABLE t (x integer)")
+        with talker.transaction():
+            talker.execute("INSERT INTO t VALUES (1)")
+            talker.execute("NOTIFY across, 'from b'")
+        assert [(n.channel, n.payload) for n in listener.notifies(timeout=10, stop_after=1)] == [("across", "from b")]
+        assert listener.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
 # -- limits and cancel ------------------------------------------------------------------------
 
 
