@@ -349,7 +349,8 @@ def _args(declared: str) -> list[int]:
 
 def _base(declared: str) -> str:
     """A declared type's name without its arguments, upper case, spaces single."""
-    return " ".join(re.sub(r"\(.*?\)", " ", declared.upper()).split())
+    words = re.sub(r"\(.*?\)", " ", declared.upper()).split()
+    return " ".join(w for w in words if w != "UNSIGNED")   # MySQL's, and Django's on SQLite
 
 
 # PostgreSQL's names, as databases made through Agora's old PostgreSQL face declare them.
