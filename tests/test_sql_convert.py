@@ -4,6 +4,7 @@ each test converts SQLite files built here into a database of its own."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 import sqlite3
@@ -679,7 +680,20 @@ _COLUMN_KINDS: dict[str, st.SearchStrategy[Any]] = {
     "VARCHAR(12)": st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                            max_size=12),
     "": st.one_of(_INT64, _TEXT),
+    "TIME": st.times(),
+    "UUID": st.uuids(),
+    "JSON": st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _TEXT
+        | st.floats(allow_nan=False, allow_infinity=False),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+        max_leaves=6),
 }
+_NAME = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
+                min_size=1, max_size=10)
+
+
+def _fold(name: str) -> str:   # SQLite tells names apart but for ASCII case
+    return name.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"))
 
 
 def _stored(kind: str, value: Any) -> Any:
@@ -688,6 +702,10 @@ def _stored(kind: str, value: Any) -> Any:
         return value.isoformat()
     if kind == "DATETIME":
         return value.isoformat(sep=" ")
+    if kind in ("TIME", "UUID"):
+        return str(value)
+    if kind == "JSON":
+        return json.dumps(value)
     if kind == "BOOLEAN":
         return int(value)
     return value
@@ -708,11 +726,15 @@ def _expected(kind: str, values: list[Any]) -> list[Any]:
 
 
 @st.composite
-def _tables(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
+def _tables(draw: st.DrawFn) -> tuple[str, list[str], list[str], list[list[Any]]]:
+    """A table name, column names and kinds, and rows of values of those kinds."""
     kinds = draw(st.lists(st.sampled_from(sorted(_COLUMN_KINDS)), min_size=1, max_size=6))
+    name = draw(_NAME.filter(lambda n: not _fold(n).startswith("sqlite_")))
+    names = draw(st.lists(_NAME.filter(lambda n: _fold(n) != "id"), min_size=len(kinds),
+                          max_size=len(kinds), unique_by=_fold))
     table = draw(st.lists(st.tuples(*(st.one_of(st.none(), _COLUMN_KINDS[k]) for k in kinds)),
                           max_size=25))
-    return kinds, [list(row) for row in table]
+    return name, names, kinds, [list(row) for row in table]
 
 
 @pytest.fixture(scope="module")
@@ -732,19 +754,22 @@ def roundtrip_db() -> Iterator[str]:
                                                                  HealthCheck.too_slow])
 @given(table=_tables())
 def test_random_typed_values_round_trip(roundtrip_db: str, tmp_path_factory: pytest.TempPathFactory,
-                                        table: tuple[list[str], list[list[Any]]]) -> None:
-    kinds, values = table
+                                        table: tuple[str, list[str], list[str], list[list[Any]]]
+                                        ) -> None:
+    name, names, kinds, values = table
     path = tmp_path_factory.mktemp("rt") / "r.sqlite"
-    names = [f"c{i}" for i in range(len(kinds))]
-    script = "CREATE TABLE r (id INTEGER PRIMARY KEY, " + ", ".join(
-        f"{n} {k}" for n, k in zip(names, kinds, strict=True)) + ");"
+    quoted = ['"' + n.replace('"', '""') + '"' for n in [name, *names]]
+    script = f"CREATE TABLE {quoted[0]} (id INTEGER PRIMARY KEY, " + ", ".join(
+        f"{n} {k}" for n, k in zip(quoted[1:], kinds, strict=True)) + ");"
     stored = [tuple([i + 1] + [None if v is None else _stored(k, v) for k, v in zip(kinds, row, strict=True)])
               for i, row in enumerate(values)]
-    sqlite_file(path, script, (f"INSERT INTO r VALUES ({', '.join('?' * (len(kinds) + 1))})", stored))
+    sqlite_file(path, script, (f"INSERT INTO {quoted[0]} VALUES ({', '.join('?' * (len(kinds) + 1))})",
+                               stored))
     with psycopg.connect(roundtrip_db, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
         report = convert_sqlite(path, conn)
-        got = rows(conn, "r")
+        got = rows(conn, name)
+        assert list(columns(conn, name)) == ["id", *names]
     assert report.tables[0].target_rows == len(values)
     columns_got = list(zip(*got, strict=True)) if got else [() for _ in range(len(kinds) + 1)]
     for number, kind in enumerate(kinds):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import sqlite3
 import uuid
@@ -249,6 +250,8 @@ def _json_strings_ok(item: Any) -> bool:
 
 
 def _to_json(value: Any) -> str:
+    if isinstance(value, int) or isinstance(value, float) and math.isfinite(value):
+        return repr(value)   # JSON text SQLite's NUMERIC affinity had made a number
     if not isinstance(value, str) or "\x00" in value:
         raise _Unfit
     try:
