@@ -115,8 +115,10 @@ def test_shell_runs_psql_with_the_connection_filled_in(server, tmp_path):
     bundled("psql")
     home, name, password = logged_in(server, tmp_path, "cy")
     ok(agora("sql", "create", "box", home=home))
-    query = ["--", "-X", "-A", "-t", "-c", "SELECT current_database(), 40 + 2"]
-    expected = f"{name}/box|42"
+    # The engine's name of the database ends in owner/name (test servers on a shared
+    # engine put a prefix of their own before it).
+    query = ["--", "-X", "-A", "-t", "-c", f"SELECT current_database() LIKE '%{name}/box', 40 + 2"]
+    expected = "t|42"
     # The bundled psql: on loopback straight to the port, else (--tls) through the tunnel.
     assert done(cli("sql", "shell", "box", "--bundled", *query, home=home, password=password)).stdout.strip() == expected
     result = done(cli("sql", "shell", "box", "--bundled", "--tls", "--password-stdin", *query, home=home,
@@ -150,7 +152,7 @@ def test_shell_prefers_the_systems_psql(server, tmp_path):
     ok(agora("sql", "create", "box", home=home))
     result = done(cli("sql", "shell", "box", "--", "-X", "-A", "-t", "-c", "SELECT current_database()",
                       home=home, password=password))
-    assert result.stdout.strip() == f"{name}/box"
+    assert result.stdout.strip().endswith(f"{name}/box")
     # that psql (not the bundled one), in TLS: it can
     result = done(cli("sql", "shell", "box", "--password-stdin", "--", "-X", "-c", "\\echo :VERSION_NUM",
                       "-c", "\\conninfo", home=home, input=f"{password}\n"))
@@ -165,7 +167,7 @@ def test_the_stored_token_logs_in_where_the_server_takes_cleartext(make_server, 
     for extra in ((), ("--tls",)):
         result = done(cli("sql", "shell", "box", "--bundled", *extra, "--", "-X", "-A", "-t", "-c",
                           "SELECT current_database()", home=home))
-        assert result.stdout.strip() == f"{name}/box"
+        assert result.stdout.strip().endswith(f"{name}/box")
 
 
 def test_dump_and_restore_round_trip(server, tmp_path):

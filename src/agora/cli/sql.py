@@ -15,6 +15,7 @@ server not on loopback (or with --tls) they connect through a local TLS tunnel
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import ipaddress
 import json
@@ -24,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from urllib.parse import urlsplit
 import click
 
 from agora.cli.common import USAGE, fail, logged_in_client
+
 
 def _size(value: int) -> str:
     for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
@@ -390,6 +393,13 @@ def dump(db: str, pg_dump_args: tuple[str, ...], dump_format: str, force_tls: bo
 
 
 CUSTOM_MAGIC = b"PGDMP"
+CHUNK = 1024 * 1024
+HEADER = 64 * 1024  # where a dump's script sets its session up, before any object
+# The tools of PostgreSQL 17 and later begin a script with this; an engine before 17
+# refuses the setting, so it is set only where it exists (it is 0 by default anyway).
+TRANSACTION_TIMEOUT = b"SET transaction_timeout = 0;\n"
+TRANSACTION_TIMEOUT_IF_KNOWN = (b"SELECT pg_catalog.set_config('transaction_timeout', '0', false) "
+                                b"WHERE pg_catalog.current_setting('server_version_num')::int >= 170000;\n")
 
 
 @sql.command(context_settings=TOOL_CONTEXT, epilog=PASSWORD_HELP)
@@ -400,9 +410,11 @@ CUSTOM_MAGIC = b"PGDMP"
 @click.option("--password-stdin", is_flag=True,
               help="Read the password from stdin (one line; the dump then from --file).")
 def restore(db: str, file: str | None, tool_args: tuple[str, ...], force_tls: bool, password_stdin: bool) -> None:
-    """Load a dump (stdin, or --file) into DB in one transaction: a custom archive with
-    the bundled pg_restore, plain SQL with the bundled psql; owners and privileges of the
-    dump are left out (your role here owns what it creates). `agora sql restore DB < DB.dump`"""
+    """Load a dump (stdin, or --file) into DB in one transaction, with the bundled psql:
+    plain SQL as it is, a custom archive as the bundled pg_restore writes it out (TOOL
+    ARGS go to pg_restore then, e.g. `-- -t TABLE`; else to psql). Owners and privileges
+    of the dump are left out (your role here owns what it creates); the first error
+    stops it and nothing stays. `agora sql restore DB < DB.dump`"""
     if password_stdin and file is None:
         fail("--password-stdin reads stdin: give the dump with --file", USAGE)
     source = open(file, "rb") if file is not None else sys.stdin.buffer
@@ -410,17 +422,18 @@ def restore(db: str, file: str | None, tool_args: tuple[str, ...], force_tls: bo
         head = _read_head(source.fileno(), len(CUSTOM_MAGIC))
         if not head:
             fail("the dump is empty" if file else "no dump on stdin: `agora sql restore DB < FILE`", USAGE)
+        custom = head.startswith(CUSTOM_MAGIC)
         target = _target(db)
         env = _child_env(_password(target, password_stdin))
         with _route(target, tls_capable=False, force_tls=force_tls, env=env) as conninfo:
-            if head.startswith(CUSTOM_MAGIC):
-                argv = [bundled("pg_restore"), "-d", conninfo, "--no-owner", "--no-privileges",
-                        "--exit-on-error", "--single-transaction"]
+            # Query results (set_config, setval) are of no interest; errors go to stderr.
+            psql = [bundled("psql"), "-X", "-q", "-d", conninfo, "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                    "-o", os.devnull, "-f", "-"]
+            if custom:
+                code = _restore_archive(head, source.fileno(), [bundled("pg_restore"), "-f", "-", "--no-owner",
+                                                                "--no-privileges", *tool_args], psql, env)
             else:
-                # Query results (set_config, setval) are of no interest; errors go to stderr.
-                argv = [bundled("psql"), "-X", "-q", "-d", conninfo, "-v", "ON_ERROR_STOP=1",
-                        "--single-transaction", "-o", os.devnull, "-f", "-"]
-            code = _feed(head, source.fileno(), [*argv, *tool_args], env)
+                code = _pipe_script(_chunks(head, source.fileno()), [*psql, *tool_args], env)
     sys.exit(code)
 
 
@@ -434,26 +447,73 @@ def _read_head(fd: int, size: int) -> bytes:
     return head
 
 
-def _feed(head: bytes, fd: int, argv: list[str], env: dict[str, str]) -> int:
-    """Run the tool with ``head`` and then the rest of ``fd`` as its stdin."""
-    previous = signal.signal(signal.SIGINT, lambda *_: None)
+def _chunks(head: bytes, fd: int) -> Iterator[bytes]:
+    yield head
+    while piece := os.read(fd, CHUNK):
+        yield piece
+
+
+def _portable(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A dump script that an engine older than its tools also runs: the header's
+    transaction_timeout set only where the engine has it."""
+    header = b""
+    for piece in chunks:
+        header += piece
+        if len(header) >= HEADER:
+            break
+    yield header.replace(TRANSACTION_TIMEOUT, TRANSACTION_TIMEOUT_IF_KNOWN, 1)
+    yield from chunks
+
+
+def _pipe_script(chunks: Iterator[bytes], psql: list[str], env: dict[str, str]) -> int:
+    """psql with the script ``chunks`` make as its stdin; its exit code."""
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # Ctrl-C is psql's
     try:
         try:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE)
+            proc = subprocess.Popen(psql, env=env, stdin=subprocess.PIPE)
         except OSError as error:
-            fail(f"cannot run {argv[0]}: {error.strerror or error}", USAGE)
+            fail(f"cannot run {psql[0]}: {error.strerror or error}", USAGE)
         assert proc.stdin is not None
         try:
-            proc.stdin.write(head)
-            while piece := os.read(fd, 1024 * 1024):
+            for piece in _portable(chunks):
                 proc.stdin.write(piece)
-        except BrokenPipeError:  # the tool stopped early: its exit code says why
+        except BrokenPipeError:  # psql stopped early: its exit code says why
             pass
         finally:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-            except BrokenPipeError:
-                pass
         return proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _restore_archive(head: bytes, fd: int, pg_restore: list[str], psql: list[str], env: dict[str, str]) -> int:
+    """pg_restore writes the archive out as a script (it needs no connection), which psql
+    runs: one path for both formats, in one transaction, on engines of any version."""
+    try:
+        archive = subprocess.Popen(pg_restore, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    except OSError as error:
+        fail(f"cannot run {pg_restore[0]}: {error.strerror or error}", USAGE)
+    assert archive.stdin is not None and archive.stdout is not None
+    sink = archive.stdin
+
+    def feed() -> None:
+        try:
+            for piece in _chunks(head, fd):
+                sink.write(piece)
+        except BrokenPipeError:  # pg_restore stopped early: its exit code says why
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                sink.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    script = archive.stdout.fileno()
+    code = _pipe_script(iter(lambda: os.read(script, CHUNK), b""), psql, env)
+    archive.stdout.close()
+    if code != 0:
+        archive.kill()
+    restored = archive.wait()
+    feeder.join(5)
+    return code or restored
