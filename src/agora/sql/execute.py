@@ -20,6 +20,7 @@ Errors are ``SQLError(message, sqlstate)`` with PostgreSQL's own SQLSTATE; in a 
 from __future__ import annotations
 
 import re
+import select
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -66,6 +67,57 @@ def _from_exception(error: psycopg.Error) -> SQLError:
 
 
 # -- one statement -----------------------------------------------------------------------
+
+
+# -- waiting --------------------------------------------------------------------------------
+# libpq's blocking calls (PQgetResult) keep the GIL in psycopg's binding, which would stop
+# the event loop and every other thread: the connection is driven in its nonblocking way,
+# waiting in poll(), which lets go of the GIL.
+
+
+def _poll(pg: pq.abc.PGconn, events: int) -> int:
+    poller = select.poll()
+    poller.register(pg.socket, events)
+    return max((ready for _, ready in poller.poll()), default=0)
+
+
+def _flush(pg: pq.abc.PGconn) -> None:
+    """Send what libpq holds (a long statement does not go in one write)."""
+    while pg.flush():
+        if _poll(pg, select.POLLIN | select.POLLOUT) & select.POLLIN:
+            pg.consume_input()  # the server may be talking (a notice): keep reading
+
+
+def _result(pg: pq.abc.PGconn) -> pq.abc.PGresult | None:
+    """The next result (None once the statement's results are all read)."""
+    while pg.is_busy():
+        _poll(pg, select.POLLIN)
+        pg.consume_input()
+    return pg.get_result()
+
+
+def _copy_data(pg: pq.abc.PGconn) -> int:
+    """The size of the next COPY TO STDOUT row (its data dropped); -1 at the end."""
+    while True:
+        size, _ = pg.get_copy_data(1)
+        if size != 0:
+            return size
+        _poll(pg, select.POLLIN)
+        pg.consume_input()
+
+
+def _exec(pg: pq.abc.PGconn, encoding: str) -> pq.abc.PGresult:
+    """After a send: its results read to the end; the last, or the first error."""
+    _flush(pg)
+    last = error = None
+    while (res := _result(pg)) is not None:
+        if res.status == _S.FATAL_ERROR and error is None:
+            error = res
+        last = res
+    if error is not None:
+        raise _from_result(error, encoding)
+    assert last is not None
+    return last
 
 
 class _Context:
@@ -120,12 +172,12 @@ class Statement:
         query = _encode(self.conn, sql)
         self._params = self._dump(params)
         try:
-            for res in (self.pg.prepare(b"", query, self._params[1]), self.pg.describe_prepared(b"")):
-                if res.status != _S.COMMAND_OK:
-                    raise _from_result(res, self.encoding)
+            self.pg.send_prepare(b"", query, self._params[1])
+            _exec(self.pg, self.encoding)
+            self.pg.send_describe_prepared(b"")
+            return _exec(self.pg, self.encoding)
         except psycopg.Error as error:
             raise _from_exception(error) from None
-        return res
 
     def send_prepared(self) -> None:
         dumped, _, formats = self._params
@@ -135,6 +187,7 @@ class Statement:
         try:
             send()
             self.pg.set_single_row_mode()
+            _flush(self.pg)
         except psycopg.Error as error:
             raise _from_exception(error) from None
 
@@ -149,7 +202,7 @@ class Statement:
         """The next row's result (one row), or None once the statement ended."""
         while not self.done:
             try:
-                res = self.pg.get_result()
+                res = _result(self.pg)
             except psycopg.Error as error:
                 self.done, self.error = True, self.error or _from_exception(error)
                 break
@@ -167,11 +220,13 @@ class Statement:
             elif status == _S.FATAL_ERROR:
                 self.error = self.error or _from_result(res, self.encoding)
             elif status == _S.COPY_IN:
-                self.pg.put_copy_end(b"COPY FROM STDIN is not available here")
+                while not self.pg.put_copy_end(b"COPY FROM STDIN is not available here"):
+                    _poll(self.pg, select.POLLOUT)
+                _flush(self.pg)
                 self.error = SQLError("COPY ... FROM STDIN cannot run here: use the console's CSV import "
                                       "or psql's \\copy", "0A000")
             elif status == _S.COPY_OUT:
-                while self.pg.get_copy_data(0)[0] > 0:
+                while _copy_data(self.pg) > 0:
                     pass
                 self.error = SQLError("COPY ... TO STDOUT cannot run here: use the export "
                                       "or psql's \\copy", "0A000")
@@ -258,7 +313,7 @@ def type_names(conn: psycopg.Connection, oids: Sequence[int]) -> list[str]:
     found: dict[int, str] = {}
     if unknown:
         try:
-            rows = conn.execute(_TYPES, ["{" + ",".join(map(str, unknown)) + "}"]).fetchall()
+            rows = conn.execute(_TYPES, ["{" + ",".join(map(str, unknown)) + "}"], prepare=False).fetchall()
             found = {int(oid): str(name) for oid, name in rows}
         except psycopg.Error:
             pass  # a failed transaction: the numbers will do
@@ -303,9 +358,11 @@ def query_json(conn: psycopg.Connection, sql: str, params: Sequence[Any], *, max
 
 
 def _simple(conn: psycopg.Connection, sql: str) -> str:
-    res = conn.pgconn.exec_(sql.encode())
-    if res.status == _S.FATAL_ERROR:
-        raise _from_result(res, conn.info.encoding)
+    try:
+        conn.pgconn.send_query(sql.encode())
+        res = _exec(conn.pgconn, conn.info.encoding)
+    except psycopg.Error as error:
+        raise _from_exception(error) from None
     return (res.command_status or b"").decode()
 
 
@@ -362,6 +419,8 @@ class Stream:
             raise SQLError("the statement returns no rows to export (run it as a query)", "0A000")
         oids = [described.ftype(i) for i in range(described.nfields)]
         self.types = type_names(conn, oids)  # looked up now: the connection is busy later
+        if any(name is None for name in map(values.type_name, oids)):
+            statement.prepare(sql, params)  # the look-up replaced the unnamed statement
         statement.send_prepared()
         # The first row (or the end) is read now: an error at the start is a proper error.
         self._first = statement.next_row()

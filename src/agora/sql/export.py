@@ -64,15 +64,22 @@ async def call(conn: psycopg.Connection, limit: float, fn: Callable[..., T], *ar
     worker is waited for, so that the connection is idle when this returns."""
     loop = asyncio.get_running_loop()
     work = _workers().submit(functools.partial(fn, conn, *args, **kwargs))
+    outcome = asyncio.wrap_future(work)
+    outcome.add_done_callback(_retrieved)
     try:
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(work)), limit + GRACE)
-    except TimeoutError:
-        pass
+        await asyncio.wait({outcome}, timeout=limit + GRACE)  # (which never cancels it)
     except asyncio.CancelledError:
         await asyncio.shield(loop.run_in_executor(None, _stop, conn, work))
         raise
-    await loop.run_in_executor(None, _stop, conn, work)
+    if not work.done():
+        await loop.run_in_executor(None, _stop, conn, work)
     return work.result()
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Marks an outcome's exception seen (it is raised from the worker's future)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _stop(conn: psycopg.Connection, work: concurrent.futures.Future) -> None:
