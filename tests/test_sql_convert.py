@@ -737,6 +737,38 @@ def _tables(draw: st.DrawFn) -> tuple[str, list[str], list[str], list[list[Any]]
     return name, names, kinds, [list(row) for row in table]
 
 
+_TIMEISH = r"[0-2][0-9]:[0-6][0-9](:[0-6][0-9](\.[0-9]{1,9})?)?"
+_DATEISH = (r"([0-9]{4}|\u0660{4})-[01][0-9]-[0-3][0-9]"
+            rf"([Tt ]{_TIMEISH}[ \t]?([Zz]|[+-][01][0-9](:?[0-6][0-9])?)?)?|{_TIMEISH}"
+            r"|\{?[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\}?")
+
+
+@pytest.fixture(scope="module")
+def utc_conn() -> Iterator[psycopg.Connection[Any]]:
+    _server_or_skip()
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        yield conn
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.from_regex(_DATEISH, fullmatch=True))
+def test_text_handed_to_copy_reads_in_postgresql_as_it_was_checked(
+        utc_conn: psycopg.Connection[Any], text: str) -> None:
+    """Dates, times and UUIDs found to fit go to COPY as text: PostgreSQL must read each
+    as the check did (or the whole conversion would fail at the COPY)."""
+    conn = utc_conn
+    for check, pg in [(convert._to_date, "date"), (convert._to_timestamp, "timestamp"),
+                      (convert._to_timestamptz, "timestamptz"), (convert._to_time, "time"),
+                      (convert._to_uuid, "uuid")]:
+        try:
+            expected = check(text)
+        except convert._Unfit:
+            continue
+        got = conn.execute(sql.SQL("SELECT %s::text::{}").format(sql.SQL(pg)), (text,)).fetchone()
+        assert got == (expected,), (pg, text)
+
+
 @pytest.fixture(scope="module")
 def roundtrip_db() -> Iterator[str]:
     _server_or_skip()

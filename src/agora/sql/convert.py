@@ -96,16 +96,18 @@ class _Unfit(Exception):
 
 
 Convert = Callable[[Any], Any]
-_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*\Z")
+# ASCII: Python's \d and \s take digits and spaces PostgreSQL (and SQLite) do not.
+_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*\Z", re.A)
 _REAL_TEXT = re.compile(
-    r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z|\s*[+-]?(inf|infinity|nan)\s*\Z", re.I)
+    r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z|\s*[+-]?(inf|infinity|nan)\s*\Z", re.I | re.A)
 _BOOL_TEXT = {"1": True, "0": False, "t": True, "f": False, "true": True, "false": False,
               "y": True, "n": False, "yes": True, "no": False, "on": True, "off": False}
 _TIME = r"(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6})0*)?)?"
 _DATETIME_TEXT = re.compile(
-    rf"(\d{{4}})-(\d{{2}})-(\d{{2}})(?:[T ]{_TIME}\s*(Z|[+-]\d{{2}}(?::?\d{{2}})?)?)?\Z", re.I)
-_TIME_TEXT = re.compile(_TIME + r"\Z")
-_UUID_TEXT = re.compile(r"\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?\Z", re.I)
+    rf"(\d{{4}})-(\d{{2}})-(\d{{2}})(?:[T ]{_TIME}\s*(Z|[+-]\d{{2}}(?::?\d{{2}})?)?)?\Z", re.I | re.A)
+_TIME_TEXT = re.compile(_TIME + r"\Z", re.A)
+_UUID = r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}"
+_UUID_TEXT = re.compile(rf"(?:{_UUID}|\{{{_UUID}\}})\Z", re.I | re.A)
 
 
 def _int_in(low: int, high: int) -> Convert:
@@ -192,7 +194,10 @@ def _parse_datetime(value: Any) -> dt.date | dt.datetime:
         if zone and zone.upper() != "Z":
             sign = -1 if zone[0] == "-" else 1
             digits = zone[1:].replace(":", "")
-            tz = dt.timezone(sign * dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0)))
+            hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+            if hours > 15 or minutes > 59:   # beyond what PostgreSQL takes
+                raise _Unfit
+            tz = dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
         elif zone:
             tz = dt.timezone.utc
         return dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
