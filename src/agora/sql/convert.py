@@ -340,7 +340,8 @@ def _varchar(length: int) -> _Type:
 
 
 def _bounded_numeric(precision: int, scale: int) -> _Type:
-    limit = 10.0 ** (precision - scale) - 10.0 ** -scale
+    digits = precision - scale
+    limit = 10.0 ** digits - 10.0 ** -scale if digits < 300 else float("inf")
     return _Type(f"numeric({precision},{scale})", _numeric(precision, scale),
                  frozenset({"integer", "real"}), fits=lambda s: s.number_max_abs < limit)
 
@@ -1286,7 +1287,13 @@ def _write(db: sqlite3.Connection, conn: psycopg.Connection[Any], tables: list[_
     names += [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'view'")]
     rewriter = _Rewriter(names)
     for table in tables:
-        _create_table(conn, table)
+        try:
+            with conn.transaction():
+                _create_table(conn, table)
+        except psycopg.Error as error:
+            raise ConversionError(f"table {table.source!r} cannot be made in PostgreSQL: "
+                                  f"{(error.diag.message_primary or str(error)).strip()}",
+                                  table=table.source) from None
         copied = _copy_rows(db, conn, table, batch_rows)
         target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(table.name))).fetchone()[0]   # type: ignore[index]
