@@ -103,10 +103,11 @@ class Agora:
         self.token = ""
         self.admin_token = ""
 
-    def start(self, clients: int) -> None:
+    def start(self, clients: int, pool_size: int | None = None) -> None:
         from agora.config import BY_KEY
 
         settings = {"sql.engine": self.engine, "sql.engine_url": self.engine_url or None,
+                    "sql.pool_size": None if pool_size is None else str(pool_size),
                     # every target holds up to --clients connections of the bench's role
                     "sql.connections_per_user": str(max(50, 4 * clients)),
                     "sql.engine_max_connections": str(max(300, 8 * clients))}
@@ -404,6 +405,9 @@ def main() -> None:
                         help="with --engine external: a role with CREATEDB and CREATEROLE")
     parser.add_argument("--http-seconds", type=float, default=5.0, help="0: no HTTP API measurement")
     parser.add_argument("--http-clients", type=int, default=16)
+    parser.add_argument("--pool-size", type=int,
+                        help="the server's sql.pool_size (idle engine connections kept per database and user "
+                             "for HTTP queries; default: the server's default)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
@@ -416,7 +420,7 @@ def main() -> None:
     agora = Agora(work, args.engine, args.engine_url if args.engine == "external" else "")
     bouncer: PgBouncer | None = None
     try:
-        agora.start(args.clients)
+        agora.start(args.clients, args.pool_size)
         agora.setup()
         seconds = pgbench_init(agora.conninfo(), agora.env(), args.scale)
         version = psql(agora.conninfo(), agora.env(), "SHOW server_version")
