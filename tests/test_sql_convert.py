@@ -649,6 +649,29 @@ def test_a_row_count_that_differs_rolls_everything_back(
     assert tables(target) == []
 
 
+def test_sql_a_newer_sqlite_wrote(tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    """apsw bundles a newer SQLite than Python's: what only it understands is skipped with
+    a warning, not a reason to lose the rows."""
+    apsw = pytest.importorskip("apsw")
+    bundled = tuple(map(int, apsw.sqlite_lib_version().split(".")))
+    if bundled < (3, 44) or sqlite3.sqlite_version_info >= (3, 44):
+        pytest.skip("needs apsw's SQLite >= 3.44 and Python's older")
+    path = tmp_path / "new.sqlite"
+    db = apsw.Connection(str(path))
+    db.execute("""
+        CREATE TABLE t (a INTEGER, b TEXT);
+        INSERT INTO t VALUES (1, 'x'), (2, 'y');
+        CREATE VIEW ordered AS SELECT group_concat(b ORDER BY a DESC) AS g FROM t;
+        CREATE VIEW plain AS SELECT a FROM t;
+        """)
+    db.close()
+    report = convert_sqlite(path, target)
+    assert rows(target, "t") == [(1, "x"), (2, "y")]
+    assert report.views == ["plain"]
+    warned = "\n".join(report.warnings)
+    assert "malformed database schema (ordered)" in warned and "view 'ordered'" in warned
+
+
 def test_triggers_and_virtual_tables_are_reported(
         tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     source = sqlite_file(tmp_path / "t.sqlite", """

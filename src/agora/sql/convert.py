@@ -462,7 +462,7 @@ class _Table:
         return f"{self.key_kind} ({', '.join(map(repr, key))})"
 
 
-def _open(source: Path) -> sqlite3.Connection:
+def _open(source: Path, warnings: list[str]) -> sqlite3.Connection:
     try:
         with open(source, "rb") as file:
             header = file.read(len(_MAGIC))
@@ -474,7 +474,17 @@ def _open(source: Path) -> sqlite3.Connection:
         db = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True,
                              isolation_level=None, check_same_thread=False)
         db.execute("BEGIN")   # one snapshot for the whole conversion
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as error:
+            # SQL a newer SQLite wrote (the one apsw bundles): read past it, say so, and
+            # fail later only where a table itself cannot be read.
+            if "malformed database schema" not in str(error):
+                raise
+            db.execute("PRAGMA writable_schema = ON")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            warnings.append(f"this SQLite ({sqlite3.sqlite_version}) cannot read all of the "
+                            f"schema ({error}); what it names is skipped with a warning")
     except sqlite3.Error as error:
         raise ConversionError(f"{source.name} is not a readable SQLite database ({error})") from None
     return db
@@ -527,8 +537,12 @@ def _read_tables(db: sqlite3.Connection, warnings: list[str]) -> list[_Table]:
 def _read_table(db: sqlite3.Connection, name: str, text: str, without_rowid: bool,
                 warnings: list[str]) -> _Table:
     columns = []
-    for _cid, column, declared, notnull, default, pk, hidden in db.execute(
-            f"PRAGMA table_xinfo({_q(name)})"):
+    listed = db.execute(f"PRAGMA table_xinfo({_q(name)})").fetchall()
+    if not listed:
+        raise ConversionError(f"table {name!r} cannot be read: this SQLite "
+                              f"({sqlite3.sqlite_version}) does not understand its definition "
+                              f"{_show(text)}", table=name)
+    for _cid, column, declared, notnull, default, pk, hidden in listed:
         if hidden == 1:   # a virtual table's hidden column
             continue
         if hidden in (2, 3):
@@ -1234,7 +1248,7 @@ def convert_sqlite(source: Path, target: psycopg.Connection[Any], *,
     """
     source = Path(source)
     report = ConversionReport(source)
-    db = _open(source)
+    db = _open(source, report.warnings)
     try:
         plans = _plan(db, on_mismatch, report.warnings)
         with target.transaction():
@@ -1305,3 +1319,8 @@ def _write(db: sqlite3.Connection, conn: psycopg.Connection[Any], tables: list[_
         _finish_table(db, conn, table, rewriter, report)
     _create_foreign_keys(db, conn, tables, report.warnings)
     _create_views(db, conn, rewriter, report)
+    loaded = {row[1] for t in tables for row in db.execute(f"PRAGMA index_list({_q(t.source)})")}
+    for name, in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                            "AND sql IS NOT NULL ORDER BY rowid"):
+        if name not in loaded:   # see the warning about the schema
+            report.warnings.append(f"index {name!r} was not created: this SQLite cannot read it")
