@@ -1317,6 +1317,8 @@ def _write(db: sqlite3.Connection, conn: psycopg.Connection[Any], tables: list[_
         report.tables.append(TableReport(table.name, table.rows, target_rows, tuple(
             ColumnReport(c.name, c.declared, c.type.pg) for c in table.columns)))
         _finish_table(db, conn, table, rewriter, report)
+        # The planner's statistics now, not when autovacuum gets round to it.
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table.name)))
     _create_foreign_keys(db, conn, tables, report.warnings)
     _create_views(db, conn, rewriter, report)
     loaded = {row[1] for t in tables for row in db.execute(f"PRAGMA index_list({_q(t.source)})")}
