@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Iterator
@@ -184,6 +185,36 @@ def test_a_stream_given_up_midway_leaves_no_busy_connection(ann, sql_server):
            "AND state <> 'idle'"
     assert wait_for(lambda: ann.query("g", busy)["rows"] == [[0]], timeout=10)
     assert ann.query("g", "SELECT 2")["rows"] == [[2]]
+
+
+def test_heavy_results_leave_the_server_responsive(ann, sql_server):
+    """Encoding rows happens in worker threads: while six large results are produced,
+    /healthz still answers at once."""
+    ann.create("h")
+    rows = 2500  # each result about 1.3 MB, within the module's 1 s time limit
+    sql = f"SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, {rows}) g"
+    bodies: list[bytes] = []
+
+    def fetch(path: str) -> None:
+        with sql_server.client(ann.http.headers["Authorization"].split()[1]) as http:
+            bodies.append(http.post(f"{API}/h/{path}", json={"sql": sql}).content)
+
+    workers = [threading.Thread(target=fetch, args=("stream" if i % 2 else "export",)) for i in range(6)]
+    for worker in workers:
+        worker.start()
+    slowest = 0.0
+    with sql_server.client() as http:
+        while any(worker.is_alive() for worker in workers):
+            started = time.monotonic()
+            assert http.get("/healthz").status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+    for worker in workers:
+        worker.join()
+    streams = [body for body in bodies if body.startswith(b"{")]
+    assert len(bodies) == 6 and len(streams) == 3
+    assert all(body.endswith(b'{"rows":%d}\n' % rows) for body in streams)
+    assert all(body.count(b"\r\n") == rows + 1 and b"# error" not in body for body in bodies if body not in streams)
+    assert slowest < 0.5, slowest
 
 
 def test_isolation_and_access(ann, bob):

@@ -136,8 +136,7 @@ def csv_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chunk:
     try:
         yield values.csv_lines([stream.columns])
         try:
-            encode = values.csv_row_encoder()
-            yield from _chunks((encode(row) for row in stream.rows()), chunk)
+            yield from _chunks(map(values.csv_line, stream.rows()), chunk)
         except SQLError as error:
             yield f"# error: {error.detail} (SQLSTATE {error.sqlstate})\r\n".encode()
     finally:

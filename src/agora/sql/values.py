@@ -183,18 +183,23 @@ def csv_lines(rows: Iterable[Sequence[Any]]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def csv_row_encoder() -> Callable[[Sequence[Any]], bytes]:
-    """A function that writes one row as a CSV line (as csv_lines, without a new writer each time)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+_CSV_SPECIAL = re.compile(r'[",\r\n]')
 
-    def encode(row: Sequence[Any]) -> bytes:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(row)
-        return buffer.getvalue().encode()
 
-    return encode
+def _csv_field(value: str | None) -> str:
+    if not value:
+        return ""
+    if _CSV_SPECIAL.search(value):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def csv_line(row: Sequence[str | None]) -> bytes:
+    """One row as a CSV line, as csv_lines writes it (the csv module is slow on long
+    values: this quotes with str methods)."""
+    if len(row) == 1 and not row[0]:
+        return b'""\r\n'  # else it would read as an empty line
+    return (",".join(map(_csv_field, row)) + "\r\n").encode()
 
 
 # -- parameters ------------------------------------------------------------------------
