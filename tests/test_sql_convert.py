@@ -23,7 +23,16 @@ from psycopg import sql
 from agora.sql import convert
 from agora.sql.convert import ConversionError, convert_sqlite
 
-ADMIN_URL = os.environ.get("AGORA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+def _admin_url() -> str:
+    """The server of the run's test database (scripts/test-env.sh), else the local one."""
+    url = os.environ.get("AGORA_TEST_DATABASE_URL", "").replace("postgresql+asyncpg://", "postgresql://")
+    if not url:
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    return url.split("?", 1)[0].rsplit("/", 1)[0] + "/postgres"
+
+
+ADMIN_URL = _admin_url()
 
 
 def _server_or_skip() -> None:
