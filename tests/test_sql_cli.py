@@ -120,10 +120,15 @@ def test_shell_runs_psql_with_the_connection_filled_in(server, tmp_path):
     query = ["--", "-X", "-A", "-t", "-c", f"SELECT current_database() LIKE '%{name}/box', 40 + 2"]
     expected = "t|42"
     # The bundled psql: on loopback straight to the port, else (--tls) through the tunnel.
-    assert done(cli("sql", "shell", "box", "--bundled", *query, home=home, password=password)).stdout.strip() == expected
+    result = done(cli("sql", "shell", "box", "--bundled", *query, home=home, password=password))
+    assert result.stdout.strip() == expected
     result = done(cli("sql", "shell", "box", "--bundled", "--tls", "--password-stdin", *query, home=home,
                       input=f"{password}\n"))
     assert result.stdout.strip() == expected
+    # the password on stdin, then a script for psql
+    result = done(cli("sql", "shell", "box", "--bundled", "--password-stdin", "--", "-X", "-A", "-t", home=home,
+                      input=f"{password}\nSELECT 6 * 7;\nSELECT 'two';\n"))
+    assert result.stdout.split() == ["42", "two"]
     # psql's own options go through without `--` as well
     result = done(cli("sql", "shell", "box", "--bundled", "-X", "-A", "-t", "-c", "SELECT 7", home=home,
                       password=password))

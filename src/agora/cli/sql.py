@@ -258,11 +258,11 @@ def _conninfo(**values: Any) -> str:
 
 def _password(target: Target, from_stdin: bool) -> str | None:
     """What to put in PGPASSWORD (None: what the environment says already)."""
-    from agora.cli.common import prompt_password, read_password_stdin
+    from agora.cli.common import prompt_password
     from agora.sql import tunnel
 
     if from_stdin:
-        return read_password_stdin()
+        return _password_line()
     if os.environ.get("PGPASSWORD"):
         return None
     try:
@@ -278,6 +278,21 @@ def _password(target: Target, from_stdin: bool) -> str | None:
         fail("this server checks your password with SCRAM, so the stored token cannot log in: "
              "give the password with --password-stdin or PGPASSWORD", USAGE)
     return prompt_password(f"Password for {target.user} (PostgreSQL port {target.host}:{target.port}): ")
+
+
+def _password_line() -> str:
+    """The first line of stdin, read byte by byte: what follows it (a script for psql)
+    stays unread, for the tool."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    password = line.decode("utf-8", "replace").rstrip("\r\n")
+    if not password:
+        fail("no password on stdin", USAGE)
+    return password
 
 
 def _has_terminal() -> bool:
