@@ -145,7 +145,7 @@ def sql_problem(request: Request, error: SQLError) -> Response:
 
 def _statement(request: Request, body: QueryRequest) -> tuple[str, list[Any]]:
     limit = request.app.state.runtime.config.sql.max_statement
-    if len(body.sql) > limit or len(body.sql.encode()) > limit:
+    if len(body.sql) > limit or len(body.sql.encode("utf-8", "surrogatepass")) > limit:
         raise TooLarge(f"a statement has at most {limit} bytes (sql.max_statement)")
     return body.sql, params_from_json(body.params)
 

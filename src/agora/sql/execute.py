@@ -35,6 +35,7 @@ _TEXT = pq.Format.TEXT
 _S = pq.ExecStatus
 _ACTIVE, _IDLE = pq.TransactionStatus.ACTIVE, pq.TransactionStatus.IDLE
 _DIAG = pq.DiagnosticField
+MAX_PARAMS = 65535  # the protocol's limit
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -60,9 +61,11 @@ def _from_result(res: pq.abc.PGresult, encoding: str) -> SQLError:
     return sql_error(message, code.decode() if code else None)
 
 
-def _from_exception(error: psycopg.Error) -> SQLError:
+def _from_exception(error: psycopg.Error, pg: pq.abc.PGconn | None = None) -> SQLError:
     if isinstance(error, psycopg.DataError) and error.sqlstate is None:
         return SQLError(str(error), "22021")  # a parameter psycopg cannot send (a NUL)
+    if error.sqlstate is None and pg is not None and pg.status == pq.ConnStatus.OK:
+        return SQLError(str(error).strip(), "08P01")  # refused by libpq, the connection is fine
     return sql_error(str(error).strip(), error.sqlstate)
 
 
@@ -155,10 +158,14 @@ class Statement:
     def _dump(self, params: Sequence[Any]) -> tuple[Any, Any, Any]:
         if not params:
             return None, None, None
+        if len(params) > MAX_PARAMS:
+            raise SQLError(f"a statement takes at most {MAX_PARAMS} parameters", "54023")
         try:
             dumped = self.tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         except psycopg.Error as error:
             raise _from_exception(error) from None
+        except UnicodeEncodeError as error:
+            raise SQLError(f"a parameter cannot be sent in the database's encoding: {error}", "22021") from None
         return dumped, self.tx.types, self.tx.formats
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -189,7 +196,7 @@ class Statement:
             self.pg.set_single_row_mode()
             _flush(self.pg)
         except psycopg.Error as error:
-            raise _from_exception(error) from None
+            raise _from_exception(error, self.pg) from None
 
     def _describe(self, res: pq.abc.PGresult) -> None:
         if self.columns is None:
@@ -236,7 +243,11 @@ class Statement:
 
     def load(self, res: pq.abc.PGresult) -> tuple:
         self.tx.set_pgresult(res, set_loaders=False)
-        return self.tx.load_row(0, tuple)  # type: ignore[arg-type]
+        try:
+            return self.tx.load_row(0, tuple)  # type: ignore[arg-type]
+        except Exception as error:  # a value PostgreSQL sent that a loader could not read
+            self.stop()
+            raise SQLError(f"a value of the result could not be read: {error}", "XX000") from None
 
     def finish(self) -> None:
         """Read the rest of the result (the statement runs to its end); raise its error."""
