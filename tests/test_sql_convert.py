@@ -443,14 +443,14 @@ def test_any_identifier_sqlite_allows(tmp_path: Path, target: psycopg.Connection
 
 def test_unicode_blobs_nulls_and_extremes(tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     values = [
-        (1, "héllo wörld ✓ 😀 עברית", b"\x00\xff" * 1000, None, 2**63 - 1, 1e308),
+        (1, "héllo wörld ✓ 😀 עברית", b"\x00\xff" * 1000, -(2**63), 2**63 - 1, 1e308),
         (2, "tab\there, new\nline, back\\slash, \r, quote' \"", b"", None, -(2**63), float("inf")),
         (3, None, None, None, None, None),
         (4, "x" * 100_000, bytes(range(256)), None, 0, -0.0),
         (5, "", b"\\x00", None, 1, float("-inf")),
     ]
     source = sqlite_file(tmp_path / "t.sqlite", """
-        CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB, untyped, i INTEGER, r REAL);
+        CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB, small SMALLINT, i INTEGER, r REAL);
         """, ("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)", values))
     convert_sqlite(source, target)
     assert rows(target, "t") == values

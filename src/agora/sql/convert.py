@@ -300,13 +300,18 @@ class _Stats:
     real: int = 0
     text: int = 0
     blob: int = 0
-    int_max_abs: int = 0
+    int_min: int = 0
+    int_max: int = 0
     number_max_abs: float = 0.0
     text_max_length: int = 0
     text_with_nul: int = 0
 
     def classes(self) -> set[str]:
         return {name for name in ("integer", "real", "text", "blob") if getattr(self, name)}
+
+    @property
+    def int_max_abs(self) -> int:
+        return max(abs(self.int_min), abs(self.int_max))
 
 
 _ALL = frozenset({"integer", "real", "text", "blob"})
@@ -576,8 +581,9 @@ def _read_table(db: sqlite3.Connection, name: str, text: str, without_rowid: boo
 _COUNTS = ("sum(typeof({c})='integer')", "sum(typeof({c})='real')", "sum(typeof({c})='text')",
            "sum(typeof({c})='blob')")
 _MEASURES = {   # the statistics a type's ``fits`` (or the values' judgement) needs
-    "int_max_abs": "max(abs(min(CASE WHEN typeof({c})='integer' THEN {c} END)), "
-                   "abs(max(CASE WHEN typeof({c})='integer' THEN {c} END)))",
+    # abs() of the smallest integer overflows in SQLite: Python takes it (_Stats).
+    "int_min": "min(CASE WHEN typeof({c})='integer' THEN {c} END)",
+    "int_max": "max(CASE WHEN typeof({c})='integer' THEN {c} END)",
     "number_max_abs": "max(CASE WHEN typeof({c}) IN ('integer', 'real') "
                       "THEN abs(CAST({c} AS REAL)) END)",
     "text_max_length": "max(CASE WHEN typeof({c})='text' THEN length({c}) END)",
@@ -588,10 +594,10 @@ _MEASURES = {   # the statistics a type's ``fits`` (or the values' judgement) ne
 def _measures(declared: str, identity: bool) -> list[str]:
     candidates = _SERIALS.get(_base(declared), [BIGINT]) if identity else _declared_types(declared)
     if candidates is None or any(kind.by_value for kind in candidates):   # values judge
-        return ["int_max_abs", "text_with_nul"]
+        return ["int_min", "int_max", "text_with_nul"]
     needed = []
     if any(kind in (SMALLINT, INTEGER) for kind in candidates):
-        needed.append("int_max_abs")
+        needed += ["int_min", "int_max"]
     if any(kind.pg.startswith("numeric(") for kind in candidates):
         needed.append("number_max_abs")
     if any(kind.pg.startswith("varchar(") for kind in candidates):
