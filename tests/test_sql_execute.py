@@ -21,6 +21,8 @@ from typing import Iterator
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agora.sql import execute, export, values
 from agora.sql.errors import SQLDenied, SQLError, SQLTimeout
@@ -319,3 +321,21 @@ def test_the_watchdog_stops_a_statement_with_no_time_limit(conn):
     assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert base64.b64decode(json.loads(execute.query_json(conn, "SELECT '\\x01'::bytea", (), max_rows=1,
                                                           max_bytes=100))["rows"][0][0]["$base64"]) == b"\x01"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list("ab ;'\"$-/*()\nE") + ["begin", "end", "case", "$x$", "--", "/*", "*/",
+                                                               "create function ", "begin atomic "]),
+                max_size=40).map("".join))
+def test_split_statements_never_fails_and_loses_no_code(text):
+    pieces = split_statements(text)
+    assert all(piece and piece == piece.strip() for piece in pieces)
+    # every piece is a substring of the script, in order
+    at = 0
+    for piece in pieces:
+        at = text.index(piece, at) + len(piece)
+
+
+@given(st.lists(st.from_regex(r"SELECT [a-z0-9 ,+]{0,12}", fullmatch=True), max_size=6))
+def test_plain_statements_split_at_their_semicolons(statements):
+    assert split_statements(";\n".join(statements)) == [s.strip() for s in statements if s.strip()]
