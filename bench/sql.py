@@ -4,7 +4,8 @@ through PgBouncer, against the same engine and database in one run.
     python bench/sql.py [--duration 10] [--clients 16] [--scale 10] [--rounds 3]
                         [--protocol simple|extended|prepared] [--only select|tpcb]
                         [--engine embedded|external] [--engine-url postgresql://...]
-                        [--http-seconds 5] [--http-clients 16] [--json out.json] [--keep]
+                        [--http-seconds 5] [--http-clients 16] [--workers N] [--pool-size N]
+                        [--json out.json] [--keep]
 
 Starts `python -m agora serve` on ephemeral loopback ports in a temporary data dir (its
 embedded engine, or ``--engine external`` at ``--engine-url``), makes a user and a
@@ -103,10 +104,11 @@ class Agora:
         self.token = ""
         self.admin_token = ""
 
-    def start(self, clients: int, pool_size: int | None = None) -> None:
+    def start(self, clients: int, pool_size: int | None = None, workers: int | None = None) -> None:
         from agora.config import BY_KEY
 
         settings = {"sql.engine": self.engine, "sql.engine_url": self.engine_url or None,
+                    "postgres.workers": None if workers is None else str(workers),
                     "sql.pool_size": None if pool_size is None else str(pool_size),
                     # every target holds up to --clients connections of the bench's role
                     "sql.connections_per_user": str(max(50, 4 * clients)),
@@ -405,6 +407,9 @@ def main() -> None:
                         help="with --engine external: a role with CREATEDB and CREATEROLE")
     parser.add_argument("--http-seconds", type=float, default=5.0, help="0: no HTTP API measurement")
     parser.add_argument("--http-clients", type=int, default=16)
+    parser.add_argument("--workers", type=int,
+                        help="the server's postgres.workers (processes relaying PostgreSQL connections; "
+                             "default: the server's default, one)")
     parser.add_argument("--pool-size", type=int,
                         help="the server's sql.pool_size (idle engine connections kept per database and user "
                              "for HTTP queries; default: the server's default)")
@@ -420,7 +425,7 @@ def main() -> None:
     agora = Agora(work, args.engine, args.engine_url if args.engine == "external" else "")
     bouncer: PgBouncer | None = None
     try:
-        agora.start(args.clients, args.pool_size)
+        agora.start(args.clients, args.pool_size, args.workers)
         agora.setup()
         seconds = pgbench_init(agora.conninfo(), agora.env(), args.scale)
         version = psql(agora.conninfo(), agora.env(), "SHOW server_version")
@@ -436,7 +441,8 @@ def main() -> None:
         for target, env in targets.values():  # each target answers before any is timed
             psql(target, env, "SELECT count(*) FROM pgbench_branches")
         print(f"{args.clients} clients, {args.duration:g} s each, pgbench -M {args.protocol}, best of {args.rounds} "
-              f"rounds; agora and pgbouncer over loopback TCP, direct over "
+              f"rounds, postgres.workers = {args.workers or 'default'}; agora and pgbouncer over loopback TCP, "
+              f"direct over "
               f"{'the Unix socket' if str(engine['host']).startswith('/') else 'TCP'}", flush=True)
         for script, options in SCRIPTS.items():
             if args.only and script != args.only:
