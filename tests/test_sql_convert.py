@@ -702,6 +702,7 @@ _INT64 = st.integers(-(2**63), 2**63 - 1)
 _TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 _COLUMN_KINDS: dict[str, st.SearchStrategy[Any]] = {
     "INTEGER": _INT64,
+    "SMALLINT": st.one_of(st.integers(-(2**15), 2**15 - 1), _INT64),
     "REAL": st.floats(allow_nan=False),
     "TEXT": _TEXT,
     "BLOB": st.binary(max_size=40),
