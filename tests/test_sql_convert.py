@@ -520,6 +520,21 @@ def test_objects_belong_to_the_connecting_role(tmp_path: Path, database: str) ->
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def test_into_another_schema(tmp_path: Path, target: psycopg.Connection[Any]) -> None:
+    target.execute('CREATE SCHEMA "Legacy"')
+    source = sqlite_file(tmp_path / "t.sqlite", """
+        CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO t VALUES (1, 'a');
+        CREATE VIEW v AS SELECT v FROM t;
+        """)
+    convert_sqlite(source, target, schema="Legacy")
+    assert tables(target) == []
+    assert target.execute('SELECT * FROM "Legacy".v').fetchall() == [("a",)]
+    assert target.execute("SHOW search_path").fetchone() == ('"$user", public',)
+    with pytest.raises(ValueError):
+        convert_sqlite(source, target, batch_rows=0)
+
+
 def test_a_legacy_wal_database_is_read_as_it_was_left(
         tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     """Agora kept its SQLite databases in WAL mode: rows still in the -wal file count."""

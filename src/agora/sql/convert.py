@@ -6,8 +6,8 @@
     report.warnings   # what could not be carried over as it was, and why
 
 The source is opened read-only (stdlib sqlite3) in one read transaction; everything is
-created in ``conn``'s current schema (``public``) by its role, in one transaction that
-is committed at the end. ``ConversionError`` (nothing is left in the target) when the
+created in schema ``public`` by ``conn``'s role, in one transaction that is committed at
+the end. ``ConversionError`` (nothing is left in the target) when the
 file is not a readable SQLite database, a value does not fit its column's type (the
 message names table, rowid and column), or a row count differs after the copy.
 
@@ -1243,7 +1243,8 @@ def _create_views(db: sqlite3.Connection, conn: psycopg.Connection[Any], rewrite
 
 def convert_sqlite(source: Path, target: psycopg.Connection[Any], *,
                    batch_rows: int = BATCH_ROWS,
-                   on_mismatch: Literal["error", "widen"] = "error") -> ConversionReport:
+                   on_mismatch: Literal["error", "widen"] = "error",
+                   schema: str = "public") -> ConversionReport:
     """Copy the SQLite database ``source`` into the (empty) database of ``target``.
 
     ``target`` is logged in as the role that is to own everything; the conversion runs in
@@ -1251,14 +1252,18 @@ def convert_sqlite(source: Path, target: psycopg.Connection[Any], *,
     a value that does not fit its column's declared type (an INTEGER column holding
     ``'abc'``) does: "error" raises ConversionError naming table, rowid and column;
     "widen" gives the column the type its values call for (text) and adds a warning.
+    Everything is made in ``schema`` (which exists); ``batch_rows`` rows are read from
+    SQLite at a time.
     """
+    if batch_rows < 1 or on_mismatch not in ("error", "widen"):
+        raise ValueError("batch_rows >= 1 and on_mismatch 'error' or 'widen', please")
     source = Path(source)
     report = ConversionReport(source)
     db = _open(source, report.warnings)
     try:
         plans = _plan(db, on_mismatch, report.warnings)
         with target.transaction():
-            _write(db, target, plans, batch_rows, report)
+            _write(db, target, plans, batch_rows, schema, report)
     except sqlite3.Error as error:
         raise ConversionError(f"{source.name} cannot be read: {error}") from None
     except psycopg.Error as error:
@@ -1299,10 +1304,12 @@ def _plan(db: sqlite3.Connection, on_mismatch: str, warnings: list[str]) -> list
 
 
 def _write(db: sqlite3.Connection, conn: psycopg.Connection[Any], tables: list[_Table],
-           batch_rows: int, report: ConversionReport) -> None:
+           batch_rows: int, schema: str, report: ConversionReport) -> None:
     # Limits set on the owner's role (statement time, idle time) must not cut the copy short.
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    # Names in views, CHECKs and indexes resolve there too.
+    conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(schema)))
     names = [t.source for t in tables] + [c.source for t in tables for c in t.columns]
     names += [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'view'")]
     rewriter = _Rewriter(names)
