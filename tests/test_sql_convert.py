@@ -699,7 +699,9 @@ def test_sql_a_newer_sqlite_wrote(tmp_path: Path, target: psycopg.Connection[Any
 def test_triggers_and_virtual_tables_are_reported(
         tmp_path: Path, target: psycopg.Connection[Any]) -> None:
     source = sqlite_file(tmp_path / "t.sqlite", """
-        CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+        CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, up TEXT AS (upper(v)) STORED,
+                        n INTEGER AS (length(v)));
+        INSERT INTO t (v) VALUES ('ab');
         CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN SELECT 1; END;
         CREATE VIRTUAL TABLE docs USING fts5(title, body);
         INSERT INTO docs VALUES ('one', 'first body'), ('two', 'second body');
@@ -707,8 +709,10 @@ def test_triggers_and_virtual_tables_are_reported(
     report = convert_sqlite(source, target)
     assert tables(target) == ["docs", "t"]   # not the full-text index's own tables
     assert rows(target, "docs") == [("one", "first body"), ("two", "second body")]
+    assert rows(target, "t") == [(1, "ab", "AB", 2)]
     warned = "\n".join(report.warnings)
     assert "trigger 't_audit'" in warned and "virtual table 'docs'" in warned
+    assert "generated column t.up" in warned and "generated column t.n" in warned
 
 
 # --- round trip ---------------------------------------------------------------------
