@@ -6,10 +6,10 @@
     report.warnings   # what could not be carried over as it was, and why
 
 The source is opened read-only (stdlib sqlite3) in one read transaction; everything is
-created in schema ``public`` by ``conn``'s role, in one transaction that is committed at
-the end. ``ConversionError`` (nothing is left in the target) when the
-file is not a readable SQLite database, a value does not fit its column's type (the
-message names table, rowid and column), or a row count differs after the copy.
+created in schema ``public`` (``schema=``) by ``conn``'s role, in one transaction that is
+committed at the end. ``ConversionError`` (nothing is left in the target) when the file
+is not a readable SQLite database, a value does not fit its column's type (the message
+names table, rowid and column), or a row count differs after the copy.
 
 Types: SQLite's declared type is mapped by its affinity (INT -> bigint, REAL -> double
 precision, NUMERIC/DECIMAL(p,s) -> numeric(p,s), TEXT/CHAR -> text, VARCHAR(n) ->
@@ -17,11 +17,12 @@ varchar(n)); BOOLEAN, DATE, DATETIME/TIMESTAMP, TIME, JSON and UUID become Postg
 type when every stored value fits it, else the type the values call for (with a warning);
 BLOB and untyped columns get the type the values call for (all integers -> bigint, all
 text -> text, all blobs -> bytea, mixed -> text). PostgreSQL's own names (SERIAL, BYTEA,
-TIMESTAMPTZ, JSONB, INT4...; databases made through Agora's old PostgreSQL face have them)
-mean PostgreSQL's type. ``INTEGER PRIMARY KEY`` and SERIAL become identities restarted
-past the highest id (SERIAL ids SQLite left NULL are numbered). Rows go through COPY, in batches, so
-memory stays bounded. Constraints and indexes follow the rows; views, CHECKs and
-expression indexes are kept where their SQL also runs on PostgreSQL, else warned about.
+TIMESTAMPTZ, JSONB, INT4...; databases made through Agora's old PostgreSQL face have
+them) mean PostgreSQL's type. ``INTEGER PRIMARY KEY`` and SERIAL become identities
+restarted past the highest id (SERIAL ids SQLite left NULL are numbered). Rows go
+through COPY, in batches, so memory stays bounded. Constraints and indexes follow the
+rows; views, CHECKs and expression indexes are kept where their SQL also runs on
+PostgreSQL, else warned about. Triggers are warned about.
 """
 
 from __future__ import annotations
