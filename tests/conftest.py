@@ -31,6 +31,16 @@ ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 START_TIMEOUT = 30.0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Test servers run as root start their PostgreSQL as an unprivileged user, who must
+    # be able to reach the data dirs: every pytest start makes /tmp/pytest-of-root
+    # private again, so the tests live under a directory of this run's own instead
+    # (xdist's workers get subdirectories of the controller's).
+    if config.option.basetemp is None and os.geteuid() == 0:
+        import tempfile
+        config.option.basetemp = os.path.join(tempfile.mkdtemp(prefix="agora-tests-"), "t")
+
+
 def pg_admin_url() -> str | None:
     return os.environ.get("AGORA_TEST_DATABASE_URL") or None
 
@@ -64,6 +74,26 @@ def drop_pg_database(url: str) -> None:
     assert base
     name = url.rsplit("/", 1)[1]
     _pg(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def drop_engine_objects(prefix: str) -> None:
+    """What a test server made on the external engine: its databases, then its roles."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(pg_admin_url())
+        try:
+            like = prefix.replace("_", "\\_") + "%"
+            for (name,) in await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", like):
+                await conn.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name.replace('"', '""'))
+            roles = [r[0] for r in await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", like)]
+            for name in roles:
+                await conn.execute('DROP ROLE IF EXISTS "%s"' % name.replace('"', '""'))
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
@@ -227,6 +257,7 @@ class ServerFactory:
         self.backend = backend
         self.servers: list[AgoraServer] = []
         self.databases: list[str] = []
+        self.engine_prefixes: list[str] = []
 
     def __call__(self, *, start: bool = True, env: dict[str, str] | None = None,
                  args: tuple[str, ...] = (), database_url: str | None = None) -> AgoraServer:
@@ -236,6 +267,16 @@ class ServerFactory:
                 database_url = create_pg_database()
                 self.databases.append(database_url)
         data_dir = self.root / f"server{len(self.servers)}"
+        env = dict(env or {})
+        if self.backend == "postgresql" and env.get("AGORA_SQL_ENGINE", "external") == "external":
+            # Hosted SQL on the same PostgreSQL server as an external engine, with names of
+            # this server's own (dropped at the end).
+            prefix = "t" + secrets.token_hex(4) + "_"
+            env.setdefault("AGORA_SQL_ENGINE", "external")
+            env.setdefault("AGORA_SQL_ENGINE_URL", pg_admin_url() or "")
+            env.setdefault("AGORA_SQL_ROLE_PREFIX", prefix)
+            env.setdefault("AGORA_SQL_DATABASE_PREFIX", prefix)
+            self.engine_prefixes.append(env["AGORA_SQL_ROLE_PREFIX"])
         server = AgoraServer(data_dir, database_url=database_url, env=env, args=args)
         self.servers.append(server)
         return server.start() if start else server
@@ -245,7 +286,9 @@ class ServerFactory:
         migration lock lets exactly one of them migrate); the backend must be postgresql."""
         url = create_pg_database()
         self.databases.append(url)
-        nodes = [self(start=False, database_url=url) for _ in range(count)]
+        prefix = "t" + secrets.token_hex(4) + "_"  # one engine namespace for all the nodes
+        env = {"AGORA_SQL_ROLE_PREFIX": prefix, "AGORA_SQL_DATABASE_PREFIX": prefix}
+        nodes = [self(start=False, database_url=url, env=env) for _ in range(count)]
         threads = [threading.Thread(target=node.start) for node in nodes]
         for thread in threads:
             thread.start()
@@ -258,6 +301,8 @@ class ServerFactory:
             server.kill()
         for url in self.databases:
             drop_pg_database(url)
+        for prefix in self.engine_prefixes:
+            drop_engine_objects(prefix)
 
 
 @pytest.fixture

@@ -54,6 +54,8 @@ def server_env() -> dict[str, str]:
 
 def provision(server: AgoraServer, databases=(), grants=(), disable=(), forget_verifiers=()) -> None:
     env = clean_env(AGORA_DATA_DIR=str(server.data_dir))
+    # The server's engine (external on the postgresql backend, with names of its own).
+    env.update({k: v for k, v in server.env.items() if k.startswith("AGORA_SQL_")})
     if server.database_url:
         env["AGORA_DATABASE_URL"] = server.database_url
     plan = json.dumps({"databases": list(databases), "grants": list(grants), "disable": list(disable),

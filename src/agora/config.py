@@ -370,7 +370,7 @@ SETTINGS += [
     Setting("sql.engine_user", _text, "agora-postgres", "When Agora runs as root: the system user the embedded cluster runs as (made if missing; PostgreSQL refuses to run as root)."),
     Setting("sql.engine_timeout", _duration, 60.0, "How long the engine may take to start or to accept a connection."),
     Setting("sql.engine_max_connections", _int(10, 100000), 300, "Embedded cluster: its max_connections (every PostgreSQL-protocol connection and pooled HTTP connection holds one)."),
-    Setting("sql.engine_nice", _int(0, 19), 5, "Embedded cluster: how much lower its CPU priority is than the server's, so that heavy queries do not slow the other services."),
+    Setting("sql.engine_nice", _int(0, 19), 10, "Embedded cluster: how much lower its CPU priority is than the server's, so that heavy queries do not slow the other services."),
     Setting("sql.engine_start", _choice("background", "lazy"), "background", "Start the embedded cluster right after the server is ready (background) or at the first use of hosted SQL (lazy)."),
     Setting("sql.role_prefix", _text, "agora_", "Prefix of the PostgreSQL role of each Agora user (agora_alice) and of each database's grant roles."),
     Setting("sql.database_prefix", _text, "", "Prefix of each hosted database's name on the engine (before owner/name): for several Agora installations on one external server."),

@@ -280,6 +280,10 @@ class EmbeddedEngine(Engine):
         def preexec() -> None:
             if nice:
                 os.nice(nice)
+                if hasattr(os, "SCHED_BATCH"):
+                    # Also no preempting others on wake-up: the server's own threads
+                    # answer first when both want the CPU.
+                    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
             if account is not None:
                 os.setgroups([])
                 os.setgid(account.pw_gid)

@@ -95,6 +95,7 @@ class HostedSQL:
         self.runtime = runtime
         self.engine: Engine = make_engine(runtime)
         self._roles: set[str] = set()   # roles known to exist on the engine (this process)
+        self._role_locks: dict[str, asyncio.Lock] = {}
         self._pool: dict[tuple[int, int, str], list[Any]] = {}
         # Every idle pooled connection, oldest first: beyond sql.max_idle_connections the
         # oldest is closed (each holds a backend on the engine).
@@ -182,12 +183,21 @@ class HostedSQL:
     async def ensure_role(self, user_name: str) -> str:
         role = self.engine.role_name(user_name)
         if role not in self._roles:
-            try:
-                async with self.engine.admin() as admin:
-                    await grants.ensure_role(admin, self.engine, role, self.settings)
-            except asyncpg.PostgresError as error:
-                raise from_engine(error) from None
-            self._roles.add(role)
+            # One at a time per role: concurrent ALTER ROLEs of one role fail in PostgreSQL.
+            async with self._role_locks.setdefault(role, asyncio.Lock()):
+                for attempt in range(3):
+                    if role in self._roles:
+                        break
+                    try:
+                        async with self.engine.admin() as admin:
+                            await grants.ensure_role(admin, self.engine, role, self.settings)
+                        self._roles.add(role)
+                    except asyncpg.PostgresError as error:
+                        # Another node or process changing the same role at once.
+                        if error.sqlstate != "XX000" or attempt == 2:
+                            raise from_engine(error) from None
+                        await asyncio.sleep(0.05 * (attempt + 1))
+            self._role_locks.pop(role, None)
         return role
 
     async def _sizes(self, refs: list[str]) -> dict[str, int]:

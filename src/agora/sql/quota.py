@@ -28,10 +28,11 @@ log = logging.getLogger("agora.sql")
 SCHEMA = "agora_quota"
 TRIGGER = "agora_over_quota"
 # DDL refused while over quota: whatever could add data or remove the triggers.
+# (The guard's own schema, function and event trigger belong to the engine's role: users
+# cannot drop them anyway.)
 BLOCKED_DDL = ("CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "ALTER TABLE", "CREATE INDEX",
                "CREATE MATERIALIZED VIEW", "REFRESH MATERIALIZED VIEW", "DROP TRIGGER", "ALTER TRIGGER",
-               "CREATE TRIGGER", "DROP EVENT TRIGGER", "ALTER EVENT TRIGGER", "DROP FUNCTION", "ALTER FUNCTION",
-               "DROP SCHEMA", "ALTER SCHEMA")
+               "CREATE TRIGGER")
 
 
 async def locked_databases(admin: asyncpg.Connection) -> set[str]:
@@ -41,7 +42,8 @@ async def locked_databases(admin: asyncpg.Connection) -> set[str]:
     return {r["datname"] for r in rows}
 
 
-async def lock(hosted: "HostedSQL", dbname: str, size: int, limit: int) -> None:
+async def lock(hosted: "HostedSQL", dbname: str, size: int, limit: int, *, already: bool = False) -> None:
+    """Refuse writes in ``dbname`` (again, when ``already``: for tables made meanwhile)."""
     message = (f"database {dbname} is over its size limit ({size // 1024**2} MiB of {limit // 1024**2} MiB, "
                "sql.max_database_size): delete rows and VACUUM to write again")
     async with hosted.engine.admin(dbname) as conn:
@@ -69,8 +71,10 @@ async def lock(hosted: "HostedSQL", dbname: str, size: int, limit: int) -> None:
                     tags = ", ".join(literal(t) for t in BLOCKED_DDL)
                     await conn.execute(f"CREATE EVENT TRIGGER {TRIGGER} ON ddl_command_start WHEN TAG IN ({tags}) "
                                        f"EXECUTE FUNCTION {SCHEMA}.refuse_ddl()")
-            await conn.execute(f"ALTER DATABASE {ident(dbname)} SET agora.over_quota = on")
-    log.warning("sql: %s", message)
+            if not already:
+                await conn.execute(f"ALTER DATABASE {ident(dbname)} SET agora.over_quota = on")
+    if not already:
+        log.warning("sql: %s", message)
 
 
 async def unlock(hosted: "HostedSQL", dbname: str) -> None:
@@ -96,7 +100,7 @@ async def check(hosted: "HostedSQL") -> None:
         name, size = row["datname"], row["size"]
         try:
             if size > limit:
-                await lock(hosted, name, size, limit)  # again each round: tables made meanwhile
+                await lock(hosted, name, size, limit, already=name in locked)
             elif name in locked:
                 await unlock(hosted, name)
         except (asyncpg.PostgresError, OSError) as error:
