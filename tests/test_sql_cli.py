@@ -148,6 +148,32 @@ def test_shell_runs_psql_with_the_connection_filled_in(server, tmp_path):
     assert result.returncode == 1 and result.stderr.startswith("agora: ")
 
 
+def test_ctrl_c_cancels_the_query_through_the_tunnel(server, tmp_path):
+    """Ctrl-C reaches psql (not the CLI, whose tunnel must outlive it); psql's
+    CancelRequest goes through the tunnel and the query stops."""
+    import signal
+    import time
+
+    bundled("psql")
+    home, _, password = logged_in(server, tmp_path, "hal")
+    ok(agora("sql", "create", "box", home=home))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGORA_", "PG"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"), PGPASSWORD=password)
+    proc = subprocess.Popen([sys.executable, "-m", "agora", "sql", "shell", "box", "--bundled", "--tls", "--", "-X",
+                             "-c", "SELECT pg_sleep(60)"], env=env, cwd=home,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(3)  # connected, the sleep under way
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "canceling statement due to user request" in err and "Traceback" not in err, (out, err)
+    assert proc.returncode != 0 and time.monotonic() - started < 20
+
+
 def test_shell_prefers_the_systems_psql(server, tmp_path):
     system = shutil.which("psql")
     if system is None:
