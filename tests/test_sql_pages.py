@@ -81,6 +81,8 @@ def test_list_console_share_and_drop(server):
     assert exported.text == "id,s\r\n1,<b>x</b>\r\n2,\r\n3,kept\r\n"
     not_exported = ann.post("/sql/export", db=db, sql="DELETE FROM t")
     assert not_exported.status_code == 200 and 'id="sql-error"' in not_exported.text
+    several = ann.post("/sql/export", db=db, sql="SELECT 1; SELECT 2")
+    assert 'id="sql-error"' in several.text and "one statement" in several.text
     assert "SELECT 3" in ann.run(db, "SELECT * FROM t").text
     # CSRF
     assert ann.http.post("/sql/console", data={"db": db, "sql": "DROP TABLE t"}).status_code == 403

@@ -233,6 +233,9 @@ async def export(request: Request, session: Session = Depends(actor)) -> Respons
     form = await request.form()
     ref, sql = _value(form, "db"), _value(form, "sql", MAX_SQL)
     s = _settings(request)
+    if len(statements := execute.split_statements(sql)) > 1:
+        return await _console(request, session, ref, sql, error=InvalidInput(
+            f"Export CSV takes one statement; the editor holds {len(statements)}"))
     try:
         chunks = await open_stream(_hosted(request).borrow(session.user, ref), s.query_timeout,
                                    lambda conn: csv_chunks(conn, sql, (), s.stream_chunk))
