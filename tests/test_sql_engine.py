@@ -240,3 +240,17 @@ def test_heavy_queries_do_not_hold_up_the_other_services(make_server):
                          "WHERE query LIKE '%generate_series(1, 400000000)%' AND pid <> pg_backend_pid()")
         assert {f.result() for f in futures} <= {"57014", "done"}
     imap.logout()
+
+
+def test_a_lifted_statement_timeout_still_meets_the_hard_limit(make_server):
+    server = make_server(env={**server_env(), "AGORA_SQL_MAX_STATEMENT_TIME": "1", "AGORA_SQL_QUOTA_INTERVAL": "0.3",
+                              "AGORA_SQL_ENGINE_START": "background"})
+    alice = account(server, "long")
+    with _connect(alice, "long") as conn:
+        conn.execute("SET statement_timeout = 0")
+        began = time.monotonic()
+        with pytest.raises(psycopg.Error) as stopped:
+            conn.execute("SELECT pg_sleep(60)")
+        assert stopped.value.sqlstate == "57014"
+        assert time.monotonic() - began < 30
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the connection goes on

@@ -375,6 +375,7 @@ SETTINGS += [
     Setting("sql.role_prefix", _text, "agora_", "Prefix of the PostgreSQL role of each Agora user (agora_alice) and of each database's grant roles."),
     Setting("sql.database_prefix", _text, "", "Prefix of each hosted database's name on the engine (before owner/name): for several Agora installations on one external server."),
     Setting("sql.query_timeout", _duration, 30.0, "A statement still running after this is stopped (SQLSTATE 57014): each role's statement_timeout; the connection stays usable."),
+    Setting("sql.max_statement_time", _duration, 3600.0, "A statement still running after this is cancelled (57014) even where its session lifted statement_timeout (checked every sql.quota_interval); 0 = never."),
     Setting("sql.idle_transaction_timeout", _duration, 600.0, "A transaction left open and idle this long ends its connection (idle_in_transaction_session_timeout); 0 = never."),
     Setting("sql.temp_file_limit", parse_size, 1024**3, "Temporary file space one session may use for sorts and hashes (temp_file_limit)."),
     Setting("sql.connections_per_user", _int(1, 100000), 50, "Connections to the engine one user's role may hold at once (its CONNECTION LIMIT)."),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -351,13 +352,20 @@ class EmbeddedEngine(Engine):
         loop = asyncio.get_running_loop()
         account = await asyncio.to_thread(self._run_as)
         await asyncio.to_thread(self._give, account)
-        await asyncio.to_thread(self._initdb, account)
-        deadline = loop.time() + self.settings.engine_timeout
-        foreign = self._running_pid() if self.process is None else None
-        if foreign is None:
-            await self._spawn(account)
-        # Else another process's postmaster (the server's, or a CLI command's): used as it is.
-        await self._until_ready(deadline)
+        # One process at a time makes or starts the cluster (the server, a CLI command, a
+        # worker): the others then find it running.
+        lock = os.open(self.root / "start.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            await asyncio.to_thread(self._initdb, account)
+            deadline = loop.time() + self.settings.engine_timeout
+            foreign = self._running_pid() if self.process is None else None
+            if foreign is None:
+                await self._spawn(account)
+            # Else another process's postmaster (the server's, or a CLI command's): used as it is.
+            await self._until_ready(deadline)
+        finally:
+            os.close(lock)  # and with it the lock
         if self.supervise and self._watch is None:
             self._watch = asyncio.ensure_future(self._supervise(account, foreign))
 

@@ -1,4 +1,7 @@
-"""The size limit of hosted databases (``sql.max_database_size``).
+"""The limits PostgreSQL cannot hold against its own users: the size of a hosted database
+(``sql.max_database_size``) and the longest a statement may run (``sql.max_statement_time``,
+which a user cannot lift, unlike ``statement_timeout``: a statement still running past it
+is cancelled, SQLSTATE 57014).
 
 PostgreSQL has no per-database quota, so the server watches ``pg_database_size`` every
 ``sql.quota_interval`` and switches a database over its limit to read-only: a statement
@@ -107,14 +110,30 @@ async def check(hosted: "HostedSQL") -> None:
             log.warning("sql: quota of %s: %s", name, error)
 
 
+async def cancel_overlong(hosted: "HostedSQL") -> None:
+    limit = hosted.settings.max_statement_time
+    if not limit:
+        return
+    async with hosted.engine.admin() as admin:
+        cancelled = await admin.fetch(
+            "SELECT pid, usename, datname, pg_cancel_backend(pid) FROM pg_stat_activity "
+            "WHERE state = 'active' AND backend_type = 'client backend' AND usename LIKE $1 "
+            "AND now() - query_start > make_interval(secs => $2)",
+            hosted.settings.role_prefix.replace("_", r"\_") + "%", float(limit))
+    for row in cancelled:
+        log.warning("sql: cancelled a statement of %s on %s that ran past sql.max_statement_time",
+                    row["usename"], row["datname"])
+
+
 async def watch(hosted: "HostedSQL") -> None:
     while True:
         await asyncio.sleep(hosted.settings.quota_interval)
         if hosted.engine._ready is None or not hosted.engine._ready.done():
             continue  # not started (lazily): nothing has been written
-        try:
-            await check(hosted)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.warning("sql: checking database sizes failed: %s", error)
+        for task, what in ((check, "checking database sizes"), (cancel_overlong, "looking for overlong statements")):
+            try:
+                await task(hosted)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("sql: %s failed: %s", what, error)
