@@ -57,6 +57,7 @@ log = logging.getLogger("agora.sql")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 ACCESS = ("read", "write")
 MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
+MAX_ACCESS_CACHE = 10_000  # entries of login()'s cache before it starts afresh
 
 __all__ = ["DatabaseInfo", "Grant", "HostedSQL", "SQLError", "hosted_sql"]
 
@@ -96,6 +97,7 @@ class HostedSQL:
         self.engine: Engine = make_engine(runtime)
         self._roles: set[str] = set()   # roles known to exist on the engine (this process)
         self._role_locks: dict[str, asyncio.Lock] = {}
+        self._access: dict[tuple[int, str], tuple[float, DatabaseInfo, str]] = {}
         self._pool: dict[tuple[int, int, str], list[Any]] = {}
         # Every idle pooled connection, oldest first: beyond sql.max_idle_connections the
         # oldest is closed (each holds a backend on the engine).
@@ -346,9 +348,25 @@ class HostedSQL:
     # -- connections ------------------------------------------------------------------
 
     async def login(self, user: User, ref: str) -> tuple[DatabaseInfo, str]:
-        """The database and the engine role a connection of ``user`` to ``ref`` uses."""
+        """The database and the engine role a connection of ``user`` to ``ref`` uses
+        (kept ``sql.access_cache`` seconds: a grant withdrawn on another node reaches
+        this one's HTTP requests that much later; here, at once)."""
+        key = (user.id, ref)
+        loop = asyncio.get_running_loop()
+        cached = self._access.get(key)
+        if cached is not None and cached[0] > loop.time():
+            return cached[1], cached[2]
         info = await self.get(user, ref, size=False)
-        return info, await self.ensure_role(user.name)
+        role = await self.ensure_role(user.name)
+        if self.settings.access_cache > 0:
+            if len(self._access) >= MAX_ACCESS_CACHE:
+                self._access.clear()
+            self._access[key] = (loop.time() + self.settings.access_cache, info, role)
+        return info, role
+
+    def _forget_access(self, db_id: int) -> None:
+        for key in [k for k, v in self._access.items() if v[1].id == db_id]:
+            del self._access[key]
 
     async def still_allowed(self, user_name: str, info: DatabaseInfo) -> bool:
         """For long-lived connections: the account is enabled and may still use ``info``."""
@@ -416,6 +434,7 @@ class HostedSQL:
         await asyncio.to_thread(conn.close)
 
     async def _forget_pooled(self, db_id: int, user_id: int | None) -> None:
+        self._forget_access(db_id)
         gone = []
         for key in [k for k in self._pool if k[0] == db_id and (user_id is None or k[1] == user_id)]:
             for conn in self._pool.pop(key):
