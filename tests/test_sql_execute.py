@@ -172,7 +172,19 @@ def test_denied_is_42501(conn):
 
 def test_results_are_bounded_in_rows_and_bytes_as_encoded(conn):
     r = run(conn, "SELECT g FROM generate_series(1, 100) g", max_rows=10)
-    assert len(r.rows) == 10 and r.truncated and r.rows_affected == 100 and r.command == "SELECT 100"
+    assert len(r.rows) == 10 and r.truncated and r.command == f"SELECT {r.rows_affected}"
+    # a plain read is stopped there, whatever was left of it
+    started = time.monotonic()
+    r = run(conn, "SELECT a, b FROM generate_series(1, 100000) a, generate_series(1, 100000) b", max_rows=10)
+    assert len(r.rows) == 10 and r.truncated and time.monotonic() - started < 3
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert [execute.plain_read(sql) for sql in (
+        "select 1", " (SELECT 1)", "WITH a AS (SELECT 1) SELECT * FROM a", "TABLE t", "/* x */ VALUES (1)",
+        "SELECT 'delete'", 'SELECT "update" FROM t')] == [True] * 7
+    assert not any(execute.plain_read(sql) for sql in (
+        "INSERT INTO t VALUES (1) RETURNING *", "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "SELECT * INTO t2 FROM t", "SELECT * FROM t FOR UPDATE", "SELECT nextval('s') FROM t", "EXPLAIN ANALYZE SELECT 1",
+        "CALL p()", ""))
     # bytes as sent: a bytea of 3000 bytes is 4000 of base64, a '"' is two bytes in JSON
     r = run(conn, "SELECT decode(repeat('00', 3000), 'hex') FROM generate_series(1, 5)", max_bytes=9000)
     assert len(r.rows) == 2 and r.truncated and r.size <= 9000

@@ -9,9 +9,10 @@ A statement goes with the extended protocol (``$1``-style parameters, one statem
 and its rows come back one at a time (libpq's single-row mode), so memory holds one row
 whatever the result's size. Results are bounded in rows (``max_rows``) and in bytes *as
 encoded* (``max_bytes``): past either, rows are no longer kept and the result is marked
-``truncated``, but the statement still runs to its end (stopping it would roll back
-what an ``INSERT ... RETURNING`` did). A stream (NDJSON, CSV) that is given up midway
-is cancelled, and the connection is left idle.
+``truncated``; a plain read (``plain_read``) outside a transaction is then stopped,
+anything else runs to its end (stopping it would roll back what an ``INSERT ...
+RETURNING`` did). A stream (NDJSON, CSV) that is given up midway is cancelled, and the
+connection is left idle.
 
 Errors are ``SQLError(message, sqlstate)`` with PostgreSQL's own SQLSTATE; in a batch,
 ``.index`` is the 0-based position of the failing statement.
@@ -258,9 +259,10 @@ class Statement:
 
     def stop(self) -> None:
         """Give up the result: cancel the statement if it still runs, and read what is
-        left, so that the connection is idle again. Errors are dropped."""
+        left, so that the connection is idle again. The cancel's error is dropped."""
         if self.done:
             return
+        error = self.error
         try:
             if self.pg.transaction_status == _ACTIVE:
                 self.conn.cancel_safe(timeout=5)
@@ -268,6 +270,7 @@ class Statement:
             pass
         while self.next_row() is not None:
             pass
+        self.error = error
 
 
 # -- results ------------------------------------------------------------------------------
@@ -331,9 +334,25 @@ def type_names(conn: psycopg.Connection, oids: Sequence[int]) -> list[str]:
     return [name or found.get(oid, str(oid)) for oid, name in zip(oids, names)]
 
 
+_READS = frozenset(("select", "values", "table", "show", "with", "fetch"))
+_WRITES = frozenset(("insert", "update", "delete", "merge", "into", "call", "do", "nextval", "setval"))
+
+
+def plain_read(sql: str) -> bool:
+    """Whether a statement only reads, as far as its words say (a function it calls may
+    still write): such a statement is stopped once its result is truncated."""
+    words = [sql[start:end].lower() for kind, start, end in _tokens(sql) if kind == "word"]
+    return bool(words) and words[0] in _READS and _WRITES.isdisjoint(words)
+
+
 def run(conn: psycopg.Connection, sql: str, params: Sequence[Any] = (), *, max_rows: int, max_bytes: int,
         form: Form = JSON) -> Result:
-    """One statement; keeps at most ``max_rows`` rows and ``max_bytes`` bytes of them."""
+    """One statement; keeps at most ``max_rows`` rows and ``max_bytes`` bytes of them.
+
+    Past either, a plain read outside a transaction is stopped (a table scan need not
+    go on); anything else runs to its end, its further rows read and dropped, so that
+    what it did (``INSERT ... RETURNING``, a transaction) is not undone."""
+    stoppable = conn.pgconn.transaction_status == _IDLE and plain_read(sql)
     statement = Statement(conn, form.adapters)
     statement.send(sql, params)
     rows: list[Any] = []
@@ -347,13 +366,17 @@ def run(conn: psycopg.Connection, sql: str, params: Sequence[Any] = (), *, max_r
         kept, n = measure(statement.load(res))
         if len(rows) >= max_rows or size + n > max_bytes:
             truncated = True
+            if stoppable:
+                statement.stop()
             continue
         rows.append(kept)
         size += n
     if statement.error is not None:
         raise statement.error
-    return Result(statement.columns or [], type_names(conn, statement.oids), rows, statement.affected,
-                  truncated, statement.command, size)
+    command, affected = statement.command, statement.affected
+    if truncated and stoppable and not command:  # stopped before its end: what was read
+        command, affected = f"SELECT {len(rows)}", len(rows)
+    return Result(statement.columns or [], type_names(conn, statement.oids), rows, affected, truncated, command, size)
 
 
 def result_json(result: Result) -> bytes:
