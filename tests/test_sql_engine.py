@@ -218,6 +218,8 @@ def test_heavy_queries_do_not_hold_up_the_other_services(make_server):
 
     imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=15)
     imap.login(alice.name, alice.password)  # loopback: no TLS needed
+    http = server.client()  # made (and connected) before the load: what is timed is the server
+    assert http.get("/healthz").status_code == 200
     with concurrent.futures.ThreadPoolExecutor(30) as pool:
         futures = [pool.submit(heavy, n) for n in range(30)]
         started.wait()
@@ -227,18 +229,20 @@ def test_heavy_queries_do_not_hold_up_the_other_services(make_server):
                                     "AND query LIKE '%generate_series(1, 400000000)%'"
                                     " AND pid <> pg_backend_pid()").fetchone()[0] == 30
             assert wait_for(running, timeout=30)
-        with server.client() as http:
-            for _ in range(5):
-                began = time.monotonic()
-                assert http.get("/healthz").status_code == 200
-                assert time.monotonic() - began < 0.5
-                began = time.monotonic()
-                assert imap.noop()[0] == "OK"
-                assert time.monotonic() - began < 0.5
+        waits: list[float] = []
+        for _ in range(5):
+            began = time.monotonic()
+            assert http.get("/healthz").status_code == 200
+            waits.append(time.monotonic() - began)
+            began = time.monotonic()
+            assert imap.noop()[0] == "OK"
+            waits.append(time.monotonic() - began)
+        assert max(waits) < 0.5, waits
         with _connect(alice, "heavy") as conn:  # and they can be stopped
             conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
                          "WHERE query LIKE '%generate_series(1, 400000000)%' AND pid <> pg_backend_pid()")
         assert {f.result() for f in futures} <= {"57014", "done"}
+    http.close()
     imap.logout()
 
 
