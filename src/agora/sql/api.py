@@ -15,7 +15,8 @@ they may do. Shapes:
   placeholders) -> ``{"columns": [names], "types": [PostgreSQL type names: int4, text,
   timestamptz, _int4 for int4[]...], "rows": [[...]], "rows_affected": n, "truncated":
   bool, "command": "SELECT 2"}``. At most sql.max_rows rows and sql.max_result_bytes bytes
-  of them as sent; past either, ``truncated`` (the statement still ran to its end).
+  of them as sent; past either, ``truncated`` (a plain read is stopped there, any
+  other statement still runs to its end).
   Values: integers and booleans as themselves, numeric as a string, timestamps ISO
   8601, bytea ``{"$base64": "..."}`` (accepted as a parameter too), json/jsonb as JSON,
   arrays as arrays, NULL as null, anything else as PostgreSQL's text (values.py).
