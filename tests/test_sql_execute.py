@@ -24,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agora.core.errors import InvalidInput
 from agora.sql import execute, export, values
 from agora.sql.errors import SQLDenied, SQLError, SQLTimeout
 from agora.sql.execute import split_statements
@@ -117,7 +118,7 @@ def test_parameters(conn):
                                                      "1000000000000000000000000000000", 0.5, [1]]
     assert [values.from_json(v) for v in (1, "s", None, True, {"$base64": "AAE="})] == [1, "s", None, True, b"\x00\x01"]
     for bad in ([1], {"x": 1}, {"$base64": "!!"}):
-        with pytest.raises(Exception):
+        with pytest.raises(InvalidInput):
             values.from_json(bad)
     with pytest.raises(SQLError) as error:
         run(conn, "SELECT $1::text", ["a\x00b"])
@@ -315,7 +316,7 @@ def test_csv_import(conn):
     assert run(conn, "SELECT count(*) FROM imp").rows == [b"[4]"]
     with pytest.raises(SQLError):
         export.import_csv(conn, io.BytesIO(b"a\n1\n"), "imp", create=True, infer=True)  # exists
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidInput):
         export.import_csv(conn, io.BytesIO(b""), "empty", create=True, infer=True)
     assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
 

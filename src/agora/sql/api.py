@@ -56,10 +56,10 @@ from agora.web.problems import problem
 router = APIRouter()
 api = APIRouter(prefix="/api/v1/sql", tags=["sql"])
 
-PROBLEM = {"model": None, "content": {"application/problem+json": {}}}
-AUTH_ERRORS = {401: {"description": "Missing, unknown, revoked or expired token", **PROBLEM}}
-DB_ERRORS = {**AUTH_ERRORS, 404: {"description": "No such database, or not shared with you", **PROBLEM}}
-QUERY_ERRORS = {**DB_ERRORS, 400: {"description": "The statement failed (see sqlstate)", **PROBLEM},
+PROBLEM: dict[str, Any] = {"model": None, "content": {"application/problem+json": {}}}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, unknown, revoked or expired token", **PROBLEM}}
+DB_ERRORS: dict[int | str, dict[str, Any]] = {**AUTH_ERRORS, 404: {"description": "No such database, or not shared with you", **PROBLEM}}
+QUERY_ERRORS: dict[int | str, dict[str, Any]] = {**DB_ERRORS, 400: {"description": "The statement failed (see sqlstate)", **PROBLEM},
                 403: {"description": "Not allowed (read-only access, or denied by isolation)", **PROBLEM},
                 409: {"description": "A lock wait timed out (55P03)", **PROBLEM},
                 413: {"description": "A statement longer than sql.max_statement", **PROBLEM},

@@ -239,7 +239,7 @@ class Statement:
                 self.error = SQLError("COPY ... TO STDOUT cannot run here: use the export "
                                       "or psql's \\copy", "0A000")
             elif status != _S.EMPTY_QUERY:
-                self.error = self.error or SQLError(f"unexpected reply from the database: {status.name}", "XX000")
+                self.error = self.error or SQLError(f"unexpected reply from the database: {_S(status).name}", "XX000")
         return None
 
     def load(self, res: pq.abc.PGresult) -> tuple:

@@ -24,7 +24,7 @@ import csv
 import functools
 import io
 import re
-from typing import IO, Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
+from typing import IO, Any, AsyncIterator, Callable, Generator, Iterator, Sequence, TypeVar
 
 import anyio
 import psycopg
@@ -36,6 +36,7 @@ from agora.sql.errors import SQLError
 from agora.sql.execute import Stream, row_too_large, sql_error
 
 T = TypeVar("T")
+Chunks = Generator[bytes, None, None]
 
 CHUNK = 256 * 1024  # bytes of an uploaded file copied at a time
 WORKERS = 32  # threads running SQL for the HTTP API and the console, in all
@@ -108,7 +109,7 @@ def _chunks(lines: Iterator[bytes], chunk: int) -> Iterator[bytes]:
         yield b"".join(buffer)
 
 
-def ndjson_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chunk: int) -> Iterator[bytes]:
+def ndjson_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chunk: int) -> Chunks:
     """``{"columns", "types"}``, one JSON array per row, ``{"rows": n}`` (or ``{"error"}``),
     in chunks of at most ``chunk`` bytes. The first ``next()`` opens the statement and
     raises its SQLError."""
@@ -128,7 +129,7 @@ def ndjson_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chu
         stream.close()
 
 
-def csv_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chunk: int) -> Iterator[bytes]:
+def csv_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chunk: int) -> Chunks:
     """A header line, then the rows (PostgreSQL's text of each value, bytea base64, NULL
     empty), in chunks of at most ``chunk`` bytes. An error midway ends it with a
     ``# error: ...`` line."""
@@ -144,7 +145,7 @@ def csv_chunks(conn: psycopg.Connection, sql: str, params: Sequence[Any], chunk:
 
 
 async def open_stream(borrowed: contextlib.AbstractAsyncContextManager[psycopg.Connection], limit: float,
-                      chunks: Callable[[psycopg.Connection], Iterator[bytes]]) -> AsyncIterator[bytes]:
+                      chunks: Callable[[psycopg.Connection], Chunks]) -> AsyncIterator[bytes]:
     """Borrow a connection, start ``chunks(conn)`` and read its first chunk (raising the
     statement's SQLError, with the connection given back); then an async iterator of
     every chunk, which gives the connection back when done or abandoned."""
@@ -161,7 +162,7 @@ async def open_stream(borrowed: contextlib.AbstractAsyncContextManager[psycopg.C
     return _relay(conn, generator, first, stack)
 
 
-async def _relay(conn: psycopg.Connection, generator: Iterator[bytes], first: bytes,
+async def _relay(conn: psycopg.Connection, generator: Chunks, first: bytes,
                  stack: contextlib.AsyncExitStack) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     work: concurrent.futures.Future | None = None

@@ -133,7 +133,7 @@ def read_schema(conn: psycopg.Connection) -> list[Table]:
     """The database's tables and views (not PostgreSQL's own), their columns and indexes."""
     try:
         found = conn.execute(_TABLES, [SHOWN_TABLES], prepare=False).fetchall()
-        tables = {oid: Table(schema, name, _KINDS.get(kind, kind)) for oid, schema, name, kind in found}
+        tables = {oid: Table(schema, name, _KINDS.get(kind, str(kind))) for oid, schema, name, kind in found}
         oids = "{" + ",".join(map(str, tables)) + "}"
         for oid, name, type_, notnull, default, primary in conn.execute(
                 _COLUMNS, [oids, SHOWN_COLUMNS], prepare=False):
