@@ -144,6 +144,25 @@ def test_batch_is_all_or_nothing(ann):
     assert ann.http.post(f"{API}/b/batch", json={"statements": []}).status_code == 422
 
 
+def test_a_lock_wait_that_times_out_is_409(ann):
+    ann.create("l")
+    ann.query("l", "CREATE TABLE t (x int)")
+    holder = threading.Thread(target=lambda: ann.http.post(f"{API}/l/batch", json={"statements": [
+        {"sql": "LOCK TABLE t IN ACCESS EXCLUSIVE MODE"}, {"sql": "SELECT pg_sleep(0.8)"}]}))
+    holder.start()
+    try:
+        def blocked() -> dict | None:
+            response = ann.http.post(f"{API}/l/batch", json={"statements": [
+                {"sql": "SET LOCAL lock_timeout = '100ms'"}, {"sql": "SELECT * FROM t"}]})
+            return response.json() if response.status_code == 409 else None
+
+        refused = wait_for(blocked, timeout=0.6, interval=0.05)
+        assert refused and refused["sqlstate"] == "55P03" and refused["statement"] == 1, refused
+    finally:
+        holder.join()
+    assert ann.query("l", "SELECT count(*) FROM t")["rows"] == [[0]]
+
+
 def test_ndjson_stream_and_csv_export_are_not_truncated(ann):
     ann.create("s")
     sql = "SELECT x, 'v' || x AS v, '\\x00ff'::bytea AS b, x % 2 = 0 AS even FROM generate_series(1, 3000) x"
