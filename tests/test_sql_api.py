@@ -147,17 +147,16 @@ def test_batch_is_all_or_nothing(ann):
 def test_a_lock_wait_that_times_out_is_409(ann):
     ann.create("l")
     ann.query("l", "CREATE TABLE t (x int)")
-    holder = threading.Thread(target=lambda: ann.http.post(f"{API}/l/batch", json={"statements": [
-        {"sql": "LOCK TABLE t IN ACCESS EXCLUSIVE MODE"}, {"sql": "SELECT pg_sleep(0.8)"}]}))
+    hold = [{"sql": "LOCK TABLE t IN ACCESS EXCLUSIVE MODE"}] + [{"sql": "SELECT pg_sleep(0.9)"}] * 3
+    holder = threading.Thread(target=lambda: ann.http.post(f"{API}/l/batch", json={"statements": hold}))
     holder.start()
     try:
-        def blocked() -> dict | None:
-            response = ann.http.post(f"{API}/l/batch", json={"statements": [
-                {"sql": "SET LOCAL lock_timeout = '100ms'"}, {"sql": "SELECT * FROM t"}]})
-            return response.json() if response.status_code == 409 else None
-
-        refused = wait_for(blocked, timeout=0.6, interval=0.05)
-        assert refused and refused["sqlstate"] == "55P03" and refused["statement"] == 1, refused
+        locked = "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND mode = 'AccessExclusiveLock'"
+        assert wait_for(lambda: ann.query("l", locked)["rows"] == [[1]], timeout=2)
+        response = ann.http.post(f"{API}/l/batch", json={"statements": [
+            {"sql": "SET LOCAL lock_timeout = '100ms'"}, {"sql": "SELECT * FROM t"}]})
+        assert response.status_code == 409, response.text
+        assert response.json()["sqlstate"] == "55P03" and response.json()["statement"] == 1
     finally:
         holder.join()
     assert ann.query("l", "SELECT count(*) FROM t")["rows"] == [[0]]
