@@ -209,7 +209,7 @@ def test_heavy_results_leave_the_server_responsive(ann, sql_server):
     """Encoding rows happens in worker threads: while six large results are produced,
     /healthz still answers at once."""
     ann.create("h")
-    rows = 2500  # each result about 1.3 MB, within the module's 1 s time limit
+    rows = 1200  # each result about 0.6 MB, well within the module's 1 s time limit
     sql = f"SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, {rows}) g"
     bodies: list[bytes] = []
 
