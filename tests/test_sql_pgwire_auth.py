@@ -5,6 +5,7 @@ verifier at their first login, disabled accounts, and what happens without TLS."
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import socket
 import struct
@@ -36,8 +37,9 @@ def test_scram_with_and_without_channel_binding(pg_server):
     with connect(ann.dsn("db"), channel_binding="require", require_auth="scram-sha-256") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with connect(ann.dsn("db", sslmode="disable"), require_auth="scram-sha-256") as conn:
-        assert conn.info.parameter_status("server_version").startswith("16.0")
-        assert conn.info.parameter_status("session_authorization") == ann.name
+        # PostgreSQL's own (the engine's), as the user's role
+        assert re.match(r"\d+\.\d+", conn.info.parameter_status("server_version"))
+        assert conn.info.parameter_status("session_authorization").endswith("_" + ann.name)
         assert conn.info.parameter_status("standard_conforming_strings") == "on"
     with pytest.raises(psycopg.OperationalError, match="SASL"):
         connect(ann.dsn("db"), require_auth="password")
@@ -182,6 +184,24 @@ def _typed(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("!i", len(body) + 4) + body
 
 
+def _answers(sock: socket.socket, count: int) -> list[list[bytes]]:
+    """The kinds of the backend messages answering ``count`` Syncs, one list per
+    ReadyForQuery."""
+    answers: list[list[bytes]] = [[]]
+    buffer = b""
+    while len(answers) <= count:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; got {answers}"
+        buffer += chunk
+        while len(buffer) >= 5 and len(buffer) >= 1 + struct.unpack("!i", buffer[1:5])[0]:
+            size = struct.unpack("!i", buffer[1:5])[0]
+            answers[-1].append(buffer[:1])
+            buffer = buffer[1 + size:]
+            if answers[-1][-1] == b"Z":
+                answers.append([])
+    return answers[:-1]
+
+
 def test_after_login_bytes_are_relayed_to_postgresql_in_order(make_server):
     """Raw protocol over the cleartext login: after ReadyForQuery the engine answers
     everything itself, pipelined messages in order, its own idle-session timeout too."""
@@ -197,9 +217,7 @@ def test_after_login_bytes_are_relayed_to_postgresql_in_order(make_server):
                                    + struct.pack("!h", 0))
         execute = _typed(b"E", b"\0" + struct.pack("!i", 0)) + _typed(b"S", b"")
         sock.sendall(parse + _typed(b"S", b"") + bind(b"1") + execute + bind(b"x") + execute + bind(b"2") + execute)
-        replies = []
-        for _ in range(4):
-            replies.append([k for k, _ in _messages(sock, b"Z")])
+        replies = _answers(sock, 4)
         assert replies[0] == [b"1", b"Z"]
         assert replies[1] == [b"2", b"D", b"C", b"Z"] and replies[3] == [b"2", b"D", b"C", b"Z"]
         assert replies[2] == [b"E", b"Z"]  # 'x' is no integer: PostgreSQL's own 22P02

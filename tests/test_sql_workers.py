@@ -55,12 +55,12 @@ def test_workers_share_databases_cancels_and_lifecycle(make_server):
             psycopg.connect(ann.dsn("shared").replace(ann.password, "wrong-password"))
         assert wait_for(lambda: metric(server, 'agora_logins_total{outcome="failed",protocol="postgres"}') == 1)
         assert metric(server, 'agora_logins_total{outcome="ok",protocol="postgres"}') == 3
-        conns[0].execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who INTEGER)")
+        conns[0].execute("CREATE TABLE t (id serial PRIMARY KEY, who integer)")
         for i, conn in enumerate(conns):
             conn.execute("INSERT INTO t (who) VALUES (%s)", (i,))
         for conn in conns:
             assert conn.execute("SELECT count(*), sum(who) FROM t").fetchone() == (3, 3)
-        # A transaction on one worker holds the write lock against the other's writers.
+        # One worker's open transaction is not seen by the other's session until it commits.
         with conns[0].transaction():
             conns[0].execute("INSERT INTO t (who) VALUES (10)")
             assert conns[1].execute("SELECT count(*) FROM t").fetchone() == (3,)
