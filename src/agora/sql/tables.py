@@ -1,6 +1,6 @@
 """The hosted-SQL catalogue in the metadata database: which databases exist, who owns
-them and who else may use them. The databases themselves are SQLite files under
-``DATA_DIR/sql/<owner>/<name>.sqlite``."""
+them and who else may use them. The databases themselves are PostgreSQL databases on the
+engine (engine.py), their grants mirrored onto PostgreSQL's (grants.py)."""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
-"""The PostgreSQL wire protocol (v3) in front of the hosted SQL databases: frames.py and
-messages.py (sans-IO parsing and encoding), session.py and query.py (the asyncio side),
-catalog.py (psql's catalog queries answered from SQLite's schema), scram.py, types.py."""
+"""The PostgreSQL wire protocol (v3) in front of the hosted databases: frames.py and
+messages.py (sans-IO parsing and encoding of the start-up), scram.py (the server's side
+of SCRAM), session.py (start-up, authentication, then the relay), upstream.py (the
+engine's side of the relay), server.py (the listener), workers.py (several processes)."""

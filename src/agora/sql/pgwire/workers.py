@@ -7,8 +7,8 @@ installation are. The server keeps accepting on the ``postgres`` port and hands 
 new connection to the next worker in turn (the socket itself, over a Unix socket pair:
 SCM_RIGHTS); it serves none itself.
 
-What the workers share is what nodes share: the hosted databases' files (SQLite locks
-them between processes) and the metadata database. So a grant revoked through the server
+What the workers share is what nodes share: the engine (the server's embedded cluster,
+or the external one) and the metadata database. So a grant revoked through the server
 reaches a worker's open sessions at their recheck (``sql.recheck_interval``), and each
 worker takes its share of ``postgres.max_connections`` and ``max_connections_per_ip``
 (connections are dealt in turn, so one address's spread evenly). A CancelRequest comes on
