@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -258,3 +259,65 @@ def test_a_lifted_statement_timeout_still_meets_the_hard_limit(make_server):
         assert stopped.value.sqlstate == "57014"
         assert time.monotonic() - began < 30
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the connection goes on
+
+
+def test_the_server_runs_as_an_ordinary_user_with_its_cluster_as_that_user(tmp_path):
+    """CI runs as root (the cluster then runs as sql.engine_user); this runs a server as
+    an ordinary account, whose cluster runs as that account."""
+    import pwd
+    import subprocess
+    import sys
+
+    from conftest import AgoraServer
+
+    if os.geteuid() != 0:
+        name, python = pwd.getpwuid(os.getuid()).pw_name, sys.executable
+        pythonpath = ""
+    else:
+        # The venv's interpreter lives under /root, which others cannot enter: Debian's
+        # python3 of the same version runs the same installed packages.
+        python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        if not os.path.exists(python):
+            pytest.skip(f"{python} (Debian's python3 of the venv's version) is not installed")
+        name = "agora-test-user"
+        if subprocess.run(["id", name], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                           check=True, capture_output=True)
+        import site
+        pythonpath = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), *site.getsitepackages()])
+    account_ = pwd.getpwnam(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    for up in [tmp_path, *tmp_path.parents]:  # the account must reach its home (pytest's dirs are private)
+        if not up.stat().st_mode & 0o001:
+            os.chmod(up, up.stat().st_mode | 0o001)
+    os.chown(home, account_.pw_uid, account_.pw_gid)
+
+    class AsUser(AgoraServer):
+        def command(self) -> list[str]:
+            return [python, *super().command()[1:]]
+
+    server = AsUser(home / "data", env={**server_env(), "PYTHONPATH": pythonpath, "HOME": str(home)})
+    original = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        if os.geteuid() == 0:
+            kwargs["user"], kwargs["group"], kwargs["extra_groups"] = account_.pw_uid, account_.pw_gid, []
+        return original(*args, **kwargs)
+
+    subprocess.Popen = popen  # type: ignore[misc]
+    try:
+        server.start()
+    finally:
+        subprocess.Popen = original  # type: ignore[misc]
+    try:
+        token = server.login("admin", server.admin_password)
+        with server.client(token) as http:
+            assert http.post("/api/v1/sql/databases", json={"name": "mine"}).status_code == 201
+        with psycopg.connect(f"host=127.0.0.1 port={server.ports['postgres']} user=admin dbname=mine "
+                             f"password={server.admin_password} sslmode=require", autocommit=True) as conn:
+            assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
+        pid = _postmaster_pid(server)
+        assert os.stat(f"/proc/{pid}").st_uid == account_.pw_uid
+    finally:
+        server.stop()
