@@ -388,6 +388,7 @@ SETTINGS += [
     Setting("sql.max_statement", parse_size, 1024**2, "Longest SQL text accepted over HTTP."),
     Setting("sql.max_batch", _int(1, 100000), 1000, "Statements in one batch request."),
     Setting("sql.max_upload", parse_size, 256 * 1024**2, "Largest .sqlite file or CSV file accepted for import."),
+    Setting("sql.http_threads", _int(1, 1000), 32, "Threads that run SQL for the HTTP API and the console, in all (a slow query holds one)."),
     Setting("sql.access_cache", _duration, 1.0, "Seconds an HTTP query's check of who may use a database is kept (a grant withdrawn on another node reaches this one's HTTP queries that much later; 0 = check every time)."),
     Setting("sql.pool_size", _int(0, 1000), 4, "Idle connections kept per database and user for HTTP queries."),
     Setting("sql.recheck_interval", _duration, 5.0, "A long-lived connection (PostgreSQL protocol) checks that its access still holds this often (grants changed on another node, account disabled)."),

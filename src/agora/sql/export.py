@@ -39,10 +39,16 @@ T = TypeVar("T")
 Chunks = Generator[bytes, None, None]
 
 CHUNK = 256 * 1024  # bytes of an uploaded file copied at a time
-WORKERS = 32  # threads running SQL for the HTTP API and the console, in all
+_threads = 32  # threads running SQL for the HTTP API and the console, in all (sql.http_threads)
 GRACE = 2.0  # seconds past the time limit before a statement is cancelled from here
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def configure(threads: int) -> None:
+    """The size of the pool (sql.http_threads), before its first use."""
+    global _threads
+    _threads = threads
 
 
 def _workers() -> concurrent.futures.ThreadPoolExecutor:
@@ -50,7 +56,7 @@ def _workers() -> concurrent.futures.ThreadPoolExecutor:
     if _pool is None:
         # Not the loop's default executor: thirty slow queries must not keep the other
         # services' file reads waiting.
-        _pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="agora-sql")
+        _pool = concurrent.futures.ThreadPoolExecutor(_threads, thread_name_prefix="agora-sql")
     return _pool
 
 

@@ -103,6 +103,9 @@ class HostedSQL:
         # oldest is closed (each holds a backend on the engine).
         self._idle: OrderedDict[Any, tuple[int, int, str]] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        from agora.sql import export
+
+        export.configure(self.settings.http_threads)
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
@@ -412,10 +415,13 @@ class HostedSQL:
         import psycopg
 
         def clean() -> bool:
-            if conn.closed or conn.broken:
+            if conn.closed or conn.broken or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
                 return False
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
+            # What the request SET, LISTENed to or PREPAREd does not follow it into the
+            # next request of the pool.
+            conn.execute("DISCARD ALL")
             return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
         try:

@@ -16,9 +16,9 @@ from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, Securit
 
 STATIC = Path(__file__).parent / "static"
 # Routes that read big bodies themselves, each against its own limit (files.max_upload,
-# mail.max_message), rather than http.max_json_body.
+# mail.max_message, sql.max_upload), rather than http.max_json_body.
 STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/", "/files/upload", "/api/v1/mail/send",
-                      "/mail/send")
+                      "/mail/send", "/sql/import")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
