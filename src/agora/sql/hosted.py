@@ -37,6 +37,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -172,6 +173,22 @@ class HostedSQL:
             raise
         log.info("sql: %s created database %s", user.name, name)
         return info
+
+    async def create_from_sqlite(self, user: User, name: str, source: Path) -> tuple[DatabaseInfo, Any]:
+        """A new database holding what the SQLite file ``source`` holds (converted as the
+        databases of earlier versions are): (the database, the converter's report).
+        A file that cannot be converted leaves no database behind (ConversionError)."""
+        from agora.sql.upgrade import convert_file
+
+        info = await self.create(user, name)
+        try:
+            report = await convert_file(self, info, source)
+        except BaseException:
+            await self.drop(user, info.name)
+            raise
+        await self.runtime.audit.record("sql.import", actor=user.name, target=info.ref,
+                                        details={"tables": len(report.tables), "rows": report.rows})
+        return info, report
 
     async def provision(self, info: DatabaseInfo, *, fresh: bool = False) -> None:
         """Make the engine's database, roles and privileges for ``info`` (idempotent).

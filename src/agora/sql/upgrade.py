@@ -72,8 +72,7 @@ async def convert_one(hosted: "HostedSQL", info, path: Path, grantees: list[tupl
     from agora.sql import grants
 
     await hosted.provision(info, fresh=True)
-    role = hosted.engine.role_name(info.owner)
-    report = await asyncio.to_thread(_convert, hosted, role, hosted.engine.dbname(info.ref), path)
+    report = await convert_file(hosted, info, path)
     for name, access in grantees:
         grantee_role = await hosted.ensure_role(name)
         async with hosted.engine.admin(hosted.engine.dbname(info.ref)) as admin:
@@ -85,6 +84,12 @@ async def convert_one(hosted: "HostedSQL", info, path: Path, grantees: list[tupl
         if part.exists():
             os.replace(part, aside / part.name)
     log.info("sql: converted %s from SQLite (%s); the original is in %s", info.ref, report, aside)
+
+
+async def convert_file(hosted: "HostedSQL", info, path: Path):  # type: ignore[no-untyped-def]
+    """The SQLite file ``path`` into the (empty) hosted database ``info``, as its owner."""
+    role = hosted.engine.role_name(info.owner)
+    return await asyncio.to_thread(_convert, hosted, role, hosted.engine.dbname(info.ref), path)
 
 
 def _convert(hosted: "HostedSQL", role: str, dbname: str, path: Path) -> object:
