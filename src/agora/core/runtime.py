@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from agora.config import Config
 from agora.core.audit import AuditLog
@@ -35,6 +35,9 @@ class Runtime:
     # Each service's domain objects (its store, ledger...), made once per process and
     # shared by all of its adapters: see :meth:`shared`.
     state: dict[str, Any] = field(default_factory=dict)
+    # Closed (in reverse order) before storage: what a service started for this process,
+    # e.g. the SQL engine a CLI command had to start. Each must be safe to call twice.
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def shared(self, key: str, make: Callable[[], T]) -> T:
         if key not in self.state:
@@ -83,5 +86,10 @@ class Runtime:
                       f"{name}`)\n", flush=True)
 
     async def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %r failed", close)
         await self.db.close()
 

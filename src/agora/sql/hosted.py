@@ -107,6 +107,7 @@ class HostedSQL:
         from agora.sql import export
 
         export.configure(self.settings.http_threads)
+        runtime.closers.append(self.close)
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
