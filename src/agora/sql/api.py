@@ -11,6 +11,16 @@ they may do. Shapes:
   ``PUT /api/v1/sql/databases/{db}/grants/{user}`` ``{"access": "read"|"write"}``,
   ``DELETE`` to revoke. A database: ``{"name", "owner", "ref", "access", "size",
   "created_at", "grants": [{"user", "access"}]}``.
+- ``POST /api/v1/sql/databases/{name}/sqlite`` with a SQLite database file as the body
+  (``Content-Type: application/vnd.sqlite3`` or ``application/octet-stream``; curl:
+  ``--data-binary @shop.sqlite -H 'Content-Type: application/vnd.sqlite3'``) -> 201, a new
+  database ``name`` holding what the file holds (converted as the databases of earlier
+  versions are: convert.py), its object with the converter's ``"report": {"tables":
+  [{"name", "rows", "columns": [{"name", "declared", "type"}]}], "indexes", "views",
+  "warnings", "rows"}``. The body goes to a temporary file in the data dir, never into
+  memory; past sql.max_upload bytes 413. A file that cannot be converted is a 422 with
+  ``table``, ``row`` and ``column`` where the converter can tell (no database is left);
+  a name you already use 409; sql.max_databases reached 413 (as creating one).
 - ``POST /api/v1/sql/{db}/query`` ``{"sql", "params": [...]}`` (one statement, ``$1``
   placeholders) -> ``{"columns": [names], "types": [PostgreSQL type names: int4, text,
   timestamptz, _int4 for int4[]...], "rows": [[...]], "rows_affected": n, "truncated":
@@ -35,26 +45,38 @@ index of the failing one).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
+import shutil
+import tempfile
+import time
 from datetime import datetime
-from typing import Any
+from pathlib import Path as FilePath
+from typing import Any, AsyncIterator
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
-from agora.core.errors import InvalidInput, TooLarge
+from agora.core.errors import Conflict, InvalidInput, TooLarge
 from agora.core.identity import User
+from agora.core.runtime import Runtime
 from agora.sql import execute
+from agora.sql.convert import ConversionError, ConversionReport
 from agora.sql.errors import SQLError
 from agora.sql.export import call, csv_chunks, ndjson_chunks, open_stream
-from agora.sql.hosted import DatabaseInfo, HostedSQL, hosted_sql
+from agora.sql.hosted import MAX_IDENTIFIER, DatabaseInfo, HostedSQL, hosted_sql, validate_database_name
 from agora.sql.values import params_from_json
 from agora.web.auth import api_user
 from agora.web.problems import problem
 
 router = APIRouter()
-api = APIRouter(prefix="/api/v1/sql", tags=["sql"])
+API_PREFIX = "/api/v1/sql"
+api = APIRouter(prefix=API_PREFIX, tags=["sql"])
 
 PROBLEM: dict[str, Any] = {"model": None, "content": {"application/problem+json": {}}}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, unknown, revoked or expired token", **PROBLEM}}
@@ -69,6 +91,15 @@ _STATUS = {"42501": 403, "55P03": 409, "53100": 507, "53300": 503, "57P01": 503,
 _UNREACHABLE = ("08000", "08001", "08003", "08004", "08006")  # the engine, not the statement
 
 DbRef = Path(description="A database: `name` (yours) or `owner:name`", max_length=200)
+
+# An uploaded SQLite file: what it may be sent as, and how it is received.
+SQLITE_TYPES = ("application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream")
+SQLITE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    kind: {"schema": {"type": "string", "format": "binary"}} for kind in SQLITE_TYPES[::2]}}}
+UPLOAD_CHUNK = 1024 * 1024  # bytes gathered before each write to the temporary file
+UPLOAD_IDLE_TIMEOUT = 60.0  # seconds without a byte from the client before an upload is dropped
+STALE_UPLOAD = 86400.0  # seconds after which an upload's folder left by a crash is removed
+_SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class Strict(BaseModel):
@@ -92,6 +123,30 @@ class DatabaseOut(BaseModel):
 
 class CreateRequest(Strict):
     name: str = Field(max_length=63)
+
+
+class ColumnReportOut(BaseModel):
+    name: str
+    declared: str = Field(description="SQLite's declared type (empty: none)")
+    type: str = Field(description="The PostgreSQL type it was given")
+
+
+class TableReportOut(BaseModel):
+    name: str
+    rows: int = Field(description="Rows copied (checked against the SQLite file's count)")
+    columns: list[ColumnReportOut]
+
+
+class ReportOut(BaseModel):
+    tables: list[TableReportOut]
+    indexes: list[str] = Field(description="Indexes created (those the file named)")
+    views: list[str] = Field(description="Views created")
+    warnings: list[str] = Field(description="What could not be carried over as it was, and why")
+    rows: int = Field(description="Rows copied, in all")
+
+
+class ImportedDatabaseOut(DatabaseOut):
+    report: ReportOut = Field(description="What the converter did")
 
 
 class GrantRequest(Strict):
@@ -151,6 +206,93 @@ def _statement(request: Request, body: QueryRequest) -> tuple[str, list[Any]]:
     return body.sql, params_from_json(body.params)
 
 
+def report_out(report: ConversionReport) -> ReportOut:
+    return ReportOut(tables=[TableReportOut(name=t.name, rows=t.target_rows, columns=[
+        ColumnReportOut(name=c.name, declared=c.declared, type=c.type) for c in t.columns]) for t in report.tables],
+        indexes=list(report.indexes), views=list(report.views), warnings=list(report.warnings), rows=report.rows)
+
+
+def conversion_problem(request: Request, error: ConversionError) -> Response:
+    """422, naming the table, row and column where the converter could tell."""
+    extra: dict[str, Any] = {}
+    for key, value in (("table", error.table), ("row", error.rowid), ("column", error.column)):
+        if value is not None:
+            extra[key] = value if isinstance(value, (int, str)) else str(value)
+    return problem(422, error.detail, slug="sqlite-conversion", title=error.title, instance=request.url.path,
+                   **extra)
+
+
+async def check_new_name(hosted: HostedSQL, user: User, name: str) -> None:
+    """Before an upload is received: the refusals ``create`` would give at its end."""
+    validate_database_name(name)
+    if len(f"{user.name}/{name}".encode()) > MAX_IDENTIFIER:
+        raise InvalidInput(f"{user.name}/{name!r} is longer than PostgreSQL's {MAX_IDENTIFIER} bytes: "
+                           "choose a shorter name")
+    own = [d for d in await hosted.list(user) if d.access == "owner"]
+    if any(d.name == name for d in own):
+        raise Conflict(f"you already have a database named {name!r}")
+    limit = hosted.settings.max_databases
+    if len(own) >= limit:
+        raise TooLarge(f"you have {len(own)} databases, the most allowed (sql.max_databases)")
+
+
+def upload_name(filename: str | None, default: str) -> str:
+    """The temporary file's name: the upload's own (the converter's messages name it)."""
+    name = _SAFE_FILENAME.sub("_", FilePath(filename or "").name).strip("._")[:100]
+    return name or default
+
+
+def _fresh_folder(root: FilePath) -> FilePath:
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = time.time()
+    for old in root.iterdir():  # left by a crash mid-upload
+        with contextlib.suppress(OSError):
+            newest = max([old.stat().st_mtime] + [p.stat().st_mtime for p in old.iterdir()])
+            if now - newest > STALE_UPLOAD:
+                shutil.rmtree(old, ignore_errors=True)
+    return FilePath(tempfile.mkdtemp(dir=root))
+
+
+@contextlib.asynccontextmanager
+async def upload_path(runtime: Runtime, filename: str) -> AsyncIterator[FilePath]:
+    """A path for an uploaded file in the data dir (DATA_DIR/sql/uploads/<random>/), in a
+    folder of its own that is removed afterwards."""
+    folder = await asyncio.to_thread(_fresh_folder, runtime.data_dir / "sql" / "uploads")
+    try:
+        yield folder / filename
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+async def receive_file(request: Request, path: FilePath, limit: int) -> int:
+    """The request's body into ``path``, at most ``limit`` bytes (TooLarge beyond);
+    TimeoutError when the client stops sending, ClientDisconnect when it goes."""
+    received = 0
+    buffer = bytearray()
+    handle = await asyncio.to_thread(open, path, "wb")
+    stream = request.stream()
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(UPLOAD_IDLE_TIMEOUT):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            received += len(chunk)
+            if received > limit:
+                raise TooLarge(f"uploaded files are limited to {limit} bytes (sql.max_upload)")
+            buffer += chunk
+            if len(buffer) >= UPLOAD_CHUNK:
+                await asyncio.to_thread(handle.write, buffer)
+                buffer.clear()
+        if buffer:
+            await asyncio.to_thread(handle.write, buffer)
+    finally:
+        await stream.aclose()
+        await asyncio.to_thread(handle.close)
+    return received
+
+
 def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
@@ -180,6 +322,53 @@ async def list_databases(request: Request, user: User = Depends(api_user)) -> li
                      422: {"description": "Not a valid name", **PROBLEM}})
 async def create_database(request: Request, body: CreateRequest, user: User = Depends(api_user)) -> DatabaseOut:
     return _out(await _hosted(request).create(user, body.name))
+
+
+@api.post("/databases/{name}/sqlite", response_model=ImportedDatabaseOut, status_code=201,
+          openapi_extra=SQLITE_BODY, summary="Create a database from a SQLite file",
+          responses={**AUTH_ERRORS, 201: {"description": "Created, with the converter's report"},
+                     408: {"description": "The client stopped sending", **PROBLEM},
+                     409: {"description": "You have one of that name", **PROBLEM},
+                     413: {"description": "Over sql.max_upload, or you have sql.max_databases already", **PROBLEM},
+                     415: {"description": "Not sent as application/vnd.sqlite3 or application/octet-stream",
+                           **PROBLEM},
+                     422: {"description": "Not a valid name, or a file that cannot be converted (`table`, `row`, "
+                                          "`column` say where); no database is left", **PROBLEM},
+                     503: {"description": "The engine cannot be reached", **PROBLEM}})
+async def create_from_sqlite(request: Request, response: Response, name: str = Path(max_length=63),
+                             user: User = Depends(api_user)) -> Any:
+    """The body, a SQLite database file, becomes the new database `name`: its tables with
+    their types mapped to PostgreSQL's, rows, keys, indexes and views (see the report's
+    warnings for what could not be carried over)."""
+    runtime = request.app.state.runtime
+    limit = runtime.config.sql.max_upload
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind not in SQLITE_TYPES:
+        return problem(415, f"send the SQLite file as the body, as application/vnd.sqlite3 (not {kind})",
+                       slug="unsupported-media-type", instance=request.url.path)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"uploaded files are limited to {limit} bytes (sql.max_upload)")
+    hosted = _hosted(request)
+    await check_new_name(hosted, user, name)
+    async with upload_path(runtime, f"{name}.sqlite") as path:
+        try:
+            await receive_file(request, path, limit)
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody is listening; for the access log
+        except TimeoutError:
+            return problem(408, "no data arrived for too long; the upload was dropped", slug="upload-timeout",
+                           title="Request timeout", headers={"Connection": "close"})
+        try:
+            info, report = await hosted.create_from_sqlite(user, name, path)
+        except ConversionError as error:
+            return conversion_problem(request, error)
+        except SQLError as error:
+            return sql_problem(request, error)
+    with contextlib.suppress(SQLError):  # its size, now it is filled
+        info = await hosted.get(user, info.name)
+    response.headers["Location"] = f"{API_PREFIX}/databases/{quote(info.name)}"
+    return ImportedDatabaseOut(**_out(info).model_dump(), report=report_out(report))
 
 
 @api.get("/databases/{db}", response_model=DatabaseOut, responses=DB_ERRORS, summary="One database")
