@@ -1,5 +1,9 @@
-"""The hosted-SQL sub-API: ``client.sql.create/databases/get/drop/grant/revoke/query/
-batch/rows/export/info/url``.
+"""The hosted-SQL sub-API: ``client.sql.create/create_from_sqlite/databases/get/drop/
+grant/revoke/query/batch/rows/export/info/url``.
+
+``create_from_sqlite(name, path_or_file)`` uploads a SQLite database file (streamed,
+never read whole into memory) and returns ``(SQLDatabase, SQLImportReport)``: the new
+database and what the server's converter did (tables with their rows, warnings).
 
 A database is named ``name`` (yours) or ``owner/name`` (shared with you). Values come
 back typed: integers as int, NULL as None, blobs as bytes (``{"$base64": ...}`` on the
@@ -9,12 +13,16 @@ wire); bytes given as parameters travel the same way.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, AsyncIterator, Iterator, Sequence, Union
 from urllib.parse import quote, urlsplit
 
+import anyio
 import httpx
 
 from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, nothing, one
@@ -39,6 +47,31 @@ class SQLDatabase:
     size: int
     created_at: datetime
     grants: list[SQLGrant] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SQLImportedColumn:
+    name: str
+    declared: str  # SQLite's declared type ("" for none)
+    type: str  # the PostgreSQL type it was given
+
+
+@dataclass(frozen=True)
+class SQLImportedTable:
+    name: str
+    rows: int
+    columns: list[SQLImportedColumn] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SQLImportReport:
+    """What the server's converter made of an uploaded SQLite file."""
+
+    tables: list[SQLImportedTable]
+    indexes: list[str]
+    views: list[str]
+    warnings: list[str]
+    rows: int  # copied, in all
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,36 @@ def _database(data: Any) -> SQLDatabase:
     return from_json(SQLDatabase, data)
 
 
+def _imported(response: httpx.Response) -> tuple[SQLDatabase, SQLImportReport]:
+    data = json_body(response)
+    report = dict(data["report"])
+    report["tables"] = [from_json(SQLImportedTable, {**t, "columns": [from_json(SQLImportedColumn, c)
+                                                                     for c in t.get("columns", [])]})
+                        for t in report.get("tables", [])]
+    return _database(data), from_json(SQLImportReport, report)
+
+
+# A SQLite file to upload: a path, or a file opened in binary mode.
+Source = Union[str, "os.PathLike[str]", IO[bytes]]
+UPLOAD_CHUNK = 1024 * 1024
+SQLITE = "application/vnd.sqlite3"
+
+
+def _upload_size(handle: IO[bytes]) -> int | None:
+    """Bytes left to read in ``handle`` where that can be told (a regular file)."""
+    try:
+        return os.fstat(handle.fileno()).st_size - handle.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _upload_timeout(transport: Any) -> httpx.Timeout:
+    """The client's timeouts, but no limit on the wait for the answer: the server
+    answers when its conversion is done, and a big file takes a while."""
+    base = transport.http.timeout
+    return httpx.Timeout(connect=base.connect, read=None, write=base.write, pool=base.pool)
+
+
 def _result(data: Any) -> SQLResult:
     data = dict(data)
     data["rows"] = [[decode_value(v) for v in row] for row in data["rows"]]
@@ -94,6 +157,11 @@ def databases() -> Call[list[SQLDatabase]]:
 
 def create(name: str) -> Call[SQLDatabase]:
     return Call("POST", f"{API}/databases", lambda r: _database(json_body(r)), json={"name": name})
+
+
+def create_from_sqlite(name: str) -> Call[tuple[SQLDatabase, SQLImportReport]]:
+    """The upload's request line and how its answer reads (the body is sent by the caller)."""
+    return Call("POST", f"{API}/databases/{quote(name, safe='')}/sqlite", _imported)
 
 
 def get(ref: str) -> Call[SQLDatabase]:
@@ -164,6 +232,26 @@ class SyncSQL(SyncAPI):
     def create(self, name: str) -> SQLDatabase:
         return self._run(create(name))
 
+    def create_from_sqlite(self, name: str, source: Source) -> tuple[SQLDatabase, SQLImportReport]:
+        """Create database NAME holding what the SQLite file ``source`` (a path, or a file
+        opened in binary mode) holds: (the database, the converter's report). A file the
+        server cannot convert raises InvalidRequest (``problem`` names table, row and
+        column where it can) and leaves no database."""
+        call = create_from_sqlite(name)
+        with contextlib.ExitStack() as stack:
+            handle = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))  # type: ignore[arg-type]
+            headers = {"Content-Type": SQLITE}
+            size = _upload_size(handle)  # type: ignore[arg-type]
+            if size is not None:
+                headers["Content-Length"] = str(size)
+            chunks = iter(lambda: handle.read(UPLOAD_CHUNK), b"")  # type: ignore[union-attr]
+            try:
+                response = self._transport.http.post(call.path, content=chunks,
+                                                     headers=headers, timeout=_upload_timeout(self._transport))
+            except httpx.TransportError as error:
+                raise _connection_failed(self._transport.base_url, error) from None
+        return call.finish(response)
+
     def get(self, ref: str) -> SQLDatabase:
         return self._run(get(ref))
 
@@ -221,6 +309,28 @@ class AsyncSQL(AsyncAPI):
 
     async def create(self, name: str) -> SQLDatabase:
         return await self._run(create(name))
+
+    async def create_from_sqlite(self, name: str, source: Source) -> tuple[SQLDatabase, SQLImportReport]:
+        call = create_from_sqlite(name)
+        with contextlib.ExitStack() as stack:
+            handle = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))  # type: ignore[arg-type]
+            headers = {"Content-Type": SQLITE}
+            size = _upload_size(handle)  # type: ignore[arg-type]
+            if size is not None:
+                headers["Content-Length"] = str(size)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                # Read in a thread: the caller's event loop does not wait on the disk.
+                while chunk := await anyio.to_thread.run_sync(handle.read, UPLOAD_CHUNK):  # type: ignore[union-attr]
+                    yield chunk
+
+            try:
+                response = await self._transport.http.post(
+                    call.path, content=chunks(), headers=headers,
+                    timeout=_upload_timeout(self._transport))
+            except httpx.TransportError as error:
+                raise _connection_failed(self._transport.base_url, error) from None
+        return call.finish(response)
 
     async def get(self, ref: str) -> SQLDatabase:
         return await self._run(get(ref))
