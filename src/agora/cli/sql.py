@@ -1,6 +1,8 @@
 """`agora sql ...`: hosted databases on the server, through the stored login.
 
-A database is ``name`` (yours) or ``owner/name`` (one shared with you). create, ls,
+A database is ``name`` (yours) or ``owner/name`` (one shared with you). create (empty, or
+``--from-sqlite FILE``: the file is uploaded and converted on the server, and its tables
+with their rows are printed, the converter's warnings on stderr), ls,
 drop, grant, revoke and query go over the HTTP API; query's results print as an aligned
 table (NULL as an empty cell, blobs as ``\\x`` hex), ``--json`` prints the API's
 result object, ``--csv`` the whole result as CSV (streamed, no row limit).
@@ -82,11 +84,41 @@ def sql() -> None:
 
 @sql.command()
 @click.argument("name")
-def create(name: str) -> None:
-    """Create database NAME (yours)."""
+@click.option("--from-sqlite", "source", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Fill it from this SQLite database file (converted on the server: tables, rows, keys, indexes, views).")
+def create(name: str, source: Path | None) -> None:
+    """Create database NAME (yours), empty or from a SQLite file."""
     with logged_in_client() as client:
-        made = client.sql.create(name)
-    click.echo(f"created {made.ref}")
+        if source is None:
+            made = client.sql.create(name)
+        else:
+            made, report = client.sql.create_from_sqlite(name, source)
+    if source is None:
+        click.echo(f"created {made.ref}")
+        return
+    click.echo(f"created {made.ref} from {source.name}: {_count(len(report.tables), 'table')}, "
+               f"{_count(report.rows, 'row')}")
+    click.echo(format_imported(report))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def format_imported(report: Any) -> str:
+    """Each table converted: its rows and columns with their PostgreSQL types."""
+    if not report.tables:
+        return "(no tables)"
+    width = max(len(t.name) for t in report.tables)
+    lines = [f"{t.name.ljust(width)}  {t.rows:>10} rows  " + ", ".join(f"{c.name} {c.type}" for c in t.columns)
+             for t in report.tables]
+    if report.indexes:
+        lines.append("indexes: " + ", ".join(report.indexes))
+    if report.views:
+        lines.append("views: " + ", ".join(report.views))
+    return "\n".join(lines)
 
 
 @sql.command()
