@@ -1,5 +1,6 @@
 """The SQL pages at ``/sql``: the list of your databases (size, access, grants; create,
-share, drop) and a console per database: the schema (tables, columns, types, indexes)
+empty or from an uploaded SQLite file, whose converter's report or error is shown on a
+page of its own; share, drop) and a console per database: the schema (tables, columns, types, indexes)
 beside the editor, scripts of several statements (each one's result in a grid, or its
 error), the editor's statement as a CSV download, and a CSV file imported into a table.
 
@@ -13,6 +14,8 @@ query history kept in the browser's localStorage (the CSP forbids inline scripts
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +28,17 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader
 from starlette.datastructures import UploadFile
 
-from agora.core.errors import InvalidInput, TooLarge
+from agora.core.errors import AgoraError, InvalidInput, TooLarge
 from agora.core.identity import Session
 from agora.sql import execute
+from agora.sql.api import check_new_name, upload_name, upload_path
+from agora.sql.convert import ConversionError
 from agora.sql.errors import SQLError
 from agora.sql.export import call, csv_chunks, import_csv, open_stream
 from agora.sql.hosted import HostedSQL, hosted_sql
 from agora.web import pages
 from agora.web.pages import PageRoute, actor, check_csrf, viewer
+from agora.web.problems import status_of
 
 router = APIRouter(prefix="/sql", route_class=PageRoute, include_in_schema=False)
 
@@ -154,7 +160,8 @@ def read_schema(conn: psycopg.Connection) -> list[Table]:
 async def databases_page(request: Request, session: Session = Depends(viewer)) -> Response:
     found = await _hosted(request).list(session.user)
     return _page(request, "sql/databases.html", session, databases=found, console_url=console_url,
-                 notice=request.query_params.get("notice"), max_size=_settings(request).max_database_size)
+                 notice=request.query_params.get("notice"), max_size=_settings(request).max_database_size,
+                 max_upload=_settings(request).max_upload)
 
 
 @router.post("/databases")
@@ -162,6 +169,43 @@ async def create_database(request: Request, session: Session = Depends(actor)) -
     form = await request.form()
     made = await _hosted(request).create(session.user, _value(form, "name"))
     return RedirectResponse(console_url(made.ref), status_code=303)
+
+
+@router.post("/import/sqlite")
+async def create_from_sqlite(request: Request, session: Session = Depends(viewer)) -> Response:
+    """A new database from an uploaded SQLite file: the converter's report, or its error."""
+    limit = _settings(request).max_upload
+    declared = request.headers.get("content-length", "")
+    # As for a CSV import: what could never be imported is refused before it is read.
+    if not declared.isdigit() or int(declared) > limit:
+        raise TooLarge(f"uploaded files are limited to {limit} bytes (sql.max_upload); the form must declare its size")
+    await check_csrf(request, session.csrf_token)
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise InvalidInput("choose a SQLite file")
+    name = _value(form, "name", 200).strip() or Path(upload.filename).stem.lower()
+    hosted = _hosted(request)
+    context: dict[str, Any] = {"name": name, "filename": upload.filename}
+    try:
+        await check_new_name(hosted, session.user, name)
+        async with upload_path(request.app.state.runtime, upload_name(upload.filename, f"{name}.sqlite")) as path:
+            await asyncio.to_thread(_save, upload, path)
+            info, report = await hosted.create_from_sqlite(session.user, name, path)
+    except AgoraError as error:
+        return _page(request, "sql/imported.html", session, status=status_of(error), error=error,
+                     conversion=isinstance(error, ConversionError), **context)
+    finally:
+        await upload.close()
+    return _page(request, "sql/imported.html", session, database=info, report=report,
+                 console_url=console_url(info.ref), **context)
+
+
+def _save(upload: UploadFile, path: Path) -> None:
+    """The form's file (spooled by the form parser) into ``path``, piece by piece."""
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(upload.file, out, 1024 * 1024)
 
 
 @router.post("/drop")
