@@ -1,6 +1,6 @@
 """Databases that earlier versions of Agora hosted as SQLite files
 (``DATA_DIR/sql/<owner>/<name>.sqlite``), converted into PostgreSQL databases at the first
-start of this version: the schema with its types mapped and every row copied (convert.py,
+start of this version: the schema with its types mapped and every row copied (the convert package,
 which checks the row counts), the grants kept (they are the catalogue's, which stays), and
 the original files moved aside to ``DATA_DIR/sql/legacy/`` until an admin removes them.
 A file that fails to convert stays where it is, and its database answers with an error
