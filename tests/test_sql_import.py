@@ -11,6 +11,7 @@ behind; past sql.max_upload a 413, before the body is read where its size is dec
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import re
 import sqlite3
@@ -37,10 +38,12 @@ BOOKS = [(1, 1, "The Dispossessed", 9.99, b"\x00\x01\xff"), (2, 1, "Lathe", None
          (3, 2, "Solaris", 12.5, b""), (10, 7, "Kindred", 8.0, bytes(range(256)))]
 
 
-def make_sqlite(path: Path, *, padding: int = 0, trigger: bool = False) -> Path:
+def make_sqlite(path: Path, *, padding: int = 0, trigger: bool = False, wal: bool = False) -> Path:
     """A SQLite database as an application leaves it: INTEGER PRIMARY KEYs, text, real
     and blob columns, a foreign key, an index (and ``padding`` bytes more of rows)."""
     db = sqlite3.connect(path)
+    if wal:  # the file's header says WAL; the upload comes without -wal and -shm files
+        db.execute("PRAGMA journal_mode = WAL")
     db.executescript("""
         PRAGMA foreign_keys = ON;
         CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL, born REAL);
@@ -140,8 +143,6 @@ def assert_converted(user: User, db: str) -> None:
         conn.execute("DELETE FROM authors WHERE id = 8")
     rows = user.query(db, "SELECT id, author_id, title, price, cover FROM books ORDER BY id")
     assert rows["types"] == ["int8", "int8", "text", "float8", "bytea"]
-    import base64
-
     assert rows["rows"] == [[i, a, t, p, None if c is None else {"$base64": base64.b64encode(c).decode()}]
                             for i, a, t, p, c in BOOKS]
 
@@ -196,7 +197,8 @@ def test_a_file_that_cannot_be_converted_leaves_nothing(ann, sql_server, tmp_pat
     assert body["title"] == "SQLite conversion failed"
     # not SQLite at all; a SQLite file cut short
     good = make_sqlite(tmp_path / "good.sqlite", padding=200_000).read_bytes()
-    for name, content in (("junk", b"PK\x03\x04 not a database at all" * 100), ("cut", good[:len(good) // 3] + b"\x07" * 5000)):
+    cut = good[:len(good) // 3] + b"\x07" * 5000
+    for name, content in (("junk", b"PK\x03\x04 not a database at all" * 100), ("cut", cut)):
         response = ann.upload(name, content)
         assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, (name, response.text)
         assert response.json()["detail"]
@@ -269,7 +271,9 @@ def test_python_client_sync_and_async(sql_server, tmp_path):
         assert report.rows == 7 and "books_by_title" in report.indexes and any("stamp" in w for w in report.warnings)
         assert {c.name: c.type for c in report.tables[0].columns}["name"] == "text"
         assert client.sql.query("shop", "SELECT title FROM books ORDER BY id").rows == [[b[2]] for b in BOOKS]
-        with open(source, "rb") as handle:  # a file object, as well as a path
+        wal = make_sqlite(tmp_path / "wal.sqlite", wal=True)
+        assert wal.read_bytes()[18:20] == b"\x02\x02"
+        with open(wal, "rb") as handle:  # a file object, as well as a path
             again, _ = client.sql.create_from_sqlite("shop2", handle)
         assert again.name == "shop2"
         assert client.sql.query("shop2", "SELECT cover FROM books WHERE id = 10").rows == [[bytes(range(256))]]
@@ -361,8 +365,8 @@ def test_console_creates_from_a_sqlite_file(sql_server, tmp_path):
     console = ann.http.get(f"/sql/console?db={ann.name}%2Fshelf").text
     assert 'data-table="books"' in console
     # the name defaults to the file's
-    assert ann.upload(make_sqlite(tmp_path / "small.sqlite").read_bytes(), "Stock.sqlite").status_code == 200
-    assert f'data-db="{ann.name}/stock"' in ann.http.get("/sql").text
+    assert ann.upload(make_sqlite(tmp_path / "small.sqlite").read_bytes(), "My Stock.sqlite").status_code == 200
+    assert f'data-db="{ann.name}/my-stock"' in ann.http.get("/sql").text
     # errors are shown on the page, and no database is left
     failed = ann.upload(unfit_sqlite(tmp_path / "unfit.sqlite").read_bytes(), "unfit.sqlite", name="unfit")
     assert failed.status_code == 422 and 'id="import-error"' in failed.text

@@ -18,7 +18,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import IO, Any, AsyncIterator, Iterator, Sequence, Union
 from urllib.parse import quote, urlsplit
 
@@ -122,12 +121,14 @@ UPLOAD_CHUNK = 1024 * 1024
 SQLITE = "application/vnd.sqlite3"
 
 
-def _upload_size(handle: IO[bytes]) -> int | None:
-    """Bytes left to read in ``handle`` where that can be told (a regular file)."""
+def _upload_headers(handle: IO[bytes]) -> dict[str, str]:
+    """Content-Length where the size can be told (a regular file), else it is sent chunked."""
+    headers = {"Content-Type": SQLITE}
     try:
-        return os.fstat(handle.fileno()).st_size - handle.tell()
+        headers["Content-Length"] = str(os.fstat(handle.fileno()).st_size - handle.tell())
     except (AttributeError, OSError, ValueError):
-        return None
+        pass
+    return headers
 
 
 def _upload_timeout(transport: Any) -> httpx.Timeout:
@@ -239,12 +240,9 @@ class SyncSQL(SyncAPI):
         column where it can) and leaves no database."""
         call = create_from_sqlite(name)
         with contextlib.ExitStack() as stack:
-            handle = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))  # type: ignore[arg-type]
-            headers = {"Content-Type": SQLITE}
-            size = _upload_size(handle)  # type: ignore[arg-type]
-            if size is not None:
-                headers["Content-Length"] = str(size)
-            chunks = iter(lambda: handle.read(UPLOAD_CHUNK), b"")  # type: ignore[union-attr]
+            handle = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
+            headers = _upload_headers(handle)
+            chunks = iter(lambda: handle.read(UPLOAD_CHUNK), b"")
             try:
                 response = self._transport.http.post(call.path, content=chunks,
                                                      headers=headers, timeout=_upload_timeout(self._transport))
@@ -313,15 +311,13 @@ class AsyncSQL(AsyncAPI):
     async def create_from_sqlite(self, name: str, source: Source) -> tuple[SQLDatabase, SQLImportReport]:
         call = create_from_sqlite(name)
         with contextlib.ExitStack() as stack:
-            handle = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))  # type: ignore[arg-type]
-            headers = {"Content-Type": SQLITE}
-            size = _upload_size(handle)  # type: ignore[arg-type]
-            if size is not None:
-                headers["Content-Length"] = str(size)
+            handle = stack.enter_context(await anyio.to_thread.run_sync(open, source, "rb")) \
+                if isinstance(source, (str, os.PathLike)) else source
+            headers = _upload_headers(handle)
 
             async def chunks() -> AsyncIterator[bytes]:
                 # Read in a thread: the caller's event loop does not wait on the disk.
-                while chunk := await anyio.to_thread.run_sync(handle.read, UPLOAD_CHUNK):  # type: ignore[union-attr]
+                while chunk := await anyio.to_thread.run_sync(handle.read, UPLOAD_CHUNK):
                     yield chunk
 
             try:

@@ -15,6 +15,7 @@ query history kept in the browser's localStorage (the CSP forbids inline scripts
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ async def create_from_sqlite(request: Request, session: Session = Depends(viewer
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
         raise InvalidInput("choose a SQLite file")
-    name = _value(form, "name", 200).strip() or Path(upload.filename).stem.lower()
+    name = _value(form, "name", 200).strip() or _name_of(upload.filename)
     hosted = _hosted(request)
     context: dict[str, Any] = {"name": name, "filename": upload.filename}
     try:
@@ -199,6 +200,11 @@ async def create_from_sqlite(request: Request, session: Session = Depends(viewer
         await upload.close()
     return _page(request, "sql/imported.html", session, database=info, report=report,
                  console_url=console_url(info.ref), **context)
+
+
+def _name_of(filename: str) -> str:
+    """A database name from a file's: "My Shop.sqlite" -> "my-shop"."""
+    return re.sub(r"[^a-z0-9_-]+", "-", Path(filename).stem.lower()).strip("-_")[:63] or "imported"
 
 
 def _save(upload: UploadFile, path: Path) -> None:
