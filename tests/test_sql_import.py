@@ -248,6 +248,8 @@ def test_limits_and_refusals(ann, sql_server, tmp_path):
     # names, and how many databases one may have
     assert ann.upload("Bad Name", small).status_code == 422
     assert ann.upload("x" * 64, small).status_code == 422
+    long_ref = ann.upload("x" * 60, small)  # owner/name past PostgreSQL's 63 bytes
+    assert long_ref.status_code == 422 and "63 bytes" in long_ref.json()["detail"], long_ref.text
     while len(ann.databases()) < MAX_DATABASES:
         assert ann.http.post(f"{API}/databases", json={"name": f"fill{len(ann.databases())}"}).status_code == 201
     too_many = ann.upload("one-more", small)

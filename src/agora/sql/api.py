@@ -62,7 +62,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
-from agora.core.errors import Conflict, InvalidInput, TooLarge
+from agora.core.errors import Conflict, InvalidInput, NotFound, TooLarge
 from agora.core.identity import User
 from agora.core.runtime import Runtime
 from agora.sql import execute
@@ -95,7 +95,8 @@ DbRef = Path(description="A database: `name` (yours) or `owner:name`", max_lengt
 # An uploaded SQLite file: what it may be sent as, and how it is received.
 SQLITE_TYPES = ("application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream")
 SQLITE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    kind: {"schema": {"type": "string", "format": "binary"}} for kind in SQLITE_TYPES[::2]}}}
+    kind: {"schema": {"type": "string", "format": "binary"}} for kind in ("application/vnd.sqlite3",
+                                                                         "application/octet-stream")}}}
 UPLOAD_CHUNK = 1024 * 1024  # bytes gathered before each write to the temporary file
 UPLOAD_IDLE_TIMEOUT = 60.0  # seconds without a byte from the client before an upload is dropped
 STALE_UPLOAD = 86400.0  # seconds after which an upload's folder left by a crash is removed
@@ -225,9 +226,9 @@ def conversion_problem(request: Request, error: ConversionError) -> Response:
 async def check_new_name(hosted: HostedSQL, user: User, name: str) -> None:
     """Before an upload is received: the refusals ``create`` would give at its end."""
     validate_database_name(name)
-    if len(f"{user.name}/{name}".encode()) > MAX_IDENTIFIER:
-        raise InvalidInput(f"{user.name}/{name!r} is longer than PostgreSQL's {MAX_IDENTIFIER} bytes: "
-                           "choose a shorter name")
+    ref = f"{user.name}/{name}"
+    if len(ref.encode()) > MAX_IDENTIFIER:
+        raise InvalidInput(f"{ref!r} is longer than PostgreSQL's {MAX_IDENTIFIER} bytes: choose a shorter name")
     own = [d for d in await hosted.list(user) if d.access == "owner"]
     if any(d.name == name for d in own):
         raise Conflict(f"you already have a database named {name!r}")
@@ -365,7 +366,7 @@ async def create_from_sqlite(request: Request, response: Response, name: str = P
             return conversion_problem(request, error)
         except SQLError as error:
             return sql_problem(request, error)
-    with contextlib.suppress(SQLError):  # its size, now it is filled
+    with contextlib.suppress(SQLError, NotFound):  # its size, now it is filled
         info = await hosted.get(user, info.name)
     response.headers["Location"] = f"{API_PREFIX}/databases/{quote(info.name)}"
     return ImportedDatabaseOut(**_out(info).model_dump(), report=report_out(report))
