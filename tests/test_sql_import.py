@@ -125,6 +125,17 @@ def uploads_left(server: AgoraServer) -> list[Path]:
     return sorted(root.rglob("*")) if root.exists() else []
 
 
+def engine_databases(server: AgoraServer, owner: str) -> list[str] | None:
+    """The owner's databases on an external engine, as PostgreSQL itself lists them
+    (None on the embedded engine)."""
+    url = server.env.get("AGORA_SQL_ENGINE_URL")
+    if server.env.get("AGORA_SQL_ENGINE") != "external" or not url:
+        return None
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                                           [f"%{owner}/%"])]
+
+
 def assert_converted(user: User, db: str) -> None:
     """What make_sqlite wrote, read back through the PostgreSQL port and the HTTP API."""
     with psycopg.connect(user.account.dsn(db), autocommit=True) as conn:
@@ -209,8 +220,11 @@ def test_a_file_that_cannot_be_converted_leaves_nothing(ann, sql_server, tmp_pat
         assert ann.http.post(f"{API}/{name}/query", json={"sql": "SELECT 1"}).status_code == 404
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(ann.account.dsn("stock")).close()
+    assert engine_databases(sql_server, ann.name) in ([], None)
     # the name is free again
     assert ann.upload("stock", good).status_code == 201
+    found = engine_databases(sql_server, ann.name)
+    assert found is None or [d.rsplit("/", 1)[1] for d in found] == ["stock"], found
     assert uploads_left(sql_server) == []
 
 
