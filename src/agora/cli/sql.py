@@ -112,7 +112,7 @@ def format_imported(report: Any) -> str:
     if not report.tables:
         return "(no tables)"
     width = max(len(t.name) for t in report.tables)
-    lines = [f"{t.name.ljust(width)}  {t.rows:>10} rows  " + ", ".join(f"{c.name} {c.type}" for c in t.columns)
+    lines = [f"{t.name.ljust(width)}  {_count(t.rows, 'row'):>15}  " + ", ".join(f"{c.name} {c.type}" for c in t.columns)
              for t in report.tables]
     if report.indexes:
         lines.append("indexes: " + ", ".join(report.indexes))
