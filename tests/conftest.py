@@ -276,6 +276,7 @@ class ServerFactory:
             env.setdefault("AGORA_SQL_ENGINE_URL", pg_admin_url() or "")
             env.setdefault("AGORA_SQL_ROLE_PREFIX", prefix)
             env.setdefault("AGORA_SQL_DATABASE_PREFIX", prefix)
+        if env.get("AGORA_SQL_ENGINE") == "external" and env.get("AGORA_SQL_ROLE_PREFIX"):
             self.engine_prefixes.append(env["AGORA_SQL_ROLE_PREFIX"])
         server = AgoraServer(data_dir, database_url=database_url, env=env, args=args)
         self.servers.append(server)

@@ -324,3 +324,45 @@ def test_the_server_runs_as_an_ordinary_user_with_its_cluster_as_that_user(tmp_p
         assert os.stat(f"/proc/{pid}").st_uid == account_.pw_uid
     finally:
         server.stop()
+
+
+def test_an_external_engine_through_a_role_with_only_createdb_and_createrole(make_server):
+    """What an operator hands Agora on a shared PostgreSQL: no superuser."""
+    import secrets
+
+    from conftest import _pg, pg_admin_url
+
+    base = pg_admin_url()
+    if not base:
+        pytest.skip("an external PostgreSQL server: AGORA_TEST_DATABASE_URL is not set (.ci/run sets it)")
+    prefix = "t" + secrets.token_hex(4) + "_"
+    admin, password = prefix + "admin", secrets.token_hex(12)
+    _pg(base, f"CREATE ROLE {admin} LOGIN CREATEDB CREATEROLE PASSWORD '{password}'")
+    host = base.split("@", 1)[1].split("/", 1)[0]
+    server = make_server(env={**server_env(), "AGORA_SQL_ENGINE": "external", "AGORA_SQL_QUOTA_INTERVAL": "0.2",
+                              "AGORA_SQL_ENGINE_URL": f"postgresql://{admin}:{password}@{host}/postgres",
+                              "AGORA_SQL_ROLE_PREFIX": prefix, "AGORA_SQL_DATABASE_PREFIX": prefix,
+                              "AGORA_SQL_MAX_DATABASE_SIZE": "12MiB"})
+    alice = account(server, "shop")
+    bob = account(server)
+    provision(server, grants=[(alice.name, "shop", bob.name, "read")])
+    with _connect(alice, "shop") as conn:
+        assert conn.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user").fetchone() \
+            == (False, False)
+        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO t (v) SELECT repeat(md5(i::text), 40) FROM generate_series(1, 6000) i")
+    with _connect(bob, f"{alice.name}/shop") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (6000,)
+        with pytest.raises(psycopg.Error) as denied:
+            conn.execute("DELETE FROM t")
+        assert denied.value.sqlstate == "42501"
+    with _connect(alice, "shop") as conn:  # the size limit holds without a superuser too
+
+        def refused():
+            try:
+                conn.execute("INSERT INTO t (v) VALUES ('x')")
+            except psycopg.Error as error:
+                return error.sqlstate
+            return None
+
+        assert wait_for(refused, timeout=20) == "53100"

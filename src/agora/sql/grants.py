@@ -52,11 +52,13 @@ async def _act_as(admin: asyncpg.Connection, role: str) -> None:
 async def ensure_role(admin: asyncpg.Connection, engine: Any, role: str, settings: Any) -> None:
     exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
     password = literal(engine.role_password(role))
-    attributes = (f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS "
-                  f"CONNECTION LIMIT {int(settings.connections_per_user)}")
+    # (NOSUPERUSER, NOREPLICATION and NOBYPASSRLS are the defaults, and only a superuser
+    # may name them in ALTER ROLE.)
+    attributes = f"LOGIN NOCREATEDB NOCREATEROLE INHERIT CONNECTION LIMIT {int(settings.connections_per_user)}"
     if not exists:
         try:
-            await admin.execute(f"CREATE ROLE {ident(role)} {attributes} PASSWORD {password}")
+            await admin.execute(f"CREATE ROLE {ident(role)} NOSUPERUSER NOREPLICATION NOBYPASSRLS {attributes} "
+                                f"PASSWORD {password}")
         except asyncpg.DuplicateObjectError:  # made meanwhile by another node
             pass
         await _act_as(admin, role)

@@ -104,6 +104,7 @@ class HostedSQL:
         # oldest is closed (each holds a backend on the engine).
         self._idle: OrderedDict[Any, tuple[int, int, str]] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self.locked: set[str] | None = None  # databases over their size limit (quota.py)
         from agora.sql import export
 
         export.configure(self.settings.http_threads)

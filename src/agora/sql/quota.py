@@ -9,8 +9,9 @@ trigger on every table refuses INSERT and UPDATE (COPY FROM included) with SQLST
 53100, and, where the engine's role is a superuser, an event trigger refuses the DDL that
 would make room for more (new tables, indexes, ALTER, dropping the quota triggers).
 DELETE, TRUNCATE, DROP and VACUUM stay allowed, so the owner can make room; once the
-database is back under its limit the triggers go. The mark ``agora.over_quota`` on the
-database (a per-database setting) says which databases are locked, for every node.
+database is back under its limit the triggers go. Which databases are locked is the
+guard's own schema in each (``agora_quota``): a node reads it once at start, then keeps
+what it locked and unlocked itself (every node watches every database alike).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from agora.sql.grants import ident, literal
+from agora.sql.grants import literal
 
 if TYPE_CHECKING:
     from agora.sql.hosted import HostedSQL
@@ -38,11 +39,17 @@ BLOCKED_DDL = ("CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "ALTER TABLE", 
                "CREATE TRIGGER")
 
 
-async def locked_databases(admin: asyncpg.Connection) -> set[str]:
-    rows = await admin.fetch(
-        "SELECT d.datname FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-        "WHERE s.setrole = 0 AND $1 = ANY(s.setconfig)", "agora.over_quota=on")
-    return {r["datname"] for r in rows}
+async def locked_databases(hosted: "HostedSQL", names: list[str]) -> set[str]:
+    """Which of ``names`` hold the guard (a look into each: done once per process)."""
+    found = set()
+    for name in names:
+        try:
+            async with hosted.engine.admin(name) as conn:
+                if await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", SCHEMA):
+                    found.add(name)
+        except (asyncpg.PostgresError, OSError) as error:
+            log.warning("sql: quota of %s: %s", name, error)
+    return found
 
 
 async def lock(hosted: "HostedSQL", dbname: str, size: int, limit: int, *, already: bool = False) -> None:
@@ -74,8 +81,6 @@ async def lock(hosted: "HostedSQL", dbname: str, size: int, limit: int, *, alrea
                     tags = ", ".join(literal(t) for t in BLOCKED_DDL)
                     await conn.execute(f"CREATE EVENT TRIGGER {TRIGGER} ON ddl_command_start WHEN TAG IN ({tags}) "
                                        f"EXECUTE FUNCTION {SCHEMA}.refuse_ddl()")
-            if not already:
-                await conn.execute(f"ALTER DATABASE {ident(dbname)} SET agora.over_quota = on")
     if not already:
         log.warning("sql: %s", message)
 
@@ -85,7 +90,6 @@ async def unlock(hosted: "HostedSQL", dbname: str) -> None:
         async with conn.transaction():
             await conn.execute(f"DROP EVENT TRIGGER IF EXISTS {TRIGGER}")
             await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")  # the triggers with their function
-            await conn.execute(f"ALTER DATABASE {ident(dbname)} RESET agora.over_quota")
     log.info("sql: database %s is back under its size limit; writes are allowed again", dbname)
 
 
@@ -98,14 +102,18 @@ async def check(hosted: "HostedSQL") -> None:
             "SELECT datname, pg_database_size(oid) AS size FROM pg_database "
             "WHERE NOT datistemplate AND pg_get_userbyid(datdba) LIKE $1 AND position('/' in datname) > 0",
             prefix.replace("_", r"\_") + "%")
-        locked = await locked_databases(admin)
+    if hosted.locked is None:
+        hosted.locked = await locked_databases(hosted, [r["datname"] for r in rows])
+    locked = hosted.locked
     for row in rows:
         name, size = row["datname"], row["size"]
         try:
             if size > limit:
                 await lock(hosted, name, size, limit, already=name in locked)
+                locked.add(name)
             elif name in locked:
                 await unlock(hosted, name)
+                locked.discard(name)
         except (asyncpg.PostgresError, OSError) as error:
             log.warning("sql: quota of %s: %s", name, error)
 
