@@ -172,19 +172,26 @@ async def create_database(request: Request, session: Session = Depends(actor)) -
     return RedirectResponse(console_url(made.ref), status_code=303)
 
 
-@router.post("/import/sqlite")
-async def create_from_sqlite(request: Request, session: Session = Depends(viewer)) -> Response:
-    """A new database from an uploaded SQLite file: the converter's report, or its error."""
+async def _uploaded(request: Request, session: Session, missing: str) -> tuple[Any, UploadFile]:
+    """The form of an upload and its file, within sql.max_upload and CSRF-checked."""
     limit = _settings(request).max_upload
     declared = request.headers.get("content-length", "")
-    # As for a CSV import: what could never be imported is refused before it is read.
+    # The form parser spools the file before the token can be checked: refuse what could
+    # never be imported before it is read.
     if not declared.isdigit() or int(declared) > limit:
         raise TooLarge(f"uploaded files are limited to {limit} bytes (sql.max_upload); the form must declare its size")
     await check_csrf(request, session.csrf_token)
     form = await request.form()
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
-        raise InvalidInput("choose a SQLite file")
+        raise InvalidInput(missing)
+    return form, upload
+
+
+@router.post("/import/sqlite")
+async def create_from_sqlite(request: Request, session: Session = Depends(viewer)) -> Response:
+    """A new database from an uploaded SQLite file: the converter's report, or its error."""
+    form, upload = await _uploaded(request, session, "choose a SQLite file")
     name = _value(form, "name", 200).strip() or _name_of(upload.filename)
     hosted = _hosted(request)
     context: dict[str, Any] = {"name": name, "filename": upload.filename}
@@ -300,17 +307,7 @@ async def export(request: Request, session: Session = Depends(actor)) -> Respons
 @router.post("/import")
 async def import_file(request: Request, session: Session = Depends(viewer)) -> Response:
     """A CSV file into a new table (its header names the columns) or onto an existing one."""
-    limit = _settings(request).max_upload
-    declared = request.headers.get("content-length", "")
-    # The form parser spools the file before the token can be checked: refuse what could
-    # never be imported before it is read.
-    if not declared.isdigit() or int(declared) > limit:
-        raise TooLarge(f"imported files are limited to {limit} bytes (sql.max_upload); the form must declare its size")
-    await check_csrf(request, session.csrf_token)
-    form = await request.form()
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        raise InvalidInput("choose a CSV file to import")
+    form, upload = await _uploaded(request, session, "choose a CSV file to import")
     return await _console(request, session, _value(form, "db"), upload=upload, form=form)
 
 
