@@ -15,7 +15,7 @@ they may do. Shapes:
   (``Content-Type: application/vnd.sqlite3`` or ``application/octet-stream``; curl:
   ``--data-binary @shop.sqlite -H 'Content-Type: application/vnd.sqlite3'``) -> 201, a new
   database ``name`` holding what the file holds (converted as the databases of earlier
-  versions are: convert.py), its object with the converter's ``"report": {"tables":
+  versions are: the convert package), its object with the converter's ``"report": {"tables":
   [{"name", "rows", "columns": [{"name", "declared", "type"}]}], "indexes", "views",
   "warnings", "rows"}``. The body goes to a temporary file in the data dir, never into
   memory; past sql.max_upload bytes 413. A file that cannot be converted is a 422 with
@@ -63,16 +63,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from agora.core.errors import Conflict, InvalidInput, NotFound, TooLarge
+from agora.core.lazy import lazy_module
 from agora.core.identity import User
 from agora.core.runtime import Runtime
-from agora.sql import execute
-from agora.sql.convert import ConversionError, ConversionReport
 from agora.sql.errors import SQLError
-from agora.sql.export import call, csv_chunks, ndjson_chunks, open_stream
 from agora.sql.hosted import MAX_IDENTIFIER, DatabaseInfo, HostedSQL, hosted_sql, validate_database_name
-from agora.sql.values import params_from_json
 from agora.web.auth import api_user
 from agora.web.problems import problem
+
+# The psycopg side, loaded at the first query rather than at start-up.
+execute = lazy_module("agora.sql.execute")
+results = lazy_module("agora.sql.export")
+values = lazy_module("agora.sql.values")
+convert = lazy_module("agora.sql.convert")
 
 router = APIRouter()
 API_PREFIX = "/api/v1/sql"
@@ -204,16 +207,16 @@ def _statement(request: Request, body: QueryRequest) -> tuple[str, list[Any]]:
     limit = request.app.state.runtime.config.sql.max_statement
     if len(body.sql) > limit or len(body.sql.encode("utf-8", "surrogatepass")) > limit:
         raise TooLarge(f"a statement has at most {limit} bytes (sql.max_statement)")
-    return body.sql, params_from_json(body.params)
+    return body.sql, values.params_from_json(body.params)
 
 
-def report_out(report: ConversionReport) -> ReportOut:
+def report_out(report: convert.ConversionReport) -> ReportOut:
     return ReportOut(tables=[TableReportOut(name=t.name, rows=t.target_rows, columns=[
         ColumnReportOut(name=c.name, declared=c.declared, type=c.type) for c in t.columns]) for t in report.tables],
         indexes=list(report.indexes), views=list(report.views), warnings=list(report.warnings), rows=report.rows)
 
 
-def conversion_problem(request: Request, error: ConversionError) -> Response:
+def conversion_problem(request: Request, error: convert.ConversionError) -> Response:
     """422, naming the table, row and column where the converter could tell."""
     extra: dict[str, Any] = {}
     for key, value in (("table", error.table), ("row", error.rowid), ("column", error.column)):
@@ -362,7 +365,7 @@ async def create_from_sqlite(request: Request, response: Response, name: str = P
                            title="Request timeout", headers={"Connection": "close"})
         try:
             info, report = await hosted.create_from_sqlite(user, name, path)
-        except ConversionError as error:
+        except convert.ConversionError as error:
             return conversion_problem(request, error)
         except SQLError as error:
             return sql_problem(request, error)
@@ -407,7 +410,7 @@ async def query(request: Request, body: QueryRequest, db: str = DbRef, user: Use
     s = request.app.state.runtime.config.sql
     try:
         async with _hosted(request).borrow(user, ref_of(db)) as conn:
-            return _json(await call(conn, s.query_timeout, execute.query_json, sql, params,
+            return _json(await results.call(conn, s.query_timeout, execute.query_json, sql, params,
                                     max_rows=s.max_rows, max_bytes=s.max_result_bytes))
     except SQLError as error:
         return sql_problem(request, error)
@@ -422,7 +425,7 @@ async def batch(request: Request, body: BatchRequest, db: str = DbRef, user: Use
     statements = [_statement(request, item) for item in body.statements]
     try:
         async with _hosted(request).borrow(user, ref_of(db)) as conn:
-            return _json(await call(conn, s.query_timeout * len(statements), execute.batch_json, statements,
+            return _json(await results.call(conn, s.query_timeout * len(statements), execute.batch_json, statements,
                                     max_rows=s.max_rows, max_bytes=s.max_result_bytes))
     except SQLError as error:
         return sql_problem(request, error)
@@ -431,7 +434,7 @@ async def batch(request: Request, body: BatchRequest, db: str = DbRef, user: Use
 async def _stream(request: Request, body: QueryRequest, db: str, user: User, chunks: Any) -> Any:
     sql, params = _statement(request, body)
     s = request.app.state.runtime.config.sql
-    return await open_stream(_hosted(request).borrow(user, ref_of(db)), s.query_timeout,
+    return await results.open_stream(_hosted(request).borrow(user, ref_of(db)), s.query_timeout,
                              lambda conn: chunks(conn, sql, params, s.stream_chunk))
 
 
@@ -439,7 +442,7 @@ async def _stream(request: Request, body: QueryRequest, db: str, user: User, chu
           response_class=StreamingResponse, summary="A query's whole result as NDJSON")
 async def stream(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
     try:
-        chunks = await _stream(request, body, db, user, ndjson_chunks)
+        chunks = await _stream(request, body, db, user, results.ndjson_chunks)
     except SQLError as error:
         return sql_problem(request, error)
     return StreamingResponse(chunks, media_type="application/x-ndjson")
@@ -449,7 +452,7 @@ async def stream(request: Request, body: QueryRequest, db: str = DbRef, user: Us
           response_class=StreamingResponse, summary="A query's whole result as CSV")
 async def export(request: Request, body: QueryRequest, db: str = DbRef, user: User = Depends(api_user)) -> Response:
     try:
-        chunks = await _stream(request, body, db, user, csv_chunks)
+        chunks = await _stream(request, body, db, user, results.csv_chunks)
     except SQLError as error:
         return sql_problem(request, error)
     name = ref_of(db).replace("/", "-")

@@ -46,7 +46,7 @@ _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def configure(threads: int) -> None:
-    """The size of the pool (sql.http_threads), before its first use."""
+    """The size of the pool (sql.http_threads); it counts until the pool is made."""
     global _threads
     _threads = threads
 

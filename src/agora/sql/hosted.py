@@ -105,9 +105,6 @@ class HostedSQL:
         self._idle: OrderedDict[Any, tuple[int, int, str]] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self.locked: set[str] | None = None  # databases over their size limit (quota.py)
-        from agora.sql import export
-
-        export.configure(self.settings.http_threads)
         runtime.closers.append(self.close)
 
     @property
@@ -405,6 +402,9 @@ class HostedSQL:
     async def borrow(self, user: User, ref: str) -> AsyncIterator[Any]:
         """A pooled connection for one request (the HTTP API's), as the user's role;
         rolled back if the request left a transaction open."""
+        from agora.sql import export  # psycopg's side: at the first query, not at start-up
+
+        export.configure(self.settings.http_threads)
         info, role = await self.login(user, ref)
         key = (info.id, user.id, info.access)
         idle = self._pool.get(key)

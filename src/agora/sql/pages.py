@@ -7,7 +7,7 @@ error), the editor's statement as a CSV download, and a CSV file imported into a
 Session pages like the rest of the UI: every POST carries the session's CSRF token and
 calls the domain (``hosted.py``) directly, never the JSON API. A database is named by
 the ``db`` query parameter, ``owner/name``. Statements run as the user's own role on a
-borrowed connection, in a worker thread (``export.call``), as the API's do. The console
+borrowed connection, in a worker thread (``results.call``), as the API's do. The console
 works without JavaScript (plain forms); ``/static/sql/sql.js`` adds Ctrl+Enter and a
 query history kept in the browser's localStorage (the CSP forbids inline scripts).
 """
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import psycopg
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
@@ -30,16 +29,21 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from starlette.datastructures import UploadFile
 
 from agora.core.errors import AgoraError, InvalidInput, TooLarge
+from agora.core.lazy import lazy_module
 from agora.core.identity import Session
-from agora.sql import execute
 from agora.sql.api import check_new_name, upload_name, upload_path
-from agora.sql.convert import ConversionError
 from agora.sql.errors import SQLError
-from agora.sql.export import call, csv_chunks, import_csv, open_stream
 from agora.sql.hosted import HostedSQL, hosted_sql
 from agora.web import pages
 from agora.web.pages import PageRoute, actor, check_csrf, viewer
 from agora.web.problems import status_of
+
+# The psycopg side, loaded at the first query rather than at start-up.
+execute = lazy_module("agora.sql.execute")
+results = lazy_module("agora.sql.export")
+values = lazy_module("agora.sql.values")
+convert = lazy_module("agora.sql.convert")
+psycopg = lazy_module("psycopg")
 
 router = APIRouter(prefix="/sql", route_class=PageRoute, include_in_schema=False)
 
@@ -202,7 +206,7 @@ async def create_from_sqlite(request: Request, session: Session = Depends(viewer
             info, report = await hosted.create_from_sqlite(session.user, name, path)
     except AgoraError as error:
         return _page(request, "sql/imported.html", session, status=status_of(error), error=error,
-                     conversion=isinstance(error, ConversionError), **context)
+                     conversion=isinstance(error, convert.ConversionError), **context)
     finally:
         await upload.close()
     return _page(request, "sql/imported.html", session, database=info, report=report,
@@ -257,14 +261,14 @@ async def _console(request: Request, session: Session, ref: str, sql: str = "", 
         async with hosted.borrow(session.user, info.ref) as conn:
             try:
                 if run is not None:
-                    context["outcome"] = await call(
+                    context["outcome"] = await results.call(
                         conn, s.query_timeout * (run.count(";") + 1), execute.script, run,
                         max_rows=min(s.max_rows, SHOWN_ROWS), max_bytes=s.max_result_bytes)
                 if upload is not None:
                     context.update(await _import(conn, s, upload, form))
             except (SQLError, InvalidInput) as error:
                 context["error"] = error
-            schema = await call(conn, s.query_timeout, read_schema)
+            schema = await results.call(conn, s.query_timeout, read_schema)
     except SQLError as error:
         context.setdefault("error", error)
     return _page(request, "sql/console.html", session, database=info, sql=sql, cell=_cell, schema=schema,
@@ -294,8 +298,8 @@ async def export(request: Request, session: Session = Depends(actor)) -> Respons
         return await _console(request, session, ref, sql, error=InvalidInput(
             f"Export CSV takes one statement; the editor holds {len(statements)}"))
     try:
-        chunks = await open_stream(_hosted(request).borrow(session.user, ref), s.query_timeout,
-                                   lambda conn: csv_chunks(conn, sql, (), s.stream_chunk))
+        chunks = await results.open_stream(_hosted(request).borrow(session.user, ref), s.query_timeout,
+                                   lambda conn: results.csv_chunks(conn, sql, (), s.stream_chunk))
     except SQLError as error:
         return await _console(request, session, ref, sql, error=error)
     name = ref.replace("/", "-") or "result"
@@ -317,6 +321,6 @@ async def _import(conn: psycopg.Connection, s: Any, upload: UploadFile, form: An
         raise InvalidInput("name the table: 1 to 63 bytes")
     create = _value(form, "mode") != "append"
     infer = _value(form, "types") == "infer"
-    count = await call(conn, s.query_timeout, import_csv, upload.file, table, create=create, infer=infer)
+    count = await results.call(conn, s.query_timeout, results.import_csv, upload.file, table, create=create, infer=infer)
     verb = "into a new table" if create else "onto table"
     return {"notice": f"{count} rows imported {verb} {table}.", "import_table": table}
