@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Sequence
 
 
 
@@ -48,10 +47,6 @@ def negotiate_protocol_version(minor: int, unknown: Sequence[str]) -> bytes:
     return _msg(b"v", struct.pack("!ii", minor, len(unknown)) + b"".join(_cstr(o) for o in unknown))
 
 
-# ReadyForQuery for each transaction status: idle, in a transaction, in a failed one.
-READY_FOR_QUERY = {status: _msg(b"Z", status.encode()) for status in "ITE"}
-
-
 def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,
             position: int | None) -> bytes:
     body = b"S" + _cstr(severity) + b"V" + _cstr(severity) + b"C" + _cstr(sqlstate) + b"M" + _cstr(message)
@@ -67,10 +62,6 @@ def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint
 def error_response(sqlstate: str, message: str, *, severity: str = "ERROR", detail: str | None = None,
                    hint: str | None = None, position: int | None = None) -> bytes:
     return _msg(b"E", _fields(severity, sqlstate, message, detail, hint, position))
-
-
-def notice_response(message: str, *, sqlstate: str = "00000", severity: str = "NOTICE") -> bytes:
-    return _msg(b"N", _fields(severity, sqlstate, message, None, None, None))
 
 
 SSL_ACCEPT = b"S"
