@@ -35,10 +35,6 @@ def authentication_sasl_final(data: bytes) -> bytes:
     return _msg(b"R", struct.pack("!i", 12) + data)
 
 
-def parameter_status(name: str, value: str) -> bytes:
-    return _msg(b"S", _cstr(name) + _cstr(value))
-
-
 def backend_key_data(process_id: int, secret: int) -> bytes:
     return _msg(b"K", struct.pack("!iI", process_id, secret))
 
