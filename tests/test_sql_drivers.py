@@ -13,13 +13,12 @@ import decimal
 import io
 import json
 import threading
-import time
 import uuid
 
 import pytest
 
 from conftest import ServerFactory
-from pgwire_support import QUERY_TIMEOUT, Account, provision, server_env
+from pgwire_support import Account, provision, server_env
 from sql_tools.accounts import accounts
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a dependency (pip install -e '.[test]')")
@@ -351,11 +350,10 @@ def test_an_idle_transaction_blocks_no_other_connection(users):
         idle.execute("BEGIN")
         assert idle.execute("SELECT 1").fetchone() == (1,)
         assert idle.execute("SELECT v FROM t WHERE id = 1").fetchone() == ("one",)
-        started = time.monotonic()
+        # (were they blocked, the statement time limit would end them with an error)
         busy.execute("INSERT INTO t VALUES (2, 'two')")
         busy.execute("UPDATE t SET v = 'uno' WHERE id = 1")
         busy.commit()
-        assert time.monotonic() - started < QUERY_TIMEOUT
         # under READ COMMITTED the open transaction sees the other's committed rows
         assert idle.execute("SELECT count(*) FROM t").fetchone() == (2,)
         idle.execute("COMMIT")
@@ -423,19 +421,15 @@ def test_time_limit_and_cancel_keep_the_connection(users):
     ann = users["slow"]
     with psycopg.connect(ann.dsn("slow"), autocommit=True) as conn:
         for runaway in ("SELECT pg_sleep(60)", "DO $$ BEGIN LOOP END LOOP; END $$"):
-            started = time.monotonic()
             with pytest.raises(psycopg.errors.QueryCanceled) as stopped:
                 conn.execute(runaway)
             assert stopped.value.sqlstate == "57014" and "statement timeout" in str(stopped.value)
-            assert QUERY_TIMEOUT * 0.8 < time.monotonic() - started < QUERY_TIMEOUT + 10
             assert conn.execute("SELECT 1 + 1").fetchone() == (2,)
         # CancelRequest from another thread, on a new connection with the key data Agora sent
         threading.Timer(0.3, conn.cancel).start()
-        started = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled) as cancelled:
             conn.execute("SELECT pg_sleep(60)")
-        assert "user request" in str(cancelled.value)
-        assert time.monotonic() - started < QUERY_TIMEOUT
+        assert "user request" in str(cancelled.value)  # not the time limit
         assert conn.execute("SELECT 'still here'").fetchone() == ("still here",)
         # libpq 17's cancel connection goes over TLS too (SSLRequest, then CancelRequest)
         if hasattr(conn, "cancel_safe"):

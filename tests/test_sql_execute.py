@@ -175,9 +175,9 @@ def test_results_are_bounded_in_rows_and_bytes_as_encoded(conn):
     r = run(conn, "SELECT g FROM generate_series(1, 100) g", max_rows=10)
     assert len(r.rows) == 10 and r.truncated and r.command == f"SELECT {r.rows_affected}"
     # a plain read is stopped there, whatever was left of it
-    started = time.monotonic()
+    # (ten billion rows: read to its end, it would not come back)
     r = run(conn, "SELECT a, b FROM generate_series(1, 100000) a, generate_series(1, 100000) b", max_rows=10)
-    assert len(r.rows) == 10 and r.truncated and time.monotonic() - started < 3
+    assert len(r.rows) == 10 and r.truncated
     assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert [execute.plain_read(sql) for sql in (
         "select 1", " (SELECT 1)", "WITH a AS (SELECT 1) SELECT * FROM a", "TABLE t", "/* x */ VALUES (1)",
@@ -244,9 +244,7 @@ def test_streams_chunks_and_giving_up(conn):
     chunks = export.ndjson_chunks(conn, "SELECT a, b FROM generate_series(1, 100000) a, generate_series(1, 1000) b",
                                   (), 4096)
     next(chunks), next(chunks)
-    started = time.monotonic()
-    chunks.close()
-    assert time.monotonic() - started < 3
+    chunks.close()  # (a hundred million rows left: drained rather than cancelled, it would not come back)
     assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert run(conn, "SELECT 8").rows == [b"[8]"]
 
