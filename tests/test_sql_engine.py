@@ -22,6 +22,15 @@ def _connect(acct, db, **kw):
     return psycopg.connect(acct.dsn(db), autocommit=True, **kw)
 
 
+def _insert_refused(conn) -> str | None:
+    """The SQLSTATE an INSERT into t gets, None when it goes in."""
+    try:
+        conn.execute("INSERT INTO t (v) VALUES ('x')")
+    except psycopg.Error as error:
+        return error.sqlstate
+    return None
+
+
 def _postmaster_pid(server) -> int:
     return int((server.data_dir / "sql" / "pg" / "data" / "postmaster.pid").read_text().split()[0])
 
@@ -33,15 +42,7 @@ def test_a_database_over_its_size_limit_refuses_writes_until_rows_are_deleted(ma
     with _connect(alice, "full") as conn:
         conn.execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t (v) SELECT repeat(md5(i::text), 40) FROM generate_series(1, 6000) i")
-
-        def refused():
-            try:
-                conn.execute("INSERT INTO t (v) VALUES ('x')")
-            except psycopg.Error as error:
-                return error.sqlstate
-            return None
-
-        assert wait_for(refused, timeout=20) == "53100"
+        assert wait_for(lambda: _insert_refused(conn), timeout=20) == "53100"
         with pytest.raises(psycopg.Error) as denied:
             conn.execute("CREATE TABLE more (v text)")
         assert denied.value.sqlstate == "53100"
@@ -51,7 +52,7 @@ def test_a_database_over_its_size_limit_refuses_writes_until_rows_are_deleted(ma
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] > 0  # reads go on
         conn.execute("DELETE FROM t")
         conn.execute("VACUUM t")
-        assert wait_for(lambda: refused() is None, timeout=20)
+        assert wait_for(lambda: _insert_refused(conn) is None, timeout=20)
 
 
 def test_a_disabled_user_loses_an_open_connection_and_a_revoked_grantee_too(make_server):
@@ -355,12 +356,4 @@ def test_an_external_engine_through_a_role_with_only_createdb_and_createrole(mak
             conn.execute("DELETE FROM t")
         assert denied.value.sqlstate == "42501"
     with _connect(alice, "shop") as conn:  # the size limit holds without a superuser too
-
-        def refused():
-            try:
-                conn.execute("INSERT INTO t (v) VALUES ('x')")
-            except psycopg.Error as error:
-                return error.sqlstate
-            return None
-
-        assert wait_for(refused, timeout=20) == "53100"
+        assert wait_for(lambda: _insert_refused(conn), timeout=20) == "53100"
