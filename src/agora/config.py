@@ -268,6 +268,8 @@ SETTINGS: list[Setting] = [
     Setting("log_format", _choice("human", "json"), "human", "Log lines on stderr: human-readable or one JSON object per line."),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
     Setting("shutdown_timeout", _duration, 10.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish."),
+    Setting("listen_backlog", _int(16, 1_000_000), 4096, "Connections the kernel queues on each listener before they are accepted (capped by net.core.somaxconn): a burst beyond it waits for a retried SYN or times out."),
+    Setting("slow_callback", _duration, 0.1, "Log a warning naming the protocol, user and command when one callback holds the event loop (every client's) longer than this; 0 = never."),
     # storage
     Setting("database.url", _database_url, "", "Metadata database; empty means SQLite at DATA_DIR/agora.db, else postgresql://user:pass@host/db."),
     Setting("database.pool_size", _int(1, 200), 10, "Connections kept open to the metadata database."),
@@ -284,13 +286,15 @@ SETTINGS: list[Setting] = [
     # identity
     Setting("identity.default_quota", parse_size, 1024**3, "Storage quota of a new user, in bytes (suffixes K, M, G)."),
     Setting("identity.session_lifetime", _duration, 12 * 3600.0, "How long a web login lasts without activity."),
+    Setting("identity.session_recheck", _duration, 5.0, "How soon open sessions (IMAP, POP3, FTP, SMTP, PostgreSQL, WebDAV) end after their account is deleted, disabled, its password changed or the token they logged in with revoked, made by another node or process; changes made by this node end them at once."),
     Setting("identity.login_free_failures", _int(0, 1000), 5, "Wrong passwords allowed for one user from one client address before backoff starts."),
-    Setting("identity.login_free_failures_per_address", _int(0, 100000), 20, "Wrong passwords allowed from one client address, whatever the user names, before backoff starts."),
+    Setting("identity.login_free_failures_per_address", _int(0, 1000000), 1000, "Wrong passwords allowed from one client address, whatever the user names, before backoff starts. High on purpose: many users can share one address (a NAT, a proxy, a campus), and a low ceiling let one attacker there lock all of them out; guessing one user's password is held by the strict per user and address backoff (identity.login_free_failures), so this only slows spraying one password over many names."),
     Setting("identity.login_backoff_base", _duration, 1.0, "First backoff after the free failures; it doubles with each further failure."),
     Setting("identity.login_backoff_max", _duration, 900.0, "Longest backoff."),
     Setting("identity.argon2_time_cost", _int(1, 20), 3, "argon2id passes (RFC 9106 second recommendation: 3)."),
     Setting("identity.argon2_memory_kib", _int(8, 4 * 1024 * 1024), 65536, "argon2id memory per hash, in KiB."),
     Setting("identity.argon2_parallelism", _int(1, 64), 4, "argon2id lanes."),
+    Setting("identity.scram_iterations", _int(4096, 10_000_000), 32768, "PBKDF2 iterations of the SCRAM-SHA-256 verifiers kept for the PostgreSQL port, as PostgreSQL's scram_iterations (its default 4096 is cheap to attack offline next to argon2id). Each login costs the client this many iterations (about 20-40 ms at 32768 on a current core); existing verifiers keep their count and are remade with this one at the user's next password login."),
     Setting("identity.max_concurrent_hashes", _int(1, 256), 2, "Password hashes computed at once; the rest queue, so a login flood cannot take every core."),
     Setting("identity.allow_plaintext_remote", _bool, False, "Accept passwords over unencrypted connections from non-loopback clients."),
     # HTTP and the web UI
@@ -303,6 +307,8 @@ SETTINGS: list[Setting] = [
     Setting("http.access_log", _bool, True, "Log one line per HTTP request (at info level, logger agora.http)."),
     Setting("http.keepalive_timeout", _duration, 5.0, "Idle keep-alive connections are closed after this long."),
     Setting("http.max_connections", _int(1, 1_000_000), 2048, "Concurrent HTTP connections per listener; beyond this new ones get 503."),
+    Setting("http.max_connections_per_ip", _int(1, 1_000_000), 256, "Concurrent HTTP connections to one listener from one address (trusted proxies excepted); beyond this new ones get 503 and are closed."),
+    Setting("http.header_timeout", _duration, 20.0, "Time a client has to send a whole request head (request line and headers), counted from the connection's start or the request's first byte, not renewed by each byte; beyond it the connection is closed (408 if a request had begun)."),
 ]
 
 SETTINGS += [
@@ -341,7 +347,8 @@ SETTINGS += [
     Setting("mail.max_connections", _int(1, 1_000_000), 10000, "Concurrent connections per mail listener."),
     Setting("mail.max_connections_per_ip", _int(1, 1_000_000), 20, "Concurrent connections to one mail listener from one address."),
     Setting("mail.idle_timeout", _duration, 1800.0, "A mail session with no command for this long is logged out (IMAP: RFC 3501 asks for at least 30 min)."),
-    Setting("mail.command_timeout", _duration, 60.0, "A command, literal or message body that does not arrive completely within this is dropped."),
+    Setting("mail.command_timeout", _duration, 60.0, "A command, literal or message body that does not arrive completely within this is dropped: a deadline for the whole of it, not renewed by each byte that arrives."),
+    Setting("mail.login_timeout", _duration, 60.0, "An IMAP, POP3 or SMTP connection that has not logged in is closed after this long without a command (logged-in sessions get mail.idle_timeout)."),
     Setting("mail.dedupe_window", _duration, 86400.0, "A message resent after a temporary error within this window is not delivered twice."),
     Setting("mail.retry_base", _duration, 60.0, "First retry of an outbound message after a temporary failure; doubles each time."),
     Setting("mail.retry_max", _duration, 3600.0, "Longest wait between outbound retries."),
