@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agora.bank import errors
 from agora.bank.tables import bank_accounts, bank_holds, bank_transfers
 from agora.bank.transfers import ALLOW_NEGATIVE, SYSTEM, TRANSFER_COLUMNS, transfer_out, transfer_select
-from agora.core.database import Database
+from agora.core.database import Database, unavailable
 from agora.core.errors import AgoraError, InvalidInput
 from agora.core.identity import User
 from agora.core.tables import utcnow
@@ -156,7 +156,11 @@ class Writer:
                 try:
                     results = await self._commit([op for op, _ in batch])
                 except Exception as error:  # the transaction failed: each request hears so
-                    log.exception("bank: a commit of %d operations failed", len(batch))
+                    if unavailable(error):  # a blip, answered 503: clients retry with their ids
+                        log.warning("bank: a commit of %d operations failed: the database is unavailable (%s)",
+                                    len(batch), type(error).__name__)
+                    else:
+                        log.exception("bank: a commit of %d operations failed", len(batch))
                     results = [error] * len(batch)
                 for (_, future), result in zip(batch, results):
                     if not future.done():

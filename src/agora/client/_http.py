@@ -11,7 +11,10 @@ A service adds its sub-API as a module of calls plus a :class:`SyncAPI` and an
 
 from __future__ import annotations
 
+import asyncio
+import random
 import ssl
+import time
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Awaitable, Callable, Generic, Mapping, TypeVar, Union
@@ -32,6 +35,16 @@ Verify = Union[bool, str, PathLike]
 DEFAULT_TIMEOUT = 30.0
 USER_AGENT = f"agora-client/{__version__}"
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# A proxy, an overloaded server or a blip of the server's database: the request did not
+# run, or ran in a way its retry will answer the same (idempotent calls only).
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Attempts of an idempotent call, and the first pause between them (doubling each
+# time, or what the server's Retry-After asks, at most MAX_PAUSE): some 6 s in all.
+RETRIES = 5
+RETRY_PAUSE = 0.2
+MAX_PAUSE = 10.0
+
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
@@ -42,6 +55,16 @@ class Call(Generic[T]):
     params: Mapping[str, Any] | None = None
     # Statuses besides 2xx whose body is an answer, not an error (503 from /healthz).
     accept: tuple[int, ...] = ()
+    # Whether sending it twice does what sending it once does, so that it may be sent
+    # again when the answer is lost or says "not now": None means by its method (GET,
+    # HEAD, PUT, DELETE, OPTIONS); a POST that carries its own id (a bank transfer) is.
+    idempotent: bool | None = None
+    # How many times at most it is sent (None: the transport's ``retries``).
+    attempts: int | None = None
+
+    @property
+    def repeatable(self) -> bool:
+        return self.method in IDEMPOTENT_METHODS if self.idempotent is None else self.idempotent
 
     def finish(self, response: httpx.Response) -> T:
         if not (response.is_success or response.status_code in self.accept):
@@ -116,9 +139,41 @@ def _connection_failed(base_url: str, error: httpx.TransportError) -> Connection
     return ConnectionFailed(f"cannot reach {base_url}: {reason}")
 
 
+def _sent(error: httpx.TransportError) -> bool:
+    """Whether the request may have reached the server (so only an idempotent one may
+    be sent again): not when the connection could not even be made."""
+    return not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def _pause(attempt: int, response: httpx.Response | None) -> float:
+    """Seconds to wait before the next attempt: the server's Retry-After when it gave
+    one, else a doubling backoff; with jitter, so clients refused together do not all
+    come back at the same instant."""
+    pause = RETRY_PAUSE * 2 ** attempt
+    if response is not None:
+        try:
+            pause = max(pause, float(response.headers.get("retry-after", "")))
+        except ValueError:
+            pass  # absent, or an HTTP date: the server never sends one
+    return min(MAX_PAUSE, pause) * random.uniform(0.8, 1.2)
+
+
 class _Transport:
-    def __init__(self, http: httpx.Client | httpx.AsyncClient):
+    def __init__(self, http: httpx.Client | httpx.AsyncClient, retries: int = RETRIES):
         self.http = http
+        self.retries = max(1, retries)
+
+    def _attempts(self, call: Call[Any]) -> int:
+        return max(1, call.attempts if call.attempts is not None else self.retries)
+
+    def _again(self, call: Call[Any], attempt: int, *, response: httpx.Response | None = None,
+               error: httpx.TransportError | None = None) -> bool:
+        """Whether attempt number ``attempt`` (0-based) is to be followed by another."""
+        if attempt + 1 >= self._attempts(call):
+            return False
+        if error is not None:
+            return call.repeatable or not _sent(error)
+        return response is not None and response.status_code in RETRY_STATUSES and call.repeatable
 
     @property
     def base_url(self) -> str:
@@ -142,15 +197,26 @@ class SyncTransport(_Transport):
 
     def __init__(self, base_url: str, *, token: str | None = None, verify: Verify = True,
                  timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None):
-        super().__init__(httpx.Client(transport=transport, **_options(base_url, token, verify, timeout, headers)))
+                 transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None,
+                 retries: int = RETRIES):
+        super().__init__(httpx.Client(transport=transport, **_options(base_url, token, verify, timeout, headers)),
+                         retries)
 
     def run(self, call: Call[T]) -> T:
-        try:
-            response = self.http.request(call.method, call.path, json=call.json, params=call.params)
-        except httpx.TransportError as error:
-            raise _connection_failed(self.base_url, error) from None
-        return call.finish(response)
+        attempt = 0
+        while True:
+            try:
+                response = self.http.request(call.method, call.path, json=call.json, params=call.params)
+            except httpx.TransportError as error:
+                if not self._again(call, attempt, error=error):
+                    raise _connection_failed(self.base_url, error) from None
+                time.sleep(_pause(attempt, None))
+            else:
+                if not self._again(call, attempt, response=response):
+                    return call.finish(response)
+                response.close()
+                time.sleep(_pause(attempt, response))
+            attempt += 1
 
     def close(self) -> None:
         self.http.close()
@@ -162,16 +228,25 @@ class AsyncTransport(_Transport):
     def __init__(self, base_url: str, *, token: str | None = None, verify: Verify = True,
                  timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None):
+                 headers: Mapping[str, str] | None = None, retries: int = RETRIES):
         super().__init__(httpx.AsyncClient(transport=transport,
-                                           **_options(base_url, token, verify, timeout, headers)))
+                                           **_options(base_url, token, verify, timeout, headers)), retries)
 
     async def run(self, call: Call[T]) -> T:
-        try:
-            response = await self.http.request(call.method, call.path, json=call.json, params=call.params)
-        except httpx.TransportError as error:
-            raise _connection_failed(self.base_url, error) from None
-        return call.finish(response)
+        attempt = 0
+        while True:
+            try:
+                response = await self.http.request(call.method, call.path, json=call.json, params=call.params)
+            except httpx.TransportError as error:
+                if not self._again(call, attempt, error=error):
+                    raise _connection_failed(self.base_url, error) from None
+                await asyncio.sleep(_pause(attempt, None))
+            else:
+                if not self._again(call, attempt, response=response):
+                    return call.finish(response)
+                await response.aclose()
+                await asyncio.sleep(_pause(attempt, response))
+            attempt += 1
 
     async def close(self) -> None:
         await self.http.aclose()

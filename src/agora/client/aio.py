@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import httpx
 
 from agora.client import core
-from agora.client._http import DEFAULT_TIMEOUT, AsyncAPI, AsyncTransport, Verify
+from agora.client._http import DEFAULT_TIMEOUT, RETRIES, AsyncAPI, AsyncTransport, Verify
 from agora.client.bank import AsyncBank
 from agora.client.files import AsyncFiles
 from agora.client.mail import AsyncMail
@@ -22,9 +22,9 @@ class AsyncClient(AsyncAPI):
     def __init__(self, base_url: str, token: str | None = None, *, verify: Verify = True,
                  timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None):
+                 headers: Mapping[str, str] | None = None, retries: int = RETRIES):
         super().__init__(AsyncTransport(base_url, token=token, verify=verify, timeout=timeout,
-                                        transport=transport, headers=headers))
+                                        transport=transport, headers=headers, retries=retries))
         self.files = AsyncFiles(self._transport)
         self.bank = AsyncBank(self._transport)
         self.mail = AsyncMail(self._transport)

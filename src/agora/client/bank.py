@@ -7,16 +7,16 @@ from them without ever going through a float.
 Every transfer has a client-chosen id (a UUID), the idempotency key: the server commits
 a transfer once per id, and answers a repeat of the same transfer with the original.
 So :meth:`SyncBank.transfer` and :meth:`SyncBank.batch` retry a request whose answer
-was lost (connection error, timeout, 502/503/504) with the *same* id: whether the
-first attempt committed or not, the money moves exactly once.
+was lost (connection error, timeout, 502/503/504, as after a restart of the server's
+database) with the *same* id: whether the first attempt committed or not, the money
+moves exactly once. Posting or voiding a pending transfer, issuing with an id and
+adding a currency are as safe to repeat, and are retried the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import time
 import uuid
 from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
@@ -25,19 +25,13 @@ import httpx
 
 from agora.bank.amounts import format_amount, parse_amount  # one home for both sides
 from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, one, query
-from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, InvalidRequest, NotFound, ServerError,
-                                 error_for)
+from agora.client.errors import AgoraError, Conflict, InvalidRequest, NotFound, error_for
 from agora.client.models import (BankAccount, BankBalance, BankTransfer, Currency, LedgerCheck, StatementEntry,
                                  StatementPage, from_json)
 
 API = "/api/v1/bank"
 T = TypeVar("T")
 
-# Attempts of one transfer or batch when no answer comes back, and the first pause
-# between them (doubling each time): about 3 s of waiting in all by default.
-RETRIES = 5
-RETRY_PAUSE = 0.2
-RETRY_STATUSES = (502, 503, 504)  # a proxy or an overloaded server: the request may not have run
 STATEMENT_PAGE = 500
 
 
@@ -222,7 +216,9 @@ def currencies() -> Call[list[Currency]]:
 
 
 def add_currency(code: str, exponent: int) -> Call[Currency]:
-    return BankCall("POST", f"{API}/currencies", one(Currency), json={"code": code, "exponent": exponent})
+    # The same currency again answers 200 with it: safe to repeat.
+    return BankCall("POST", f"{API}/currencies", one(Currency), json={"code": code, "exponent": exponent},
+                    idempotent=True)
 
 
 def accounts(all: bool) -> Call[list[BankAccount]]:
@@ -238,15 +234,16 @@ def account(number: str) -> Call[BankAccount]:
 
 
 def close_account(number: str) -> Call[BankAccount]:
-    return BankCall("POST", f"{API}/accounts/{_segment(number)}/close", _one_account)
+    return BankCall("POST", f"{API}/accounts/{_segment(number)}/close", _one_account, idempotent=True)
 
 
 def balances() -> Call[list[BankBalance]]:
     return BankCall("GET", f"{API}/balances", _balances)
 
 
-def issue(id: str, number: str, amount: int, memo: str | None) -> Call[BankTransfer]:
-    return BankCall("POST", f"{API}/issue", _transfer, json=query(id=id, account=number, amount=amount, memo=memo))
+def issue(id: str, number: str, amount: int, memo: str | None, attempts: int | None = None) -> Call[BankTransfer]:
+    return BankCall("POST", f"{API}/issue", _transfer, json=query(id=id, account=number, amount=amount, memo=memo),
+                    idempotent=True, attempts=attempts)
 
 
 def transfer_body(debit: str, credit: str, amount: int, currency: str | None = None, *, id: str | None = None,
@@ -259,24 +256,29 @@ def transfer_body(debit: str, credit: str, amount: int, currency: str | None = N
     return body
 
 
-def create_transfer(body: Mapping[str, Any]) -> Call[BankTransfer]:
-    return BankCall("POST", f"{API}/transfers", _transfer, json=dict(body))
+def create_transfer(body: Mapping[str, Any], attempts: int | None = None) -> Call[BankTransfer]:
+    # Its id makes it idempotent: a repeat is answered with the original (200).
+    return BankCall("POST", f"{API}/transfers", _transfer, json=dict(body), idempotent=True, attempts=attempts)
 
 
-def create_batch(items: list[dict[str, Any]]) -> Call[list[BankTransfer]]:
-    return BankCall("POST", f"{API}/transfers/batch", _transfers, json={"transfers": items})
+def create_batch(items: list[dict[str, Any]], attempts: int | None = None) -> Call[list[BankTransfer]]:
+    return BankCall("POST", f"{API}/transfers/batch", _transfers, json={"transfers": items}, idempotent=True,
+                    attempts=attempts)
 
 
 def transfer(id: str) -> Call[BankTransfer]:
     return BankCall("GET", f"{API}/transfers/{_segment(id)}", lambda response: _transfer_of(json_body(response), False))
 
 
+# A pending transfer is resolved once: posting (or voiding) it again answers with that
+# resolution, so both are safe to repeat.
 def post(id: str, amount: int | None) -> Call[BankTransfer]:
-    return BankCall("POST", f"{API}/transfers/{_segment(id)}/post", _transfer, json=query(amount=amount))
+    return BankCall("POST", f"{API}/transfers/{_segment(id)}/post", _transfer, json=query(amount=amount),
+                    idempotent=True)
 
 
 def void(id: str) -> Call[BankTransfer]:
-    return BankCall("POST", f"{API}/transfers/{_segment(id)}/void", _transfer, json={})
+    return BankCall("POST", f"{API}/transfers/{_segment(id)}/void", _transfer, json={}, idempotent=True)
 
 
 def _range(start: Any, end: Any) -> dict[str, Any]:
@@ -303,10 +305,6 @@ def _items(transfers: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def _retryable(error: AgoraError) -> bool:
-    return isinstance(error, ConnectionFailed) or (isinstance(error, ServerError) and error.status in RETRY_STATUSES)
-
-
 def csv_rows(text: str) -> list[dict[str, str]]:
     """The rows of a CSV statement as dictionaries keyed by its header."""
     return list(csv.DictReader(io.StringIO(text)))
@@ -317,18 +315,6 @@ def csv_rows(text: str) -> list[dict[str, str]]:
 
 class SyncBank(SyncAPI):
     """``client.bank``: accounts, balances, transfers and statements. Amounts are minor units."""
-
-    def _retried(self, call: Call[T], retries: int) -> T:
-        pause = RETRY_PAUSE
-        for attempt in range(max(1, retries)):
-            try:
-                return self._run(call)
-            except AgoraError as error:
-                if not _retryable(error) or attempt == retries - 1:
-                    raise
-            time.sleep(pause)
-            pause *= 2
-        raise AssertionError("unreachable")
 
     def currencies(self) -> list[Currency]:
         return self._run(currencies())
@@ -355,22 +341,22 @@ class SyncBank(SyncAPI):
         return self._run(balances())
 
     def issue(self, number: str, amount: int, *, id: str | None = None, memo: str | None = None,
-              retries: int = RETRIES) -> BankTransfer:
+              retries: int | None = None) -> BankTransfer:
         """Admins: new money from the currency's issuance account into ``number``."""
-        return self._retried(issue(id or new_id(), number, amount, memo), retries)
+        return self._run(issue(id or new_id(), number, amount, memo, retries))
 
     def transfer(self, debit: str, credit: str, amount: int, currency: str | None = None, *, id: str | None = None,
                  memo: str | None = None, pending: bool = False, timeout: int | None = None,
-                 retries: int = RETRIES) -> BankTransfer:
+                 retries: int | None = None) -> BankTransfer:
         """Move ``amount`` minor units; ``pending`` reserves them until posted or voided
         (or ``timeout`` seconds pass). Retried with the same id when no answer comes."""
         body = transfer_body(debit, credit, amount, currency, id=id, memo=memo, pending=pending, timeout=timeout)
-        return self._retried(create_transfer(body), retries)
+        return self._run(create_transfer(body, retries))
 
-    def batch(self, transfers: Iterable[Mapping[str, Any]], *, retries: int = RETRIES) -> list[BankTransfer]:
+    def batch(self, transfers: Iterable[Mapping[str, Any]], *, retries: int | None = None) -> list[BankTransfer]:
         """A linked batch (see :func:`transfer_body` for an item): all commit, or none
         does and :class:`LinkedBatchFailed` says which leg failed."""
-        return self._retried(create_batch(_items(transfers)), retries)
+        return self._run(create_batch(_items(transfers), retries))
 
     def get_transfer(self, id: str) -> BankTransfer:
         return self._run(transfer(id))
@@ -421,18 +407,6 @@ class SyncBank(SyncAPI):
 class AsyncBank(AsyncAPI):
     """``client.bank`` of the AsyncClient: the same operations, awaited."""
 
-    async def _retried(self, call: Call[T], retries: int) -> T:
-        pause = RETRY_PAUSE
-        for attempt in range(max(1, retries)):
-            try:
-                return await self._run(call)
-            except AgoraError as error:
-                if not _retryable(error) or attempt == retries - 1:
-                    raise
-            await asyncio.sleep(pause)
-            pause *= 2
-        raise AssertionError("unreachable")
-
     async def currencies(self) -> list[Currency]:
         return await self._run(currencies())
 
@@ -455,17 +429,17 @@ class AsyncBank(AsyncAPI):
         return await self._run(balances())
 
     async def issue(self, number: str, amount: int, *, id: str | None = None, memo: str | None = None,
-                    retries: int = RETRIES) -> BankTransfer:
-        return await self._retried(issue(id or new_id(), number, amount, memo), retries)
+                    retries: int | None = None) -> BankTransfer:
+        return await self._run(issue(id or new_id(), number, amount, memo, retries))
 
     async def transfer(self, debit: str, credit: str, amount: int, currency: str | None = None, *,
                        id: str | None = None, memo: str | None = None, pending: bool = False,
-                       timeout: int | None = None, retries: int = RETRIES) -> BankTransfer:
+                       timeout: int | None = None, retries: int | None = None) -> BankTransfer:
         body = transfer_body(debit, credit, amount, currency, id=id, memo=memo, pending=pending, timeout=timeout)
-        return await self._retried(create_transfer(body), retries)
+        return await self._run(create_transfer(body, retries))
 
-    async def batch(self, transfers: Iterable[Mapping[str, Any]], *, retries: int = RETRIES) -> list[BankTransfer]:
-        return await self._retried(create_batch(_items(transfers)), retries)
+    async def batch(self, transfers: Iterable[Mapping[str, Any]], *, retries: int | None = None) -> list[BankTransfer]:
+        return await self._run(create_batch(_items(transfers), retries))
 
     async def get_transfer(self, id: str) -> BankTransfer:
         return await self._run(transfer(id))

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import httpx
 
 from agora.client import core
-from agora.client._http import DEFAULT_TIMEOUT, SyncAPI, SyncTransport, Verify
+from agora.client._http import DEFAULT_TIMEOUT, RETRIES, SyncAPI, SyncTransport, Verify
 from agora.client.bank import SyncBank
 from agora.client.files import SyncFiles
 from agora.client.mail import SyncMail
@@ -22,14 +22,18 @@ class Client(SyncAPI):
     ``verify``: True (system CAs), False, or the path of a CA bundle such as the
     server's self-signed ``DATA_DIR/tls/cert.pem``. ``transport``: an httpx transport
     (for a local address, say); it then owns TLS settings and ``verify`` is unused.
+    ``retries``: how many times at most an idempotent call (GET, PUT, DELETE, a bank
+    transfer with its id) is sent when no answer comes or the answer is 502/503/504,
+    waiting as the server's Retry-After asks; 1 sends each call once.
     Errors are :class:`agora.client.errors.AgoraError` subclasses.
     """
 
     def __init__(self, base_url: str, token: str | None = None, *, verify: Verify = True,
                  timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None):
+                 transport: httpx.BaseTransport | None = None, headers: Mapping[str, str] | None = None,
+                 retries: int = RETRIES):
         super().__init__(SyncTransport(base_url, token=token, verify=verify, timeout=timeout,
-                                       transport=transport, headers=headers))
+                                       transport=transport, headers=headers, retries=retries))
         self.files = SyncFiles(self._transport)
         self.bank = SyncBank(self._transport)
         self.mail = SyncMail(self._transport)

@@ -44,6 +44,63 @@ class SchemaTooNew(DatabaseError):
     pass
 
 
+# SQLSTATEs that say "not now" rather than "not so": the request may succeed when
+# tried again, so clients hear 503 with Retry-After, never 500.
+#   08...: connection exceptions; 57P01-57P03: admin or crash shutdown, starting up;
+#   53...: insufficient resources (disk full, out of memory, too many connections);
+#   40001/40P01: serialization failure, deadlock (the transaction was rolled back).
+_UNAVAILABLE_CLASSES = ("08", "53")
+_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "40001", "40P01"}
+# SQLite says so only in words: a lock held past busy_timeout, or a full disk.
+_SQLITE_UNAVAILABLE = ("database is locked", "database table is locked", "database or disk is full")
+RETRY_AFTER = 1  # seconds a client is asked to wait: PostgreSQL restarts in about that
+
+
+def unavailable_classes() -> tuple[type[BaseException], ...]:
+    """The exception classes that ``unavailable`` may say yes to, for handlers that
+    are registered by class (OSError itself is left out: a full disk of the files
+    store is not the database's, and has an answer of its own)."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError, sqlite3.Error, ConnectionError, TimeoutError)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the metadata database cannot answer *now* (a restart,
+    a failover, a terminated backend, a lock held too long, a full disk) rather than
+    that the request is wrong or the code is: every protocol answers these with its
+    temporary-failure reply (HTTP 503 with Retry-After, IMAP NO [UNAVAILABLE], ...).
+
+    Looks through SQLAlchemy's wrapper and the driver's exception chain.
+    """
+    from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (PoolTimeout, ConnectionError, TimeoutError)):
+            return True
+        state = getattr(current, "sqlstate", None) or getattr(getattr(current, "diag", None), "sqlstate", None)
+        if isinstance(state, str) and (state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES):
+            return True
+        name = type(current).__name__
+        message = str(current)
+        if name == "InterfaceError" and ("connection is closed" in message or "connection was closed" in message):
+            return True  # asyncpg, when the server went away between statements
+        if name == "OperationalError" and any(words in message for words in _SQLITE_UNAVAILABLE):
+            return True
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
+
+
 def engine_url(url: str, data_dir: Path) -> str:
     """The SQLAlchemy URL for a configured ``database.url`` (empty: SQLite in data_dir)."""
     if not url:

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from agora.core import errors
+from agora.core.database import RETRY_AFTER, unavailable, unavailable_classes
 
 log = logging.getLogger("agora.http")
 
@@ -25,12 +26,13 @@ STATUS = {
     errors.EncryptionRequired: 403,
     errors.RateLimited: 429,
     errors.TooLarge: 413,
+    errors.StorageFull: 507,
 }
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 406: "Not acceptable", 409: "Conflict", 413: "Content too large",
            415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests",
-           500: "Internal server error", 503: "Service unavailable"}
+           507: "Insufficient storage", 500: "Internal server error", 503: "Service unavailable"}
 
 
 def problem_type(slug: str) -> str:
@@ -80,6 +82,24 @@ def install(app: FastAPI, html: HtmlRenderer | None = None) -> None:
         return problem(status, detail, slug=slug, title=title, headers=headers,
                        instance=request.url.path, **extra)
 
+    def respond_unavailable(request: Request, error: BaseException) -> Response:
+        # A blip of the metadata database (restart, failover, lock held too long): the
+        # request may be tried again as it is, so 503 and when, never 500.
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path,
+                    str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
+        return respond(request, 503, "the database is unavailable for a moment; try again", "unavailable",
+                       "Service unavailable", {"Retry-After": str(RETRY_AFTER)})
+
+    async def database_error(request: Request, error: Exception) -> Response:
+        if unavailable(error):
+            return respond_unavailable(request, error)
+        raise error  # a real fault: on to the 500 handler below, which logs it
+
+    # Registered by class rather than left to the catch-all below, whose answer
+    # Starlette follows by raising the error again for the server to log as a crash.
+    for cls in unavailable_classes():
+        app.add_exception_handler(cls, database_error)
+
     @app.exception_handler(errors.AgoraError)
     async def agora_error(request: Request, error: errors.AgoraError) -> Response:
         status = status_of(error)
@@ -107,5 +127,7 @@ def install(app: FastAPI, html: HtmlRenderer | None = None) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
+        if unavailable(error):
+            return respond_unavailable(request, error)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return respond(request, 500, "an unexpected error occurred; it has been logged", "internal")
