@@ -1,8 +1,11 @@
 """Mail addresses: which domains are local, which user an address reaches (aliases,
-catch-all, ``+tag`` sub-addresses, postmaster) and which addresses a user may send as."""
+catch-all, ``+tag`` sub-addresses, postmaster) and which addresses a user may send as
+(their own, their aliases, and what an admin allowed them: ``mail_senders``)."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -14,13 +17,41 @@ from agora.core.database import Database
 from agora.core.errors import Conflict, InvalidInput, NotFound
 from agora.core.identity import User
 from agora.core.tables import users, utcnow
-from agora.mail.tables import mail_aliases
+from agora.mail.tables import mail_aliases, mail_senders
 
 MAX_ADDRESS = 320  # RFC 5321: 64 octets of local part, @, 255 of domain
 # How long an address -> user answer is reused. Alias changes on this node clear it at
 # once; users created or deleted (or aliases changed on another node) show within this.
 RESOLVE_TTL = 5.0
 RESOLVE_CACHE_SIZE = 10000
+
+
+# What an allowed-sender pattern may hold: an address, with "*" for any run of
+# characters in its local part or domain (never across the "@").
+_PATTERN_CHARS = re.compile(r"^[^\s\x00-\x1f\[\]?@]+@[^\s\x00-\x1f\[\]?@]+$")
+
+
+@dataclass(frozen=True)
+class SenderGrant:
+    user: str
+    pattern: str  # "news@example.org", or "*@example.org"
+    created_at: datetime
+
+
+def sender_pattern(pattern: str) -> str:
+    """``pattern`` lower-cased, or InvalidInput: ``local@domain`` where either side may
+    hold ``*`` (``*@example.org``), nothing else of glob syntax."""
+    key = pattern.strip().lower()
+    if key.startswith("<") and key.endswith(">"):
+        key = key[1:-1]
+    if len(key) > MAX_ADDRESS or not _PATTERN_CHARS.match(key) or key.split("@")[1].strip("*.") == "":
+        raise InvalidInput(f"not an address or an address pattern like *@example.org: {pattern[:100]!r}")
+    return key
+
+
+def matches(pattern: str, local: str, domain: str) -> bool:
+    plocal, _, pdomain = pattern.partition("@")
+    return fnmatch.fnmatchcase(local, plocal) and fnmatch.fnmatchcase(domain, pdomain)
 
 
 @dataclass(frozen=True)
@@ -113,20 +144,70 @@ class Addresses:
                 mail_aliases.c.address == f"@{domain}"))).scalar()
 
     async def owns(self, user: User, address: str) -> bool:
-        """A user may send as their own name (and ``name+tag``) at any local domain, and
-        as the aliases that point to them; never as another user or a foreign domain."""
+        """A user may send as their own name (and ``name+tag``) at any local domain, as
+        the aliases that point to them, and as what an admin allowed them (any domain);
+        never as another user or a foreign domain otherwise."""
         try:
             local, domain = split(address)
         except InvalidInput:
             return False
-        if not self.is_local_domain(domain):
-            return False
-        if local.split("+", 1)[0] == user.name.lower():
+        local_domain = self.is_local_domain(domain)
+        if local_domain and local.split("+", 1)[0] == user.name.lower():
             return True
         async with self.db.read() as conn:
-            owner = (await conn.execute(select(mail_aliases.c.user_id).where(
-                mail_aliases.c.address == f"{local}@{domain}"))).scalar()
-        return owner == user.id
+            if local_domain:
+                owner = (await conn.execute(select(mail_aliases.c.user_id).where(
+                    mail_aliases.c.address == f"{local}@{domain}"))).scalar()
+                if owner == user.id:
+                    return True
+            patterns = (await conn.execute(select(mail_senders.c.pattern).where(
+                mail_senders.c.user_id == user.id))).scalars().all()
+        return any(matches(pattern, local, domain) for pattern in patterns)
+
+    async def sendable(self, user: User) -> list[str]:
+        """The addresses a user may pick as sender: their own at each local domain, their
+        aliases, and the plain addresses (not the patterns) an admin allowed them."""
+        async with self.db.read() as conn:
+            aliases = (await conn.execute(select(mail_aliases.c.address).where(
+                mail_aliases.c.user_id == user.id).order_by(mail_aliases.c.address))).scalars().all()
+            patterns = (await conn.execute(select(mail_senders.c.pattern).where(
+                mail_senders.c.user_id == user.id).order_by(mail_senders.c.pattern))).scalars().all()
+        own = [f"{user.name}@{domain}" for domain in self.domains]
+        extra = [address for address in (*aliases, *patterns) if "*" not in address and not address.startswith("@")]
+        return list(dict.fromkeys(own + extra))
+
+    async def senders(self, user_name: str | None = None) -> list[SenderGrant]:
+        query = (select(users.c.name, mail_senders.c.pattern, mail_senders.c.created_at)
+                 .join(users, users.c.id == mail_senders.c.user_id)
+                 .order_by(users.c.name, mail_senders.c.pattern))
+        if user_name is not None:
+            query = query.where(users.c.name == user_name)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [SenderGrant(row.name, row.pattern, row.created_at) for row in rows]
+
+    async def allow_sender(self, user_name: str, pattern: str) -> SenderGrant:
+        key = sender_pattern(pattern)
+        async with self.db.write() as conn:
+            user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
+            if user_id is None:
+                raise NotFound(f"no user {user_name!r}")
+            if (await conn.execute(select(mail_senders.c.pattern).where(
+                    mail_senders.c.user_id == user_id, mail_senders.c.pattern == key))).first():
+                raise Conflict(f"{user_name} may already send as {key}")
+            now = utcnow()
+            await conn.execute(insert(mail_senders).values(user_id=user_id, pattern=key, created_at=now))
+        return SenderGrant(user_name, key, now)
+
+    async def disallow_sender(self, user_name: str, pattern: str) -> None:
+        key = pattern.strip().lower()
+        async with self.db.write() as conn:
+            user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
+            if user_id is None:
+                raise NotFound(f"no user {user_name!r}")
+            if (await conn.execute(delete(mail_senders).where(
+                    mail_senders.c.user_id == user_id, mail_senders.c.pattern == key))).rowcount == 0:
+                raise NotFound(f"{user_name} has no allowed sender {key}")
 
     async def aliases(self) -> list[Alias]:
         async with self.db.read() as conn:

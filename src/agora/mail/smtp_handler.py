@@ -3,7 +3,8 @@
 Receipt: recipients must be local (a known user, alias or catch-all) and fit their
 quota; the message goes to ``MailStore.deliver``. Submission: the client has
 authenticated, MAIL FROM is one of the user's addresses, recipients may be anywhere;
-the message goes to ``sending.send`` (local delivery, outbound queue, Sent copy).
+the message goes to ``sending.send``, which checks its From:/Sender: addresses with the
+same rule (553 5.7.1) before local delivery, the outbound queue and the Sent copy.
 
 Durability: 250 is sent only once the store (or queue) has returned, which it does
 after fsync and commit. Any failure there is a 451 and nothing is acknowledged; a
@@ -56,6 +57,11 @@ def _size_option(options: list[str]) -> int:
 def _clean(text: str, limit: int = 255) -> str:
     """Client-supplied text fit for a header: printable ASCII, no spaces."""
     return _UNSAFE.sub("?", text)[:limit] or "unknown"
+
+
+def _clean_text(text: str) -> str:
+    """An error's text fit for one reply line: printable ASCII."""
+    return re.sub(r"[^\x20-\x7e]", "?", text)[:400]
 
 
 def dedupe_key(sender: str, recipients: list[str], data: bytes) -> str:
@@ -117,8 +123,8 @@ class Handler:
                 return "553 5.7.1 Sending needs a sender address of yours"
             try:
                 await sending.check_sender(self.runtime, user, address)
-            except Forbidden:
-                return f"553 5.7.1 {user.name} may not send as <{address}>"
+            except Forbidden as error:
+                return f"553 5.7.1 {_clean_text(error.detail)}"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.size = _size_option(options)
@@ -214,8 +220,8 @@ class Handler:
         if isinstance(error, TooLarge):
             return "552 5.3.4 Message too big"
         if isinstance(error, Forbidden):
-            return "553 5.7.1 Sender not allowed"
-        if isinstance(error, NotFound):
+            return f"553 5.7.1 {_clean_text(error.detail)}"
+        if isinstance(error, (NotFound, sending.UnknownRecipient)):
             return "550 5.1.1 Recipient no longer exists"
         if isinstance(error, InvalidInput):
             return f"554 5.6.0 {error.detail}"

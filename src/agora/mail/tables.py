@@ -1,6 +1,6 @@
 """The mail service's tables in the metadata database. Message bodies live in Maildirs
 on disk; here are what IMAP needs to be stable: folders, UIDs, flags and mod-sequences,
-plus aliases, the dedupe record of recent deliveries and the outbound queue."""
+plus aliases, senders allowed by an admin, the dedupe record of recent deliveries and the outbound queue."""
 
 from __future__ import annotations
 
@@ -56,6 +56,16 @@ mail_aliases = Table(
     # "sales@example.org", or "@example.org" for a domain's catch-all; lower-case
     Column("address", String(320), primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Addresses an admin lets a user send as beyond their own and their aliases' (an
+# outside address of theirs, a shared mailbox): "news@example.org", or "*@example.org"
+# for every address of a domain; lower-case.
+mail_senders = Table(
+    "mail_senders", metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("pattern", String(320), primary_key=True),
     Column("created_at", UTCDateTime, nullable=False),
 )
 
