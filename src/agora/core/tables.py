@@ -60,6 +60,9 @@ users = Table(
     Column("password_hash", String(255), nullable=False),
     # SCRAM-SHA-256 verifier (core/scram.py) for protocols that need one; NULL until made.
     Column("scram_verifier", String(255), nullable=True),
+    # Bumped with every password change: a session that logged in at another generation
+    # ends (core/sessions.py).
+    Column("generation", Integer, nullable=False, server_default="0"),
     Column("role", String(8), nullable=False, server_default="user"),
     Column("disabled", Boolean, nullable=False, server_default="0"),
     Column("quota_bytes", BigInteger, nullable=False),
