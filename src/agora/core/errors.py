@@ -55,3 +55,10 @@ class RateLimited(AgoraError):
 
 class TooLarge(AgoraError):
     slug, title = "too-large", "Too large"
+
+
+class StorageFull(AgoraError):
+    """The server's disk (or its filesystem quota) has no room for a write: the request
+    fails whole, nothing is acknowledged, reads go on."""
+
+    slug, title = "storage-full", "Insufficient storage"

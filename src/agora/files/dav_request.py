@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import anyio.to_thread
 from starlette.requests import Request
 
-from agora.core.errors import AgoraError, Conflict, Forbidden, InvalidInput, NotFound, TooLarge
+from agora.core.errors import AgoraError, Conflict, Forbidden, InvalidInput, NotFound, StorageFull, TooLarge
 from agora.core.identity import User
 from agora.core.runtime import Runtime
 from agora.files.store import Entry, QuotaExceeded, UserFiles, split_path, virtual
@@ -34,7 +34,7 @@ class DavError(Exception):
 
 # Most specific first: QuotaExceeded is a TooLarge.
 _STATUSES: list[tuple[type[AgoraError], int]] = [
-    (QuotaExceeded, 507), (TooLarge, 413), (NotFound, 404), (Conflict, 409),
+    (QuotaExceeded, 507), (StorageFull, 507), (TooLarge, 413), (NotFound, 404), (Conflict, 409),
     (Forbidden, 403), (InvalidInput, 400),
 ]
 

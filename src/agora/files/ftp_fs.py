@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.exceptions import FilesystemError
 from pyftpdlib.filesystems import AbstractedFS
 
-from agora.core.errors import AgoraError, Forbidden, InvalidInput, NotFound, TooLarge
+from agora.core.errors import AgoraError, Forbidden, InvalidInput, NotFound, StorageFull, TooLarge
 from agora.files.store import Entry, Upload, UserFiles
 
 # What ftp2fs makes of a path that climbs above the root; validpath refuses it (and the
@@ -26,7 +26,9 @@ ESCAPED = "/.."
 
 def reply_for(error: AgoraError) -> str:
     """The FTP reply for a domain error."""
-    if isinstance(error, TooLarge):  # the quota included
+    if isinstance(error, StorageFull):
+        code = 452  # RFC 959: insufficient storage space in system (transient)
+    elif isinstance(error, TooLarge):  # the quota included
         code = 552
     elif isinstance(error, InvalidInput):
         code = 553

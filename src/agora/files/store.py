@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
+from agora.core.fsutil import fsync_dir as _fsync_dir
+from agora.core.fsutil import full_disk_refused, write_all
 
 MAX_NAME_BYTES = 255
 MAX_PATH_CHARS = 1024
@@ -97,6 +99,13 @@ class FileStore:
         self.uploads.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._sweep_uploads()
         self._usage: dict[str, tuple[int, float]] = {}
+        # Bytes that uploads in flight have claimed and not yet committed, per user: the
+        # quota is checked against usage + these, and a claim is taken before each chunk
+        # is written, so concurrent uploads (any protocol) cannot pass it together.
+        self._reserved: dict[str, int] = {}
+        # Counts each user's committed changes, so that a recount from disk that raced
+        # with one is not trusted.
+        self._epoch: dict[str, int] = {}
         self._lock = threading.Lock()  # FTP runs in its own thread; the usage cache is shared
         # Counts the changes to file contents made through this store (any protocol), so
         # that what caches them (users' sites) can tell at no cost that nothing changed.
@@ -131,17 +140,52 @@ class FileStore:
     # -- usage accounting, shared by every UserFiles of a user ---------------------------
 
     def usage(self, name: str, tree: Path) -> int:
-        with self._lock:
-            cached = self._usage.get(name)
-            if cached and time.monotonic() - cached[1] < USAGE_TTL:
-                return cached[0]
-        total = _tree_size(tree)
-        with self._lock:
-            self._usage[name] = (total, time.monotonic())
-        return total
+        for attempt in range(3):
+            with self._lock:
+                cached = self._usage.get(name)
+                if cached and time.monotonic() - cached[1] < USAGE_TTL:
+                    return cached[0]
+                epoch = self._epoch.get(name, 0)
+            total = _tree_size(tree)
+            with self._lock:
+                # A commit or delete during the count may or may not be in it: count again
+                # (the last attempt is kept; the next recount corrects it).
+                if self._epoch.get(name, 0) == epoch or attempt == 2:
+                    self._usage[name] = (total, time.monotonic())
+                    return total
+        raise AssertionError("unreachable")
 
     def adjust_usage(self, name: str, delta: int) -> None:
+        self.settle(name, 0, delta)
+
+    def reserve(self, name: str, tree: Path, quota: int, amount: int) -> None:
+        """Claim ``amount`` more bytes of ``name``'s quota for an upload in flight, or
+        raise QuotaExceeded; the check and the claim are one step."""
+        self.usage(name, tree)  # a fresh figure (may count the tree) outside the lock
         with self._lock:
+            cached = self._usage.get(name)
+            used = cached[0] if cached else 0
+            reserved = self._reserved.get(name, 0)
+            if used + reserved + amount > quota:
+                raise QuotaExceeded(f"storing this would exceed the quota of {quota} bytes")
+            self._reserved[name] = reserved + amount
+
+    def room(self, name: str, tree: Path, quota: int) -> int:
+        """Bytes of ``name``'s quota neither used nor claimed, now."""
+        used = self.usage(name, tree)
+        with self._lock:
+            return quota - used - self._reserved.get(name, 0)
+
+    def settle(self, name: str, released: int, delta: int) -> None:
+        """Give back ``released`` claimed bytes and count ``delta`` bytes of usage, at
+        once: a committed upload's bytes move from the claims to the usage in one step."""
+        with self._lock:
+            left = self._reserved.get(name, 0) - released
+            if left > 0:
+                self._reserved[name] = left
+            else:
+                self._reserved.pop(name, None)
+            self._epoch[name] = self._epoch.get(name, 0) + 1
             cached = self._usage.get(name)
             if cached:
                 self._usage[name] = (max(0, cached[0] + delta), cached[1])
@@ -163,14 +207,6 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class UserFiles:
     """One user's tree, as every protocol adapter sees it after authentication."""
 
@@ -189,7 +225,8 @@ class UserFiles:
         refused, so nothing placed in the tree can lead outside it.
         """
         parts = split_path(path)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        with full_disk_refused():
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
         current = self.root
         for part in parts:
             current = current / part
@@ -286,15 +323,16 @@ class UserFiles:
         if not parts:
             raise Conflict("the root folder exists")
         try:
-            if parents:
-                real.mkdir(parents=True, exist_ok=False)
-            else:
-                real.mkdir()
+            with full_disk_refused():
+                if parents:
+                    real.mkdir(parents=True, exist_ok=False)
+                else:
+                    real.mkdir()
+                _fsync_dir(real.parent)
         except FileExistsError:
             raise Conflict(f"{virtual(parts)} already exists") from None
         except FileNotFoundError:
             raise NotFound(f"{virtual(parts[:-1])}: no such folder") from None
-        _fsync_dir(real.parent)
         return self._entry(parts, real)
 
     def delete(self, path: str, *, recursive: bool = False) -> None:
@@ -362,8 +400,13 @@ class UserFiles:
                     upload.write(chunk)
         else:
             self.mkdir(virtual(dst_parts))
-            for entry in self.list(virtual(src_parts)):
-                self.copy(entry.path, virtual(dst_parts + [entry.name]))
+            try:
+                for entry in self.list(virtual(src_parts)):
+                    self.copy(entry.path, virtual(dst_parts + [entry.name]))
+            except BaseException:
+                # Refused part-way (quota, full disk): no half copy is left behind.
+                self.delete(virtual(dst_parts), recursive=True)
+                raise
         return self.stat(virtual(dst_parts))
 
 
@@ -382,44 +425,73 @@ class Upload:
         self.target = target
         self.old_size = old_size
         self.written = offset
-        # Room left: the quota, minus what is used, plus what replacing the old version frees.
-        self.allowance = files.quota - files.usage() + old_size
+        # Bytes of the quota this upload holds (FileStore.reserve). Replacing the old
+        # version frees its size, so only what goes past it is claimed.
+        self.claimed = 0
         self.tmp = files.store.uploads / f"{files.user}.{secrets.token_hex(8)}.part"
-        # Unbuffered: writes arrive in large chunks anyway, and copy_file_range below
-        # moves the descriptor's offset behind a buffer's back.
-        self.handle = open(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "wb", buffering=0)
         self.entry: Entry | None = None
         self.done = False
+        files.usage()  # counted now (in the caller's thread), so allowance need not count
+        # Unbuffered: writes arrive in large chunks anyway, and copy_file_range below
+        # moves the descriptor's offset behind a buffer's back.
+        with full_disk_refused():
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         if offset:
-            self._keep_prefix(offset)
+            try:
+                self._keep_prefix(offset)
+            except BaseException:
+                self.abort()
+                raise
 
     def _keep_prefix(self, offset: int) -> None:
-        with open(os.open(self.target, os.O_RDONLY | os.O_NOFOLLOW), "rb") as old:
+        with open(os.open(self.target, os.O_RDONLY | os.O_NOFOLLOW), "rb") as old, full_disk_refused():
             remaining = offset
             while remaining:
-                copied = os.copy_file_range(old.fileno(), self.handle.fileno(), remaining)
+                copied = os.copy_file_range(old.fileno(), self.fd, remaining)
                 if copied == 0:
-                    break
+                    raise Conflict(f"{virtual(self.parts)} shrank while its upload was resumed")
                 remaining -= copied
 
-    def write(self, data: bytes) -> None:
-        if self.written + len(data) > self.allowance:
+    @property
+    def allowance(self) -> int:
+        """The largest size the file may reach, quota-wise, as things stand (a request
+        that declares its length is refused up front when it will not fit)."""
+        return self.old_size + self.claimed + self.files.store.room(self.files.user, self.files.root,
+                                                                    self.files.quota)
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Append all of ``data``, or abort the upload and raise (QuotaExceeded,
+        StorageFull...): an upload is never left holding fewer bytes than it was given."""
+        try:
+            need = max(0, self.written + len(data) - self.old_size) - self.claimed
+            if need > 0:
+                self.files.store.reserve(self.files.user, self.files.root, self.files.quota, need)
+                self.claimed += need
+            write_all(self.fd, data)
+        except BaseException:
             self.abort()
-            raise QuotaExceeded(f"storing this would exceed the quota of {self.files.quota} bytes")
-        self.handle.write(data)
+            raise
         self.written += len(data)
 
     def commit(self) -> Entry:
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        if not self.target.parent.is_dir():
+        try:
+            with full_disk_refused():
+                os.fsync(self.fd)
+                if not self.target.parent.is_dir():
+                    raise NotFound(f"{virtual(self.parts[:-1])}: the folder was removed during the upload")
+                try:
+                    replaced = os.lstat(self.target).st_size
+                except FileNotFoundError:
+                    replaced = 0
+                os.replace(self.tmp, self.target)
+        except BaseException:
             self.abort()
-            raise NotFound(f"{virtual(self.parts[:-1])}: the folder was removed during the upload")
-        os.replace(self.tmp, self.target)
+            raise
+        self.done = True
+        os.close(self.fd)
+        self.files.store.settle(self.files.user, self.claimed, self.written - replaced)
         self.files.store.changed()
         _fsync_dir(self.target.parent)
-        self.done = True
-        self.files.store.adjust_usage(self.files.user, self.written - self.old_size)
         self.entry = self.files._entry(self.parts, self.target)
         return self.entry
 
@@ -427,8 +499,9 @@ class Upload:
         if self.done:
             return
         self.done = True
+        self.files.store.settle(self.files.user, self.claimed, 0)
         try:
-            self.handle.close()
+            os.close(self.fd)
         finally:
             try:
                 os.unlink(self.tmp)

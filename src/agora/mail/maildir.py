@@ -19,6 +19,8 @@ import socket
 import time
 from pathlib import Path
 
+from agora.core.fsutil import fsync_dir, full_disk_refused, write_all
+
 SUBDIRS = ("tmp", "new", "cur")
 # Maildir flag letters (must be in ASCII order in a file name) and their IMAP flags.
 LETTERS = {"D": "\\Draft", "F": "\\Flagged", "P": "$Forwarded", "R": "\\Answered",
@@ -47,53 +49,49 @@ def unique_name(size: int) -> str:
             f"R{secrets.token_hex(8)}.{_host},S={size}")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write(folder: Path, raw: bytes, name: str, target: str, *, sync_dir: bool = True) -> None:
     """Write a message durably as ``target`` (``new/<name>`` or ``cur/<name>:2,...``):
     tmp file, fsync, rename, fsync the directory.
 
     A crash at any point leaves either nothing under ``target`` or the whole message
-    (a leftover in ``tmp`` is swept later)."""
+    (a leftover in ``tmp`` is swept later). No room on the disk: StorageFull."""
     tmp = folder / "tmp" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(raw)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
+    with full_disk_refused():
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_all(fd, raw)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
         os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.rename(tmp, folder / target)
-    if sync_dir:  # else the caller fsyncs the directory (once for many files) before it tells anyone
-        fsync_dir((folder / target).parent)
+        os.rename(tmp, folder / target)
+        if sync_dir:  # else the caller fsyncs the directory (once for many files) before it tells anyone
+            fsync_dir((folder / target).parent)
 
 
 def link(source: Path, folder: Path, target: str) -> None:
     """Put a copy of a message file at ``folder/target`` durably: a hard link (message
     files never change, so sharing the inode is safe), else a real copy."""
     destination = folder / target
-    try:
-        os.link(source, destination)
-    except OSError:
-        tmp = folder / "tmp" / destination.name.split(":2,", 1)[0]
-        shutil.copyfile(source, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
+    with full_disk_refused():
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, destination)
-    fsync_dir(destination.parent)
+            os.link(source, destination)
+        except OSError:
+            tmp = folder / "tmp" / destination.name.split(":2,", 1)[0]
+            try:
+                shutil.copyfile(source, tmp)  # buffered: a short write is retried or raises
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.rename(tmp, destination)
+        fsync_dir(destination.parent)
 
 
 def filename_for(name: str, flags: frozenset[str] | set[str], current: str) -> str:

@@ -206,6 +206,14 @@ class MailStore:
         self._watchers: dict[int, set[asyncio.Event]] = {}
         self.notices = notify.Listener(runtime.db, self._notify)
         self._usage: dict[int, tuple[float, int]] = {}  # user id -> (when, bytes)
+        # Bytes claimed by writes in flight (not yet committed), per user id: the quota
+        # is checked against usage + these, so concurrent deliveries cannot pass it
+        # together. _committing counts claims whose rows may be committed but not yet
+        # counted, and _epochs changes with each: a usage read that overlapped either is
+        # not cached, as it may count a message twice or not at all.
+        self._reserved: dict[int, int] = {}
+        self._committing: dict[int, int] = {}
+        self._epochs: dict[int, int] = {}
         self._ids: dict[str, tuple[float, int]] = {}  # user name -> (when, id)
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="maildir")
         self._commits: GroupCommit[_Batch, dict[str, tuple[int, int]]] = GroupCommit(self._commit_deliveries)
@@ -380,10 +388,8 @@ class MailStore:
                             highestmodseq=folder.highestmodseq, size=int(row[1]))
 
     async def usage(self, user: User) -> tuple[int, int]:
-        async with self.db.read() as conn:
-            used = await self._used(conn, user.id)
-        self._usage[user.id] = (time.monotonic(), used)
-        return used, self.quota
+        self._usage.pop(user.id, None)
+        return await self._usage_of(user.id), self.quota
 
     @staticmethod
     async def _used(conn: AsyncConnection, user_id: int) -> int:
@@ -395,7 +401,9 @@ class MailStore:
         """Whether a message of ``size`` bytes fits in this user's quota now (SMTP asks
         at RCPT time, so that a full mailbox is refused before the message is sent)."""
         user_id = (await self._user_ids([user_name])).get(user_name)
-        return user_id is not None and await self._usage_of(user_id) + size <= self.quota
+        if user_id is None:
+            return False
+        return await self._usage_of(user_id) + self._reserved.get(user_id, 0) + size <= self.quota
 
     # -- reading ----------------------------------------------------------------------
 
@@ -512,15 +520,15 @@ class MailStore:
         folder = await self.folder(user, name)
         flags = frozenset(f for f in flags if f.lower() != "\\recent")
         summary = (await self._summarize(raw)).to_json()
-        async with self.db.read() as conn:
-            if await self._usage_of(user.id) + len(raw) > self.quota:
-                raise QuotaExceeded(f"{user.name}'s mailbox is full")
+        await self._reserve(user.id, user.name, len(raw))
+        stored = False
         base = maildir.unique_name(len(raw))
         target = maildir.filename_for(base, flags, f"new/{base}")
         directory = self._dir(user.name, folder.name)
         self._pending.add(base)
         try:
             await asyncio.to_thread(maildir.write, directory, raw, base, target)
+            self._begin_commit([user.id])
             try:
                 async with self.db.write() as conn:
                     uid, modseq = await self._bump(conn, folder.id, 1)
@@ -528,12 +536,15 @@ class MailStore:
                         folder_id=folder.id, uid=uid, modseq=modseq, name=base, filename=target,
                         flags=_flag_text(flags), internaldate=internaldate or utcnow(),
                         size=len(raw), summary=summary))
+                stored = True
             except BaseException:
                 (directory / target).unlink(missing_ok=True)
                 raise
+            finally:
+                self._end_commit([user.id])
         finally:
             self._pending.discard(base)
-        self._count(user.id, len(raw))
+            self._release([user.id], len(raw), {user.id} if stored else set())
         self._notify(folder.id)
         return folder.uidvalidity, uid
 
@@ -554,37 +565,50 @@ class MailStore:
         missing = [name for name in names if name not in ids]
         if missing:
             raise NotFound(f"no mailbox for {', '.join(missing)}")
-        for name in names:
-            if await self._usage_of(ids[name]) + len(raw) > self.quota:
-                raise QuotaExceeded(f"{name}'s mailbox is full")
-            await self._ensure(ids[name], name)
-        summary = (await self._summarize(raw)).to_json()
-        bases = [maildir.unique_name(len(raw)) for _ in names]
-        directories = [self._dir(name, folder) for name in names]
-        self._pending.update(bases)
-        loop = asyncio.get_running_loop()
-        outcomes = await asyncio.gather(*(
-            loop.run_in_executor(self._io, partial(maildir.write, directory, raw, base, f"new/{base}",
-                                                   sync_dir=False))
-            for directory, base in zip(directories, bases)), return_exceptions=True)
-        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        claims: list[int] = []
+        stored: set[int] = set()
         try:
-            if failed:
-                raise failed[0]
-            uids = await self._commits.submit(_Batch(folder, digest, len(raw), summary, [
-                (ids[name], name, base) for name, base in zip(names, bases)]))
-        except asyncio.CancelledError:
-            raise  # the commit goes on without us; if it fails, a scan indexes the files
-        except BaseException:
-            for directory, base in zip(directories, bases):
-                (directory / "new" / base).unlink(missing_ok=True)
-            self._pending.difference_update(bases)
-            raise
-        for name, directory, base in zip(names, directories, bases):
-            if name in uids:
-                self._count(ids[name], len(raw))
-            else:  # delivered before: this copy was never committed
-                (directory / "new" / base).unlink(missing_ok=True)
+            for name in names:
+                await self._reserve(ids[name], name, len(raw))
+                claims.append(ids[name])
+                await self._ensure(ids[name], name)
+            summary = (await self._summarize(raw)).to_json()
+            bases = [maildir.unique_name(len(raw)) for _ in names]
+            directories = [self._dir(name, folder) for name in names]
+            self._pending.update(bases)
+            loop = asyncio.get_running_loop()
+            outcomes = await asyncio.gather(*(
+                loop.run_in_executor(self._io, partial(maildir.write, directory, raw, base, f"new/{base}",
+                                                       sync_dir=False))
+                for directory, base in zip(directories, bases)), return_exceptions=True)
+            failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            try:
+                if failed:
+                    raise failed[0]
+                self._begin_commit(claims)
+                try:
+                    uids = await self._commits.submit(_Batch(folder, digest, len(raw), summary, [
+                        (ids[name], name, base) for name, base in zip(names, bases)]))
+                finally:
+                    self._end_commit(claims)
+            except asyncio.CancelledError:
+                # The commit goes on without us (if it fails, a scan indexes the files):
+                # whether it counts is unknown, so the usage is read again.
+                for user_id in claims:
+                    self._usage.pop(user_id, None)
+                raise
+            except BaseException:
+                for directory, base in zip(directories, bases):
+                    (directory / "new" / base).unlink(missing_ok=True)
+                self._pending.difference_update(bases)
+                raise
+            for name, directory, base in zip(names, directories, bases):
+                if name in uids:
+                    stored.add(ids[name])
+                else:  # delivered before: this copy was never committed
+                    (directory / "new" / base).unlink(missing_ok=True)
+        finally:
+            self._release(claims, len(raw), stored)
         return [Delivery(name, folder, uids[name][1], False) if name in uids
                 else Delivery(name, folder, 0, True) for name in names]
 
@@ -671,12 +695,52 @@ class MailStore:
         cached = self._usage.get(user_id)
         if cached is not None and time.monotonic() - cached[0] < USAGE_TTL:
             return cached[1]
-        async with self.db.read() as conn:
-            used = await self._used(conn, user_id)
-        self._usage[user_id] = (time.monotonic(), used)
+        for attempt in range(3):
+            epoch = self._epochs.get(user_id, 0)
+            async with self.db.read() as conn:
+                used = await self._used(conn, user_id)
+            quiet = not self._committing.get(user_id) and self._epochs.get(user_id, 0) == epoch
+            if quiet or attempt == 2:  # the last one is kept anyway: over by a message at most
+                self._usage[user_id] = (time.monotonic(), used)
+                break
         return used
 
+    async def _reserve(self, user_id: int, user_name: str, size: int) -> None:
+        """Claim ``size`` bytes of the user's quota for a write in flight, or raise
+        QuotaExceeded. The check and the claim run with no await between them: one step
+        for every writer of this process."""
+        used = await self._usage_of(user_id)
+        held = self._reserved.get(user_id, 0)
+        if used + held + size > self.quota:
+            raise QuotaExceeded(f"{user_name}'s mailbox is full")
+        self._reserved[user_id] = held + size
+
+    def _begin_commit(self, user_ids: list[int]) -> None:
+        for user_id in user_ids:
+            self._committing[user_id] = self._committing.get(user_id, 0) + 1
+            self._epochs[user_id] = self._epochs.get(user_id, 0) + 1
+
+    def _end_commit(self, user_ids: list[int]) -> None:
+        for user_id in user_ids:
+            left = self._committing.get(user_id, 0) - 1
+            if left > 0:
+                self._committing[user_id] = left
+            else:
+                self._committing.pop(user_id, None)
+
+    def _release(self, user_ids: list[int], size: int, stored: set[int]) -> None:
+        """Give back claims; the stored ones move to the usage in the same step."""
+        for user_id in user_ids:
+            left = self._reserved.get(user_id, 0) - size
+            if left > 0:
+                self._reserved[user_id] = left
+            else:
+                self._reserved.pop(user_id, None)
+            if user_id in stored:
+                self._count(user_id, size)
+
     def _count(self, user_id: int, delta: int) -> None:
+        self._epochs[user_id] = self._epochs.get(user_id, 0) + 1
         cached = self._usage.get(user_id)
         if cached is not None:
             self._usage[user_id] = (cached[0], max(0, cached[1] + delta))
@@ -755,18 +819,22 @@ class MailStore:
         source_dir, target_dir = self._dir(user.name, source.name), self._dir(user.name, target.name)
         async with self.db.read() as conn:
             rows = await self._select(conn, source.id, uids)
-            if not _move and await self._usage_of(user.id) + sum(r.size for r in rows) > self.quota:
-                raise QuotaExceeded(f"{user.name}'s mailbox is full")
         if not rows:
             return target.uidvalidity, []
+        # A move adds nothing to the usage; a copy claims what it adds.
+        claim = 0 if _move else sum(row.size for row in rows)
+        await self._reserve(user.id, user.name, claim)
+        stored = False
         plan = []
         for row in rows:
             base = maildir.unique_name(row.size)
             plan.append((row, base, maildir.filename_for(base, _flags(row.flags), f"new/{base}")))
         self._pending.update(base for _, base, _ in plan)
+        self._begin_commit([user.id])
         try:
-            await asyncio.to_thread(self._link_all, source_dir, target_dir, plan)
             try:
+                # In the try: files linked before one failed are removed with the rest.
+                await asyncio.to_thread(self._link_all, source_dir, target_dir, plan)
                 pairs = []
                 async with self.db.write() as conn:
                     first, modseq = await self._bump(conn, target.id, len(plan))
@@ -778,17 +846,18 @@ class MailStore:
                         pairs.append((row.uid, first + offset))
                     if _move:
                         await self._remove_rows(conn, source.id, rows)
+                stored = True
             except BaseException:
                 for _, _, filename in plan:
                     (target_dir / filename).unlink(missing_ok=True)
                 raise
         finally:
             self._pending.difference_update(base for _, base, _ in plan)
+            self._end_commit([user.id])
+            self._release([user.id], claim, {user.id} if stored else set())
         if _move:
             await asyncio.to_thread(self._unlink_all, source_dir, rows)
             self._notify(source.id)
-        else:
-            self._count(user.id, sum(row.size for row in rows))
         self._notify(target.id)
         return target.uidvalidity, pairs
 
