@@ -18,6 +18,7 @@ import sys
 import time
 
 from agora.config import LISTENERS, Config, ConfigError
+from agora.core import descriptors
 from agora.core.database import DatabaseError, SchemaTooNew
 from agora.core.fsutil import write_atomically
 from agora.core.runtime import Runtime
@@ -68,7 +69,7 @@ def attach_services(runtime: Runtime) -> None:
     runtime.identity.deletion_hooks.append(forget_user_sql(runtime))
 
 
-def _bind(name: str, address: str, port: int) -> socket.socket:
+def _bind(name: str, address: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -76,7 +77,7 @@ def _bind(name: str, address: str, port: int) -> socket.socket:
         if family == socket.AF_INET6 and address == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((address, port))
-        sock.listen(1024)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError as error:
         sock.close()
@@ -95,7 +96,7 @@ def bind_listeners(config: Config, names: list[str]) -> dict[str, socket.socket]
         for name in names:
             port = config.port(name)
             if port is not None:
-                sockets[name] = _bind(name, config.bind, port)
+                sockets[name] = _bind(name, config.bind, port, descriptors.backlog(config))
     except ConfigError:
         for sock in sockets.values():
             sock.close()
@@ -111,9 +112,12 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     classes = enabled_services(config)
+    listeners = [name for cls in classes for name in cls.listeners]
+    descriptors.raise_limit(descriptors.needed(config, listeners))
+    descriptors.check_backlog(config)
     # Bound before anything is written, so that a port in use stops a first start
     # before it has created (and printed the password of) the admin account.
-    sockets = bind_listeners(config, [name for cls in classes for name in cls.listeners])
+    sockets = bind_listeners(config, listeners)
     try:
         runtime = await Runtime.open(config, serving=True)
     except BaseException:
@@ -125,7 +129,10 @@ async def serve(config: Config) -> int:
     ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
     ports_file = runtime.data_dir / "run" / "ports.json"
     running: list[Service] = []
+    watch = descriptors.Watch()
     try:
+        watch.start()
+        await runtime.identity.sessions.start()  # open sessions end with their accounts
         for service in services:
             await service.start({n: s for n, s in sockets.items() if n in service.listeners})
             running.append(service)

@@ -20,6 +20,7 @@ from OpenSSL import SSL
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import ThreadedFTPServer
 
+from agora.core import descriptors
 from agora.core.runtime import Runtime
 from agora.files.ftp_session import Authorizer, ImplicitSession, Session, Sessions, TLSDataHandler
 
@@ -36,14 +37,28 @@ SENDFILE_CHUNK = 4 * 1024 * 1024
 class _Server(ThreadedFTPServer):
     poll_timeout = 0.5  # how soon a session thread notices that the server stops
 
-    def __init__(self, sock: socket.socket, handler: type[Session], ioloop: IOLoop):
-        super().__init__(sock, handler, ioloop=ioloop)
+    def __init__(self, sock: socket.socket, handler: type[Session], ioloop: IOLoop, backlog: int, name: str):
+        # pyftpdlib calls listen() again on the socket, with 100 unless told otherwise.
+        super().__init__(sock, handler, ioloop=ioloop, backlog=backlog)
+        self.name = name
         # pyftpdlib's are class-wide; a server of its own stops only its own sessions.
         self._exit = threading.Event()
         self._lock = threading.Lock()
 
     def _start_task(self, *args, **kwargs):
         return threading.Thread(*args, daemon=True, **kwargs)
+
+    def handle_accept(self) -> None:
+        # Out of descriptors, pyftpdlib would log a traceback and close the listening
+        # socket for good. The connection waits in the queue instead, and is taken
+        # once a descriptor is free again.
+        try:
+            super().handle_accept()
+        except OSError as error:
+            if not descriptors.is_exhausted(error):
+                raise
+            descriptors.reporter.exhausted(f"the {self.name} listener", error)
+            time.sleep(ACCEPT_POLL)
 
 
 def tls_context(runtime: Runtime) -> SSL.Context:
@@ -123,7 +138,7 @@ class FTPListener:
         _route_library_logs()
         config = self.runtime.config.ftp
         handler = session_class(self.runtime, loop, self.sessions, implicit=self.name == "ftps")
-        self.server = _Server(self.sock, handler, IOLoop())
+        self.server = _Server(self.sock, handler, IOLoop(), descriptors.backlog(self.runtime.config), self.name)
         self.server.max_cons = config.max_connections
         self.server.max_cons_per_ip = config.max_connections_per_ip
         self.runtime.metrics.count_connections(self.name, lambda: len(self.sessions))

@@ -20,6 +20,7 @@ import socket
 import ssl
 from typing import Any, Callable, Protocol
 
+from agora.core import descriptors
 from agora.core.runtime import Runtime
 from agora.core.streams import StreamProtocol
 from agora.core.tls import server_context
@@ -183,6 +184,7 @@ class MailListener:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: MailConnection(self), sock=self.sock, ssl=self.ssl_context if self.implicit else None,
+            backlog=descriptors.backlog(self.runtime.config),
             ssl_handshake_timeout=self.runtime.config.mail.command_timeout if self.implicit else None)
         self.runtime.metrics.count_connections(self.name, lambda: len(self.connections))
 

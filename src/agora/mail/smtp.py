@@ -25,6 +25,7 @@ from typing import Any
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 
+from agora.core import descriptors
 from agora.core.errors import AuthenticationFailed, EncryptionRequired, RateLimited
 from agora.core.identity import ClientInfo
 from agora.core.runtime import Runtime
@@ -353,7 +354,7 @@ class SMTPListener:
         if self.runtime.tls is not None:
             self.ssl_context = server_context(self.runtime.tls)
         self.server = await self.loop.create_server(lambda: SMTPSession(self), sock=self.sock,
-                                                    backlog=1024)
+                                                    backlog=descriptors.backlog(self.runtime.config))
 
     def admit(self, session: SMTPSession) -> str | None:
         """None to take a new connection, else the reply that refuses it."""

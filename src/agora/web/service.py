@@ -8,6 +8,7 @@ import socket
 
 import uvicorn
 
+from agora.core import descriptors
 from agora.core.runtime import Runtime
 from agora.core.tls import server_context
 from agora.web.app import create_app
@@ -50,6 +51,7 @@ class WebService:
             timeout_keep_alive=max(1, math.ceil(config.http.keepalive_timeout)),
             limit_concurrency=config.http.max_connections,
             timeout_graceful_shutdown=max(1, math.ceil(config.shutdown_timeout)),
+            backlog=descriptors.backlog(config),
         )
         uv_config.load()
         if listener == "https":

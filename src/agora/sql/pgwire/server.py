@@ -13,6 +13,7 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from agora.core import descriptors
 from agora.core.runtime import Runtime
 from agora.core.tls import server_context
 
@@ -64,7 +65,8 @@ class PGListener:
 
         loop = asyncio.get_running_loop()
         if self.sock is not None:
-            self.server = await loop.create_server(lambda: PGSession(self), sock=self.sock)
+            self.server = await loop.create_server(lambda: PGSession(self), sock=self.sock,
+                                                   backlog=descriptors.backlog(self.runtime.config))
         self.runtime.metrics.count_connections(self.name, lambda: len(self.tasks))
 
     def accepted(self, session: Any) -> None:

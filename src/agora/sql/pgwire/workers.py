@@ -40,11 +40,13 @@ import sys
 from typing import Any
 
 from agora.config import Config
+from agora.core import descriptors
 
 log = logging.getLogger("agora.sql.pgwire")
 READY_TIMEOUT = 60.0   # for a worker to open its runtime and say it is ready
 RESTART_DELAY = 1.0    # before a worker that died is started again
 MAX_MESSAGE = 128      # bytes of one message on a socket pair
+ACCEPT_RETRY = 0.2     # out of descriptors: when accepting is tried again
 _CANCEL = struct.Struct("!cii")
 _COUNT = struct.Struct("!ci")
 
@@ -73,6 +75,7 @@ class WorkerPool:
         self.turn = 0
         self.stopping = False
         self.restarts: set[asyncio.Task[None]] = set()
+        self.retry: asyncio.TimerHandle | None = None  # accepting again, after running out of descriptors
 
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
@@ -109,8 +112,16 @@ class WorkerPool:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # out of file descriptors...: the next try may do
-                log.warning("postgres: accept failed: %s", error)
+            except OSError as error:
+                if not descriptors.is_exhausted(error):
+                    log.warning("postgres: accept failed: %s", error)
+                    return
+                # The socket stays readable while the connection waits in the queue:
+                # looked at again a little later, not at once, so that this does not spin.
+                descriptors.reporter.exhausted("the postgres listener", error)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(self.sock.fileno())
+                self.retry = loop.call_later(ACCEPT_RETRY, loop.add_reader, self.sock.fileno(), self._accept)
                 return
             with conn:
                 for _ in range(len(self.workers)):
@@ -179,6 +190,8 @@ class WorkerPool:
     async def stop(self, timeout: float) -> None:
         self.stopping = True
         loop = asyncio.get_running_loop()
+        if self.retry is not None:
+            self.retry.cancel()
         loop.remove_reader(self.sock.fileno())
         for task in list(self.restarts):
             task.cancel()
