@@ -8,15 +8,19 @@ together or not at all.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agora.core.database import Database
 from agora.core.tables import audit_log, utcnow
+
+log = logging.getLogger("agora.audit")
 
 MAX_PAGE = 1000
 
@@ -52,6 +56,17 @@ class AuditLog:
             return
         async with self.db.write() as own:
             await own.execute(insert(audit_log).values(**row))
+
+    async def record_or_log(self, action: str, **fields: Any) -> None:
+        """:meth:`record`, for an entry that must not fail what it records (a login):
+        when the database cannot take the write (a full disk), the entry goes to the
+        server log instead, as a warning."""
+        try:
+            await self.record(action, **fields)
+        except (SQLAlchemyError, OSError) as error:
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            log.warning("audit entry not written (%s): %s %s", reason, action,
+                        json.dumps(fields, sort_keys=True, default=str))
 
     async def entries(self, *, limit: int = 100, before: int | None = None,
                       action: str | None = None, actor: str | None = None) -> list[AuditEntry]:

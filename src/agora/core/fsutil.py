@@ -15,17 +15,35 @@ from agora.core.errors import StorageFull
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+SQLITE_FULL = 13
+DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
+
+
 def is_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in FULL
+    """Whether ``error`` (or the driver error a database error wraps) says the disk is
+    full: ENOSPC/EDQUOT, SQLite's SQLITE_FULL, PostgreSQL's disk_full."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 5:
+        if isinstance(current, OSError) and current.errno in FULL:
+            return True
+        if getattr(current, "sqlite_errorcode", None) == SQLITE_FULL:
+            return True
+        if getattr(current, "sqlstate", None) == DISK_FULL_SQLSTATE:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+        seen += 1
+    return False
 
 
 @contextmanager
 def full_disk_refused() -> Iterator[None]:
-    """Turn "no space left" from any file operation in the block (write, fsync, mkdir,
-    rename) into StorageFull, the error every protocol answers with its own code."""
+    """Turn "no space left" from anything in the block (write, fsync, mkdir, rename, a
+    database commit) into StorageFull, the error every protocol answers with its own
+    code."""
     try:
         yield
-    except OSError as error:
+    except Exception as error:
         if is_full(error):
             raise StorageFull("the server's disk is full") from error
         raise

@@ -22,7 +22,8 @@ import secrets
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from agora.core.errors import Forbidden, InvalidInput, NotFound, TooLarge
+from agora.core.errors import Forbidden, InvalidInput, NotFound, StorageFull, TooLarge
+from agora.core.fsutil import is_full
 from agora.core.identity import User
 from agora.mail import sending
 from agora.mail.addresses import split
@@ -217,6 +218,8 @@ class Handler:
     def _failure(error: Exception) -> str:
         if isinstance(error, QuotaExceeded):
             return "452 4.2.2 Mailbox full; try again later"
+        if isinstance(error, StorageFull) or is_full(error):
+            return "452 4.3.1 Insufficient system storage; try again later"
         if isinstance(error, TooLarge):
             return "552 5.3.4 Message too big"
         if isinstance(error, Forbidden):

@@ -13,8 +13,9 @@ import logging
 from typing import Any, Awaitable, Callable, Protocol
 
 from agora.core.errors import (AgoraError, AuthenticationFailed, Conflict, EncryptionRequired, Forbidden,
-                               InvalidInput, NotFound, RateLimited, TooLarge)
+                               InvalidInput, NotFound, RateLimited, StorageFull, TooLarge)
 from agora.core.identity import ClientInfo
+from agora.core.fsutil import is_full
 from agora.mail.connection import MailSession, SessionConnection
 from agora.mail.imap import folders, messages, responses
 from agora.mail.imap.parser import Command, Continue, Error, Line, Parser
@@ -204,9 +205,12 @@ class Session(MailSession):
             raise
         except AgoraError as error:  # the store's refusals: NotFound, Conflict, TooLarge...
             done = ("NO", _code(error), error.detail)
-        except Exception:
-            log.exception("IMAP %s failed", command.name)
-            done = ("NO", "SERVERBUG", "internal error; the command was not completed")
+        except Exception as error:
+            if is_full(error):  # the metadata database on a full disk
+                done = ("NO", "OVERQUOTA", "the server's disk is full; nothing was changed")
+            else:
+                log.exception("IMAP %s failed", command.name)
+                done = ("NO", "SERVERBUG", "internal error; the command was not completed")
         if done is None:  # IDLE, AUTHENTICATE: the tagged reply comes later
             return
         await self.report_changes(command)
@@ -405,8 +409,8 @@ def _code(error: Exception) -> str | None:
         return "ALREADYEXISTS"
     if isinstance(error, Forbidden):
         return "NOPERM"
-    if type(error).__name__ == "QuotaExceeded":
-        return "OVERQUOTA"
+    if type(error).__name__ == "QuotaExceeded" or isinstance(error, StorageFull):
+        return "OVERQUOTA"  # a full disk too, as Dovecot answers it
     if isinstance(error, TooLarge):
         return "TOOBIG"
     if isinstance(error, InvalidInput):
