@@ -1,0 +1,217 @@
+"""Blips of the metadata database: a PostgreSQL of the test's own is restarted
+(``pg_ctl restart -m fast``) and has its backends terminated under bank load driven
+through ``agora.client``. No client ever sees a 500, every call completes (the client
+retries idempotent calls on 503, honouring Retry-After; transfers keep their id), every
+acknowledged transfer is in the ledger exactly once, and the balances add up.
+
+Never the system's PostgreSQL: this one lives in a temporary directory on a free port.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from agora.client import Client
+from agora.core.database import unavailable
+from agora.sql.engine import bundled_bin
+from conftest import AgoraServer, wait_for
+
+USERS = 4
+FUNDS = 1_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivatePostgres:
+    """A throw-away cluster; as root it runs as the engine's unprivileged user (initdb
+    and postgres refuse root), like the embedded engine does."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="agora-blips-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.account: pwd.struct_passwd | None = None
+        if os.geteuid() == 0:
+            try:
+                self.account = pwd.getpwnam("agora-postgres")
+            except KeyError:
+                pytest.skip("running as root needs the system user agora-postgres (made by the SQL engine's first start)")
+            os.chown(self.root, self.account.pw_uid, self.account.pw_gid)
+        self.options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
+                        "-c fsync=off -c max_connections=60")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/agora"
+
+    def _run(self, tool: str, *args: str) -> None:
+        account = self.account
+
+        def as_account() -> None:
+            if account is not None:
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+
+        done = subprocess.run([str(bundled_bin() / tool), *args], capture_output=True, text=True, timeout=60,
+                              preexec_fn=as_account, cwd=self.root, start_new_session=True)
+        assert done.returncode == 0, f"{tool} {args}: {done.stdout}\n{done.stderr}"
+
+    def start(self) -> "PrivatePostgres":
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale",
+                  "--no-sync", "--no-instructions")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", self.options, "start")
+        with self.connect("postgres") as conn:
+            conn.execute("CREATE DATABASE agora")
+        return self
+
+    def connect(self, database: str = "agora") -> psycopg.Connection:
+        return psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/{database}", autocommit=True)
+
+    def restart(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-m", "fast", "-o",
+                  self.options, "restart")
+
+    def terminate_backends(self) -> int:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = 'agora' AND pid <> pg_backend_pid()").fetchall()
+        return len(rows)
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="module")
+def blip_server(private_pg: PrivatePostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgoraServer]:
+    server = AgoraServer(tmp_path_factory.mktemp("blips") / "data", database_url=private_pg.url,
+                         env={"AGORA_SQL_ENABLED": "false"})
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_unavailable_names_the_blips_and_nothing_else():
+    """The one classifier every protocol asks: blips yes, faults of the request or the
+    code no."""
+    import sqlite3
+
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+
+    assert unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"))
+    assert unavailable(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
+    assert unavailable(ConnectionRefusedError(111, "Connection refused"))
+    assert unavailable(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")))
+    assert unavailable(OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full")))
+    wrapped = DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
+    assert unavailable(wrapped)
+    assert not unavailable(IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE constraint failed")))
+    assert not unavailable(ProgrammingError("SELECT", {}, asyncpg.exceptions.UndefinedTableError("no table")))
+    assert not unavailable(ValueError("a bug"))
+
+
+def test_postgresql_restart_under_bank_load(private_pg: PrivatePostgres, blip_server: AgoraServer):
+    server = blip_server
+    statuses: collections.Counter[int] = collections.Counter()
+
+    def record(response: httpx.Response) -> None:
+        statuses[response.status_code] += 1
+
+    admin = Client(server.url, server.admin_token)
+    admin.bank.add_currency("EUR", 2)
+    clients, numbers = [], []
+    for _ in range(USERS):
+        name, password = server.create_user()
+        client = Client(server.url)
+        client.login(name, password)
+        client._transport.http.event_hooks["response"].append(record)
+        account = client.bank.open("EUR")
+        admin.bank.issue(account.number, FUNDS)
+        clients.append(client)
+        numbers.append(account.number)
+
+    acknowledged: list[tuple[str, int, int, int]] = []  # (id, from, to, amount)
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def pay(n: int) -> None:
+        to = (n + 1) % USERS
+        while not stop.is_set():
+            amount = 1 + secrets.randbelow(100)
+            try:
+                sent = clients[n].bank.transfer(numbers[n], numbers[to], amount, "EUR", id=str(uuid.uuid4()))
+            except BaseException as error:  # every call must complete: any failure is the test's
+                failures.append(error)
+                return
+            acknowledged.append((sent.id, n, to, amount))
+
+    threads = [threading.Thread(target=pay, args=(n,), daemon=True) for n in range(USERS)]
+    for thread in threads:
+        thread.start()
+    try:
+        def more(than: int) -> bool:
+            return len(acknowledged) >= than + 50 or bool(failures)
+
+        assert wait_for(lambda: more(0), timeout=30)
+        assert private_pg.terminate_backends() >= 1
+        mark = len(acknowledged)
+        assert wait_for(lambda: more(mark), timeout=30), failures
+        private_pg.restart()
+        mark = len(acknowledged)
+        # Served again after the restart: the pool replaced its dead connections.
+        assert wait_for(lambda: more(mark), timeout=30), failures
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert not failures, failures
+    assert statuses[500] == 0, statuses
+    assert statuses[503] >= 1, statuses  # the blips were met (and retried through)
+
+    ids = [item[0] for item in acknowledged]
+    with private_pg.connect() as conn:
+        stored = conn.execute("SELECT id, count(*) FROM bank_transfers WHERE id = ANY(%s) GROUP BY id",
+                              (ids,)).fetchall()
+    assert len(stored) == len(set(ids)) == len(ids) and all(count == 1 for _, count in stored)
+
+    expected = [FUNDS] * USERS
+    for _, source, target, amount in acknowledged:
+        expected[source] -= amount
+        expected[target] += amount
+    assert [client.bank.account(number).posted for client, number in zip(clients, numbers)] == expected
+    assert admin.bank.check().ok
+    log = server.log()
+    assert "Traceback" not in log, log[-4000:]
+    for client in (admin, *clients):
+        client.close()
