@@ -207,9 +207,14 @@ class Session(MailSession):
         self.proto.retrieve_done()
 
     async def update(self, event: Update) -> None:
-        try:
-            if event.seen:
+        if event.seen:
+            try:
                 await self.store.store_flags(self.user, INBOX, event.seen, ["\\Seen"], "add")
+            except Exception as error:
+                # A mark the reader can do without (the disk may be full): the session
+                # still ends as asked, and nothing was lost.
+                log.warning("POP3: could not mark %s's retrieved messages seen: %r", self.user.name, error)
+        try:
             if event.deleted:
                 await self.store.store_flags(self.user, INBOX, event.deleted, ["\\Deleted"], "add")
                 await self.store.expunge(self.user, INBOX, event.deleted)
