@@ -234,7 +234,7 @@ def test_reply_reply_all_and_forward(mailers):
     fields.update(to="dave@localhost, " + carol.address, forward_attachment="0")
     fields.pop("csrf_token")
     unknown = bob.post("/mail/send", fields, files=[("attachments", ("", b"", "application/octet-stream"))])
-    assert unknown.status_code == 404 and "dave@localhost" in unknown.text  # the form comes back, filled in
+    assert unknown.status_code == 422 and "dave@localhost" in unknown.text  # the form comes back, filled in
     assert 'name="subject" value="Fwd: Plan"' in unknown.text
     fields["to"] = carol.address
     assert bob.post("/mail/send", fields, files=[("attachments", ("extra.txt", b"more", "text/plain"))]).status_code == 303
@@ -394,7 +394,7 @@ def test_bad_input_comes_back_in_the_form(mailers):
     for fields, status, says in (({"to": "not an address"}, 422, "not a mail address"),
                                  ({"to": "", "cc": ""}, 422, "add at least one recipient"),
                                  ({"to": bob.address, "cc": "a@b@"}, 422, "Cc:"),
-                                 ({"to": "nobody-here@localhost"}, 404, "nobody-here@localhost")):
+                                 ({"to": "nobody-here@localhost"}, 422, "nobody-here@localhost")):
         response = alice.send(subject="kept", body="kept too", **fields)
         assert response.status_code == status, (fields, response.text[:500])
         assert says in html.unescape(response.text) and 'name="subject" value="kept"' in response.text

@@ -1,22 +1,20 @@
 """The mail service's JSON API, ``/api/v1/mail/...``: folders, messages, flags, sending,
-quota, and (for admins) aliases.
+quota, and (for admins) aliases and the addresses a user may send as beyond their own.
 
 Every route acts on the caller's own mailbox: the store takes the authenticated User
 and has no way to name another user's folders, so one user's mail is unreachable from
-another's token by construction. Sending goes through ``sending.send``, the path SMTP
-submission and the webmail take too.
+another's token by construction. Sending goes through ``sending.compose_and_send``, the
+use case the webmail takes too (and its ``send``, SMTP submission's path), which owns
+the limits and the sender check.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import email.errors
 import mimetypes
 import re
-from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import formataddr, getaddresses, parseaddr
 from typing import Any
 from urllib.parse import quote as url_quote
 
@@ -29,7 +27,8 @@ from starlette.datastructures import UploadFile
 from agora.core.errors import InvalidInput, NotFound, TooLarge
 from agora.core.identity import User
 from agora.mail import message, sending
-from agora.mail.addresses import MAX_ADDRESS, Alias, split
+from agora.mail.addresses import MAX_ADDRESS, Alias, SenderGrant
+from agora.mail.sending import MAX_SUBJECT, Outgoing
 from agora.mail.store import MAX_FOLDER_NAME, Folder, MailStore, MessageMeta, mail_store, normalize_folder
 from agora.web.auth import api_admin, api_user, client_info
 from agora.web.problems import problem
@@ -44,8 +43,6 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_UID = 2**32 - 1  # IMAP UIDs are 32-bit
 MAX_ATTACHMENTS = 100  # files in one sent message
-MAX_RECIPIENT_FIELD = 64 * 1024  # characters of one To/Cc/Bcc entry
-MAX_SUBJECT = 998  # RFC 5322's line limit
 # A send request is the message's parts plus a little: JSON or multipart framing, the
 # fields; in JSON, attachments are base64 (4 bytes for every 3).
 REQUEST_OVERHEAD = 64 * 1024
@@ -66,10 +63,6 @@ DOWNLOAD_CSP = "default-src 'none'; sandbox"
 FolderName = Path(description="A folder of yours: INBOX, Sent, Drafts, Trash, Junk or one you made "
                               "('.' separates levels)", max_length=MAX_FOLDER_NAME)
 Uid = Path(ge=1, le=MAX_UID, description="The message's IMAP UID in that folder")
-
-
-class UnknownRecipient(InvalidInput):
-    slug, title = "unknown-recipient", "Unknown recipient"
 
 
 class Strict(BaseModel):
@@ -215,6 +208,22 @@ class AliasOut(BaseModel):
 class AliasRequest(Strict):
     address: str = Field(min_length=2, max_length=MAX_ADDRESS)
     user: str = Field(min_length=1, max_length=200)
+
+
+class SenderOut(BaseModel):
+    user: str
+    pattern: str = Field(description="An address (news@example.org), or * for any part (*@example.org)")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, grant: SenderGrant) -> "SenderOut":
+        return cls(user=grant.user, pattern=grant.pattern, created_at=grant.created_at)
+
+
+class SenderRequest(Strict):
+    user: str = Field(min_length=1, max_length=200)
+    pattern: str = Field(min_length=3, max_length=MAX_ADDRESS,
+                         description="An address, or * for any part of one: *@example.org")
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -412,37 +421,6 @@ async def delete_message(request: Request, name: str = FolderName, uid: int = Ui
 # -- sending ------------------------------------------------------------------------
 
 
-@dataclass
-class Draft:
-    sender: str | None = None
-    to: list[str] = field(default_factory=list)
-    cc: list[str] = field(default_factory=list)
-    bcc: list[str] = field(default_factory=list)
-    subject: str = ""
-    text: str = ""
-    in_reply_to: str | None = None
-    references: list[str] = field(default_factory=list)
-    attachments: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-
-def _addresses(entries: list[str], what: str) -> list[tuple[str, str]]:
-    """(header form, bare address) of every address in the entries; InvalidInput for a bad one."""
-    found = []
-    for entry in entries:
-        if len(entry) > MAX_RECIPIENT_FIELD:
-            raise InvalidInput(f"{what}: an entry longer than {MAX_RECIPIENT_FIELD} characters")
-        pairs = [(name, address) for name, address in getaddresses([entry]) if address]
-        if entry.strip() and not pairs:
-            raise InvalidInput(f"{what}: {entry.strip()[:100]!r} is not a mail address")
-        for name, address in pairs:
-            try:
-                split(address)
-            except InvalidInput:
-                raise InvalidInput(f"{what}: {address[:100]!r} is not a mail address") from None
-            found.append((formataddr((name, address)) if name else address, address))
-    return found
-
-
 async def _read_capped(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -454,7 +432,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _json_draft(request: Request, limit: int) -> Draft:
+async def _json_draft(request: Request, limit: int) -> Outgoing:
     body = await _read_capped(request, limit)
     try:
         data = SendRequest.model_validate_json(body)
@@ -468,11 +446,11 @@ async def _json_draft(request: Request, limit: int) -> Draft:
             raise InvalidInput(f"attachment {item.filename!r}: content_base64 is not base64") from None
         name = _safe_filename(item.filename)
         attachments.append((name, _media_type(item.content_type, name), content))
-    return Draft(sender=data.sender, to=data.to, cc=data.cc, bcc=data.bcc, subject=data.subject, text=data.text,
+    return Outgoing(sender=data.sender, to=data.to, cc=data.cc, bcc=data.bcc, subject=data.subject, text=data.text,
                  in_reply_to=data.in_reply_to, references=data.references, attachments=attachments)
 
 
-async def _form_draft(request: Request, limit: int) -> Draft:
+async def _form_draft(request: Request, limit: int) -> Outgoing:
     form = await request.form(max_files=MAX_ATTACHMENTS, max_part_size=limit)
     try:
         def texts(key: str) -> list[str]:
@@ -488,13 +466,13 @@ async def _form_draft(request: Request, limit: int) -> Draft:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
         subject = text("subject")
         if len(subject) > MAX_SUBJECT:
-            raise InvalidInput(f"subject: longer than {MAX_SUBJECT} characters")
+            raise InvalidInput(f"Subject: longer than {MAX_SUBJECT} characters")
         attachments = []
         for _, value in form.multi_items():
             if isinstance(value, UploadFile) and (value.filename or value.size):
                 name = _safe_filename(value.filename or "")
                 attachments.append((name, _media_type(value.content_type, name), await value.read()))
-        return Draft(sender=text("from") or None, to=texts("to"), cc=texts("cc"), bcc=texts("bcc"),
+        return Outgoing(sender=text("from") or None, to=texts("to"), cc=texts("cc"), bcc=texts("bcc"),
                      subject=subject, text=text("text"), in_reply_to=text("in_reply_to") or None,
                      references=text("references").split(), attachments=attachments)
     finally:
@@ -527,18 +505,21 @@ SEND_BODY = {"requestBody": {"required": True, "content": {
 
 @api.post("/send", response_model=SendResult, openapi_extra=SEND_BODY, summary="Send a message",
           responses={**AUTH_ERRORS,
-                     403: {"description": "`from` is not one of your addresses", **PROBLEM},
+                     403: {"description": "`from` is not one of your addresses (or an admin's grant), or "
+                                           "its name looks like another address", **PROBLEM},
                      411: {"description": "A multipart body without Content-Length", **PROBLEM},
                      413: {"description": "Larger than mail.max_message, or your mailbox is full", **PROBLEM},
                      415: {"description": "Neither JSON nor multipart/form-data", **PROBLEM},
-                     422: {"description": "A bad address, an unknown local recipient, no recipient", **PROBLEM}})
+                     422: {"description": "A bad address, an unknown local recipient, no recipient, more "
+                                           "than mail.max_recipients", **PROBLEM}})
 async def send_message(request: Request, user: User = Depends(api_user)) -> SendResult:
     """JSON (attachments as base64) or `multipart/form-data` (attachments as file parts;
     `to`, `cc`, `bcc` repeated or comma-separated). Local recipients have it in their
     INBOX when this answers; others are queued for delivery; a copy goes to your Sent
-    folder. The message must fit in `mail.max_message` bytes once encoded."""
+    folder. The message must fit in `mail.max_message` bytes once encoded, and have at
+    most `mail.max_recipients` recipients; nothing over a limit is shortened, it is refused.
+    `from` is one of your addresses, an alias of yours, or one an admin allowed you."""
     runtime = request.app.state.runtime
-    store = _store(request)
     limit = runtime.config.mail.max_message
     request_limit = limit * 4 // 3 + REQUEST_OVERHEAD
     declared = request.headers.get("content-length")
@@ -555,40 +536,10 @@ async def send_message(request: Request, user: User = Depends(api_user)) -> Send
     else:
         return problem(415, "send application/json or multipart/form-data", instance=request.url.path)
 
-    to, cc, bcc = _addresses(draft.to, "to"), _addresses(draft.cc, "cc"), _addresses(draft.bcc, "bcc")
-    recipients = list(dict.fromkeys(address for _, address in to + cc + bcc))
-    if not recipients:
-        raise InvalidInput("give at least one recipient (to, cc or bcc)")
-    if len(recipients) > runtime.config.mail.max_recipients:
-        raise InvalidInput(f"at most {runtime.config.mail.max_recipients} recipients (mail.max_recipients)")
-    header_from = draft.sender or store.address_of(user)
-    sender = parseaddr(header_from)[1] or header_from
-    await sending.check_sender(runtime, user, sender)
-    try:
-        await sending.route(runtime, recipients)
-    except NotFound as error:
-        raise UnknownRecipient(error.detail) from None
-    if sum(len(data) for _, _, data in draft.attachments) > limit:
-        raise TooLarge(f"the attachments are larger than the limit of {limit} bytes per message (mail.max_message)")
-    try:
-        raw = await run_in_threadpool(lambda: message.compose(
-            sender=header_from, to=[h for h, _ in to], cc=[h for h, _ in cc], bcc=[h for h, _ in bcc],
-            subject=draft.subject, text=draft.text, attachments=draft.attachments,
-            in_reply_to=draft.in_reply_to, references=draft.references, domain=split(sender)[1]))
-    except (ValueError, TypeError, UnicodeError, email.errors.MessageError) as error:
-        # The stdlib refuses what it cannot write as a header (a line break in the subject...).
-        raise InvalidInput(f"the message cannot be written: {error}") from None
-    if len(raw) > limit:
-        raise TooLarge(f"with its attachments encoded the message is {len(raw)} bytes, over the limit of "
-                       f"{limit} bytes (mail.max_message)")
-    try:
-        sent = await sending.send(runtime, user, sender, recipients, raw)
-    except NotFound as error:  # a recipient's account went away meanwhile
-        raise UnknownRecipient(error.detail) from None
-    message_ids = message.header_values(raw, "message-id")
-    local = [address for address in recipients if address not in sent.queued]
-    return SendResult(message_id=message_ids[0] if message_ids else "", delivered=local, queued=sent.queued,
-                      sent_uid=sent.sent_uid, size=len(raw))
+    done = await sending.compose_and_send(runtime, user, draft)
+    return SendResult(message_id=done.message_id, delivered=[address for address in done.recipients
+                                                             if address not in done.sent.queued],
+                      queued=done.sent.queued, sent_uid=done.sent.sent_uid, size=done.size)
 
 
 @api.get("/quota", response_model=QuotaOut, responses=AUTH_ERRORS, summary="Mail storage used and allowed")
@@ -623,6 +574,39 @@ async def remove_alias(request: Request, address: str = Path(max_length=MAX_ADDR
                        admin: User = Depends(api_admin)) -> Response:
     await _store(request).addresses.remove_alias(address)
     await _audit(request, "mail.alias.remove", admin, address.strip().lower())
+    return Response(status_code=204)
+
+
+# -- allowed senders (admin) ---------------------------------------------------------
+
+
+@api.get("/senders", response_model=list[SenderOut], responses=ADMIN_ERRORS,
+         summary="Addresses users may send as beyond their own and their aliases (admin)")
+async def senders(request: Request, user: str | None = Query(None, max_length=200),
+                  admin: User = Depends(api_admin)) -> list[SenderOut]:
+    return [SenderOut.of(grant) for grant in await _store(request).addresses.senders(user)]
+
+
+@api.post("/senders", response_model=SenderOut, status_code=201, summary="Let a user send as an address (admin)",
+          responses={**ADMIN_ERRORS, 404: {"description": "No such user", **PROBLEM},
+                     409: {"description": "The user may already send as it", **PROBLEM},
+                     422: {"description": "Not an address or an address pattern", **PROBLEM}})
+async def allow_sender(request: Request, body: SenderRequest, admin: User = Depends(api_admin)) -> SenderOut:
+    """`pattern` is an address (`news@example.org`, at any domain) or one with `*` for any
+    run of characters in its local part or domain (`*@example.org`): `user` may then use
+    it as envelope sender and in `From:` over SMTP submission, the API and the webmail."""
+    grant = await _store(request).addresses.allow_sender(body.user, body.pattern)
+    await _audit(request, "mail.sender.allow", admin, grant.pattern, {"user": grant.user})
+    return SenderOut.of(grant)
+
+
+@api.delete("/senders/{user}/{pattern}", status_code=204, response_class=Response,
+            summary="Take back an allowed sender address (admin)",
+            responses={**ADMIN_ERRORS, 404: {"description": "No such user, or not allowed to them", **PROBLEM}})
+async def disallow_sender(request: Request, user: str = Path(max_length=200),
+                          pattern: str = Path(max_length=MAX_ADDRESS), admin: User = Depends(api_admin)) -> Response:
+    await _store(request).addresses.disallow_sender(user, pattern)
+    await _audit(request, "mail.sender.disallow", admin, pattern.strip().lower(), {"user": user})
     return Response(status_code=204)
 
 

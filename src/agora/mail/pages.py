@@ -3,7 +3,8 @@ delete and move.
 
 Session pages like the rest of the UI (``web/pages.py``): every POST carries the
 session's CSRF token and calls the mail domain directly (``store.py``, and
-``sending.send`` for outgoing mail, the path SMTP submission takes), never the JSON API.
+``sending.compose_and_send`` for outgoing mail, the API's use case, which owns the
+limits and the sender check), never the JSON API.
 Folders and UIDs are looked up among the session user's own mailboxes only, so another
 user's message is simply not found.
 
@@ -35,8 +36,7 @@ from starlette.datastructures import FormData, UploadFile
 from agora.core.errors import AgoraError, Forbidden, InvalidInput, NotFound, TooLarge
 from agora.core.identity import Session, User
 from agora.mail import message
-from agora.mail.addresses import split
-from agora.mail.sending import send
+from agora.mail.sending import Outgoing, compose_and_send
 from agora.mail.store import INBOX, SPECIAL_USE, MailStore, MessageMeta, mail_store, normalize_folder
 from agora.web import pages
 from agora.web.pages import PageRoute, check_csrf, is_htmx, safe_next, viewer, actor
@@ -52,7 +52,10 @@ PAGE_SIZE = 50
 MAX_ATTACHMENTS = 50  # files of one compose form
 # A compose form is its attachments plus a little: fields, multipart framing.
 FORM_OVERHEAD = 256 * 1024
-MAX_BODY = 1024 * 1024  # characters of the text typed in; other fields are cut at pages.MAX_FIELD
+MAX_BODY = 1024 * 1024  # characters of the text typed in
+# A compose field is taken whole (up to the form's part size) and checked by the use case,
+# never cut: a To: cut at some length could end in the middle of an address.
+MAX_PART = 4 * MAX_BODY
 # What the iframe of a message's HTML may do: show it, with inline styles and embedded
 # images, and open its links in a new tab; nothing else (no script, form, plugin or
 # remote image, which would tell the sender that the message was read).
@@ -440,6 +443,7 @@ async def delete_folder(request: Request, session: Session = Depends(actor)) -> 
 class Draft:
     """What the compose form holds, prefilled for a reply or forward."""
 
+    sender: str = ""  # the From: field; empty: the user's own address
     to: str = ""
     cc: str = ""
     bcc: str = ""
@@ -454,13 +458,14 @@ class Draft:
     forwarded: list[Any] = dataclass_field(default_factory=list)  # the original's attachments
     kept: set[int] = dataclass_field(default_factory=set)  # indexes of those to send along
 
-    LINES = ("to", "cc", "bcc", "subject", "in_reply_to", "references", "reply_folder",
+    LINES = ("sender", "to", "cc", "bcc", "subject", "in_reply_to", "references", "reply_folder",
              "reply_uid", "forward_folder", "forward_uid")  # one line each: header material
+    FIELDS = {"sender": "from"}  # the form's name where it is not the attribute's
 
     @classmethod
     def from_form(cls, form: FormData) -> "Draft":
-        draft = cls(**{name: " ".join(_value(form, name).splitlines()) for name in cls.LINES},
-                    body=_value(form, "body", MAX_BODY))
+        draft = cls(**{name: " ".join(_value(form, cls.FIELDS.get(name, name), MAX_PART).splitlines())
+                       for name in cls.LINES}, body=_value(form, "body", MAX_BODY))
         draft.kept = {n for n in (_number(v, 6) for v in form.getlist("forward_attachment")
                                   if isinstance(v, str)) if n is not None}
         return draft
@@ -487,6 +492,11 @@ async def _reply_draft(request: Request, session: Session, draft: Draft, mode: s
     if mine and original_to:
         sender = original_to  # a reply to one's own message goes to its recipients again
     draft.to = sender
+    for address in _bare(original_to + ", " + original_cc):
+        if address.lower() != store.address_of(session.user).lower() and \
+                await store.owns_address(session.user, address):
+            draft.sender = address  # answered from the alias it was written to
+            break
     if mode == "replyall":
         seen_addresses = {address.lower() for address in _bare(sender)}
         others = []
@@ -524,14 +534,15 @@ async def _compose_page(request: Request, session: Session, draft: Draft, *, sta
     limit = _runtime(request).config.mail.max_message
     return _page(request, "mail/compose.html", session, status=status,
                  **await _layout(request, session, ""), draft=draft, error=error, max_message=limit,
-                 max_attachments=MAX_ATTACHMENTS)
+                 max_attachments=MAX_ATTACHMENTS,
+                 senders=await _store(request).addresses.sendable(session.user))
 
 
 @router.get("/compose")
 async def compose_page(request: Request, session: Session = Depends(viewer)) -> Response:
     query = request.query_params
     mode = query.get("mode", "new")
-    draft = Draft(to=_value(query, "to"), subject=_value(query, "subject"))
+    draft = Draft(to=_value(query, "to", MAX_PART), subject=_value(query, "subject", MAX_PART))
     if mode in ("reply", "replyall", "forward"):
         name, uid, raw, rendered = await _original(request, session, query.get("folder", ""), query.get("uid", ""))
         if mode == "forward":
@@ -543,22 +554,6 @@ async def compose_page(request: Request, session: Session = Depends(viewer)) -> 
     elif mode != "new":
         raise InvalidInput("mode is new, reply, replyall or forward")
     return await _compose_page(request, session, draft)
-
-
-def _recipients(text: str, what: str) -> list[str]:
-    """Addresses typed in a field, as "Name <address>" strings; InvalidInput for a bad one."""
-    found = []
-    for name, address in getaddresses([text]):
-        if not address:
-            continue
-        try:
-            split(address)
-        except InvalidInput:
-            raise InvalidInput(f"{what}: {address!r} is not a mail address") from None
-        found.append(formataddr((name, address)) if name else address)
-    if text.strip() and not found:
-        raise InvalidInput(f"{what}: {text.strip()!r} is not a mail address")
-    return found
 
 
 async def _attachments(request: Request, session: Session, form: FormData, draft: Draft,
@@ -596,7 +591,7 @@ async def send_message(request: Request) -> Response:
     # never be sent before reading it.
     if declared is None or declared > limit + FORM_OVERHEAD:
         raise TooLarge(f"a message with its attachments is limited to {_size(limit)} (mail.max_message)")
-    form = await request.form(max_files=MAX_ATTACHMENTS, max_part_size=4 * MAX_BODY)
+    form = await request.form(max_files=MAX_ATTACHMENTS, max_part_size=MAX_PART)
     try:
         await check_csrf(request, session.csrf_token)
         draft = Draft.from_form(form)
@@ -612,26 +607,13 @@ async def send_message(request: Request) -> Response:
 
 
 async def _send(request: Request, session: Session, form: FormData, draft: Draft, limit: int) -> Response:
-    runtime = _runtime(request)
     store = _store(request)
-    to, cc = _recipients(draft.to, "To"), _recipients(draft.cc, "Cc")
-    bcc = _recipients(draft.bcc, "Bcc")
-    recipients = list(dict.fromkeys(address for _, address in getaddresses(to + cc + bcc)))
-    if not recipients:
-        raise InvalidInput("add at least one recipient")
     files = await _attachments(request, session, form, draft, limit)
-    sender = store.address_of(session.user)
-    try:
-        raw = await run_in_threadpool(lambda: message.compose(
-            sender=sender, to=to, cc=cc, bcc=bcc, subject=draft.subject, text=draft.body, attachments=files,
-            in_reply_to=draft.in_reply_to or None, references=draft.references.split(),
-            domain=split(sender)[1]))
-    except ValueError as error:  # the stdlib refuses a header it cannot write
-        raise InvalidInput(f"the message cannot be written: {error}") from None
-    if len(raw) > limit:
-        raise TooLarge(f"with its attachments encoded the message is {_size(len(raw))}, over the limit of "
-                       f"{_size(limit)} (mail.max_message): send fewer or smaller files")
-    sent = await send(runtime, session.user, sender, recipients, raw)
+    done = await compose_and_send(_runtime(request), session.user, Outgoing(
+        sender=draft.sender or None, to=[draft.to], cc=[draft.cc], bcc=[draft.bcc], subject=draft.subject,
+        text=draft.body, in_reply_to=draft.in_reply_to or None, references=draft.references.split(),
+        attachments=files))
+    sent = done.sent
     if draft.reply_folder and draft.reply_uid:
         try:
             await store.store_flags(session.user, _folder(draft.reply_folder), [_uid(draft.reply_uid)],
