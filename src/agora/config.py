@@ -133,6 +133,13 @@ def _text(value: Any) -> str:
     return value
 
 
+def _hsts(value: Any) -> str:
+    text = _text(value).strip()
+    if text and not re.fullmatch(r"max-age=\d+(\s*;\s*(includeSubDomains|preload))*", text, re.IGNORECASE):
+        raise ValueError('expected "max-age=SECONDS", optionally with "; includeSubDomains" and "; preload", or empty')
+    return text
+
+
 def _path(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a path")
@@ -287,6 +294,7 @@ SETTINGS: list[Setting] = [
     Setting("identity.default_quota", parse_size, 1024**3, "Storage quota of a new user, in bytes (suffixes K, M, G)."),
     Setting("identity.session_lifetime", _duration, 12 * 3600.0, "How long a web login lasts without activity."),
     Setting("identity.session_recheck", _duration, 5.0, "How soon open sessions (IMAP, POP3, FTP, SMTP, PostgreSQL, WebDAV) end after their account is deleted, disabled, its password changed or the token they logged in with revoked, made by another node or process; changes made by this node end them at once."),
+    Setting("identity.session_end_timeout", _duration, 10.0, "Deleting a user waits this long for their open sessions to finish what they are writing (an upload, an APPEND) before their files and mail are removed."),
     Setting("identity.login_free_failures", _int(0, 1000), 5, "Wrong passwords allowed for one user from one client address before backoff starts."),
     Setting("identity.login_free_failures_per_address", _int(0, 1000000), 1000, "Wrong passwords allowed from one client address, whatever the user names, before backoff starts. High on purpose: many users can share one address (a NAT, a proxy, a campus), and a low ceiling let one attacker there lock all of them out; guessing one user's password is held by the strict per user and address backoff (identity.login_free_failures), so this only slows spraying one password over many names."),
     Setting("identity.login_backoff_base", _duration, 1.0, "First backoff after the free failures; it doubles with each further failure."),
@@ -301,6 +309,7 @@ SETTINGS: list[Setting] = [
     Setting("web.enabled", _bool, True, "Serve the HTTP API and web UI."),
     Setting("http.port", _port, 8080, "Plain HTTP listener (0 = any free port, off = disabled)."),
     Setting("https.port", _port, 8443, "HTTPS listener (0 = any free port, off = disabled)."),
+    Setting("http.hsts", _hsts, "max-age=31536000", "Strict-Transport-Security header of every HTTPS answer (browsers then use only HTTPS for this host for that long); empty = none. Never sent over plain HTTP."),
     Setting("http.max_json_body", parse_size, 1024 * 1024, "Largest JSON request body the API accepts (413 beyond)."),
     Setting("http.trusted_proxies", _networks, [], "Proxies whose X-Forwarded-For is believed; empty trusts none."),
     Setting("http.metrics", _bool, True, "Serve Prometheus metrics at /metrics."),

@@ -69,7 +69,9 @@ CSV_COLUMNS = ["timestamp", "id", "kind", "amount", "effect", "balance", "counte
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: values only as documented. Lax parsing took true as 1 cent, "100", " 100"
+    # and 100.0 as 100: a client's bug would move money instead of being refused (422).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CurrencyIn(Strict):
@@ -86,7 +88,7 @@ class TransferIn(Strict):
     id: str = Field(max_length=64, description="A UUID chosen by the client: the idempotency key")
     debit: str = Field(max_length=64, description="Account number to take the money from (yours)")
     credit: str = Field(max_length=64, description="Account number to give it to (any open one)")
-    amount: int = Field(description="Minor units (cents), at least 1")
+    amount: int = Field(description="Minor units (cents), at least 1: a JSON integer, not a string, float or boolean")
     currency: str | None = Field(None, max_length=8, description="When given, both accounts must hold it")
     memo: str = Field("", max_length=100000)
     pending: bool = Field(False, description="Only reserve the amount until posted, voided or timed out")

@@ -42,6 +42,8 @@ class WebService:
             log_config=None,
             access_log=False,
             server_header=False,
+            # uvicorn adds these to every answer, the sites' fast path included.
+            headers=[("strict-transport-security", config.http.hsts)] if listener == "https" and config.http.hsts else None,
             ws="none",
             # X-Forwarded-For is believed only from configured proxies; uvicorn's
             # default would trust 127.0.0.1, letting any local client pick its address
