@@ -73,6 +73,11 @@ def protocol_for(sites: "Sites") -> Any:
 
         def on_message_begin(self) -> None:
             self._begun += 1
+            # The head deadline's stamps (web/guard.py), which uvicorn's own
+            # on_message_begin, skipped here, would keep.
+            if not self._head_started:
+                self._head_started = self.loop.time()
+            self._head_begun = True
             # uvicorn builds the request's ASGI scope here (a dict and a copy of the app
             # state): a kept page needs none, so it is built only for the app (below).
             self.url = b""
@@ -81,6 +86,8 @@ def protocol_for(sites: "Sites") -> Any:
 
         def on_headers_complete(self) -> None:
             if self.url[:2] == b"/~" and self._answer_kept():
+                self._head_started = 0.0
+                self._head_begun = False
                 return
             url, headers, expect = self.url, self.headers, self.expect_100_continue
             super().on_message_begin()

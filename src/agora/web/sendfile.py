@@ -41,6 +41,8 @@ from typing import Any
 
 from uvicorn.protocols.utils import is_ssl
 
+from agora.web.guard import guarded_protocol
+
 ZEROCOPY = "http.response.zerocopysend"
 PATHSEND = "http.response.pathsend"
 
@@ -82,7 +84,7 @@ def _cork(channel: socket.socket, on: bool) -> None:
 def sendfile_protocol() -> Any:
     """The uvicorn ``http`` protocol class with both extensions; "auto" without httptools."""
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
     except ImportError:  # pragma: no cover - httptools is a dependency on CPython
         return "auto"
 
@@ -230,8 +232,9 @@ def sendfile_protocol() -> Any:
                 SendfileProtocol.files_sent += 1
             return position - offset
 
-    class SendfileProtocol(HttpToolsProtocol):
-        """Advertises the extensions on plain-HTTP connections and serves them."""
+    class SendfileProtocol(guarded_protocol()):  # type: ignore[misc]
+        """Advertises the extensions on plain-HTTP connections and serves them (on top
+        of the head deadline and per-address limit of web/guard.py)."""
 
         zero_copy = False
         files_sent = 0  # file bodies sent with sendfile, for the tests

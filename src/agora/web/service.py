@@ -12,6 +12,7 @@ from agora.core import descriptors
 from agora.core.runtime import Runtime
 from agora.core.tls import server_context
 from agora.web.app import create_app
+from agora.web.guard import Guard
 from agora.web.sendfile import sendfile_protocol
 
 
@@ -61,6 +62,9 @@ class WebService:
             uv_config.ssl = server_context(self.runtime.tls)
         server = uvicorn.Server(uv_config)
         server.lifespan = uv_config.lifespan_class(uv_config)
+        # The head deadline and per-address limit the protocol enforces (web/guard.py).
+        server.server_state.guard = Guard(  # type: ignore[attr-defined]
+            config.http.header_timeout, config.http.max_connections_per_ip, trusted)
         return server
 
     async def start(self, sockets: dict[str, socket.socket]) -> None:
