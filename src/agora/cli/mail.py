@@ -278,3 +278,38 @@ def alias_rm(address: str) -> None:
     """Remove an alias."""
     with logged_in_client() as client:
         client.mail.remove_alias(address)
+
+
+@mail.group()
+def senders() -> None:
+    """Addresses users may send as beyond their own and their aliases (admins)."""
+
+
+@senders.command("ls")
+@click.argument("user", required=False)
+def senders_ls(user: str | None) -> None:
+    """List the allowed sender addresses (of USER only, if given)."""
+    with logged_in_client() as client:
+        items = client.mail.senders(user)
+    for item in items:
+        click.echo(f"{item.user}  may send as  {item.pattern}")
+
+
+@senders.command("add")
+@click.argument("user")
+@click.argument("pattern")
+def senders_add(user: str, pattern: str) -> None:
+    """Let USER send as PATTERN: an address (news@example.org), or * for any part of
+    one (*@example.org), as envelope sender and in From:."""
+    with logged_in_client() as client:
+        item = client.mail.allow_sender(user, pattern)
+    click.echo(f"{item.user}  may send as  {item.pattern}")
+
+
+@senders.command("rm")
+@click.argument("user")
+@click.argument("pattern")
+def senders_rm(user: str, pattern: str) -> None:
+    """Take back PATTERN from USER."""
+    with logged_in_client() as client:
+        client.mail.disallow_sender(user, pattern)

@@ -17,7 +17,7 @@ from agora.client.errors import (AgoraError, Conflict, ConnectionFailed, Forbidd
                                  Unauthorized, UnexpectedResponse)
 from agora.client.models import (AuditEntry, AuditPage, BankAccount, BankBalance, BankTransfer, Currency,
                                  DeletedMail, FileEntry, Health, LedgerCheck, MailAlias, MailAttachment, MailFolder,
-                                 MailMessage, MailPage, MailQuota, MailSummary, MovedMail, NewShare, NewToken, SentMail,
+                                 MailMessage, MailPage, MailQuota, MailSender, MailSummary, MovedMail, NewShare, NewToken, SentMail,
                                  Share, StatementEntry, StatementPage, Token, TransferProgress, Usage, User)
 from agora.client.sql import SQLDatabase, SQLGrant, SQLResult
 from agora.client.sync import Client
@@ -27,7 +27,7 @@ __all__ = [
     "User", "Token", "NewToken", "AuditEntry", "AuditPage", "Health",
     "FileEntry", "Usage", "Share", "NewShare", "TransferProgress",
     "MailFolder", "MailSummary", "MailPage", "MailMessage", "MailAttachment", "SentMail", "MovedMail",
-    "DeletedMail", "MailQuota", "MailAlias",
+    "DeletedMail", "MailQuota", "MailAlias", "MailSender",
     "Currency", "BankAccount", "BankBalance", "BankTransfer", "StatementEntry", "StatementPage", "LedgerCheck",
     "parse_amount", "format_amount",
     "BankError", "InsufficientFunds", "CurrencyMismatch", "AccountClosed", "UnknownCurrency", "NotPending",

@@ -17,7 +17,7 @@ import httpx
 from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, many, nothing, one, query
 from agora.client.errors import error_for
 from agora.client.models import (DeletedMail, MailAlias, MailAttachment, MailFolder, MailMessage, MailPage,
-                                 MailQuota, MailSummary, MovedMail, SentMail, from_json)
+                                 MailQuota, MailSender, MailSummary, MovedMail, SentMail, from_json)
 
 API = "/api/v1/mail"
 INBOX = "INBOX"
@@ -127,6 +127,18 @@ def add_alias(address: str, user: str) -> Call[MailAlias]:
 
 def remove_alias(address: str) -> Call[None]:
     return Call("DELETE", f"{API}/aliases/{_segment(address)}", nothing)
+
+
+def senders(user: str | None = None) -> Call[list[MailSender]]:
+    return Call("GET", f"{API}/senders", many(MailSender), params=query(user=user))
+
+
+def allow_sender(user: str, pattern: str) -> Call[MailSender]:
+    return Call("POST", f"{API}/senders", one(MailSender), json={"user": user, "pattern": pattern})
+
+
+def disallow_sender(user: str, pattern: str) -> Call[None]:
+    return Call("DELETE", f"{API}/senders/{_segment(user)}/{_segment(pattern)}", nothing)
 
 
 class _Outgoing:
@@ -248,6 +260,17 @@ class SyncMail(SyncAPI):
     def remove_alias(self, address: str) -> None:
         self._run(remove_alias(address))
 
+    def senders(self, user: str | None = None) -> list[MailSender]:
+        """Addresses users may send as beyond their own and their aliases (admins only)."""
+        return self._run(senders(user))
+
+    def allow_sender(self, user: str, pattern: str) -> MailSender:
+        """Let ``user`` send as ``pattern``: an address, or ``*@example.org`` (admins only)."""
+        return self._run(allow_sender(user, pattern))
+
+    def disallow_sender(self, user: str, pattern: str) -> None:
+        self._run(disallow_sender(user, pattern))
+
 
 # -- async ----------------------------------------------------------------------------
 
@@ -317,3 +340,12 @@ class AsyncMail(AsyncAPI):
 
     async def remove_alias(self, address: str) -> None:
         await self._run(remove_alias(address))
+
+    async def senders(self, user: str | None = None) -> list[MailSender]:
+        return await self._run(senders(user))
+
+    async def allow_sender(self, user: str, pattern: str) -> MailSender:
+        return await self._run(allow_sender(user, pattern))
+
+    async def disallow_sender(self, user: str, pattern: str) -> None:
+        await self._run(disallow_sender(user, pattern))

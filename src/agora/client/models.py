@@ -279,6 +279,15 @@ class MailAlias:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class MailSender:
+    """An address (or ``*@domain`` pattern) an admin allowed a user to send as."""
+
+    user: str
+    pattern: str
+    created_at: datetime
+
+
 # -- bank -----------------------------------------------------------------------------
 # Amounts are integers in the currency's minor units (cents for EUR, yen for JPY);
 # agora.client.bank.format_amount/parse_amount convert them to and from decimal text.
