@@ -136,6 +136,7 @@ async def serve(config: Config) -> int:
         for service in services:
             await service.start({n: s for n, s in sockets.items() if n in service.listeners})
             running.append(service)
+        runtime.metrics.loop_lag.start(config.slow_callback)
         write_atomically(ports_file, json.dumps(ports, indent=2).encode() + b"\n")
         log.info("ready in %.2f s: %s (data dir %s)", time.monotonic() - started,
                  ", ".join(f"{name} {config.bind}:{port}" for name, port in ports.items()) or "no listeners",
@@ -145,6 +146,9 @@ async def serve(config: Config) -> int:
     finally:
         await asyncio.gather(*(service.stop(config.shutdown_timeout) for service in running),
                              return_exceptions=True)
+        await watch.stop()
+        await runtime.identity.sessions.stop()
+        runtime.metrics.loop_lag.stop()
         for sock in sockets.values():
             sock.close()
         ports_file.unlink(missing_ok=True)

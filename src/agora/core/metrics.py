@@ -10,6 +10,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from agora.core.looplag import LoopLag
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -80,6 +82,8 @@ class Metrics:
                                            registry=self.registry)
         self._connections = _Connections()
         self.registry.register(self._connections)
+        self.loop_lag = LoopLag()
+        self.registry.register(self.loop_lag)
 
     def count_connections(self, listener: str, source: Callable[[], int]) -> None:
         self._connections.sources[listener] = source

@@ -25,7 +25,7 @@ from typing import Any
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 
-from agora.core import descriptors
+from agora.core import descriptors, looplag
 from agora.core.errors import AuthenticationFailed, EncryptionRequired, RateLimited
 from agora.core.identity import ClientInfo
 from agora.core.runtime import Runtime
@@ -85,6 +85,7 @@ class SMTPSession(SMTP):
         self.refused = False
         self._released = False
         self._held: list[bytes] = []  # replies not yet written (see push)
+        self.hold: Any = None  # the account's hold after AUTH (core/sessions.py)
 
     # -- connection ------------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class SMTPSession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
             return
+        if self.hold is not None:
+            self.hold.close()
         if not self._released:
             self._released = True
             self.listener.release(self)
@@ -123,6 +126,11 @@ class SMTPSession(SMTP):
         if self.in_data:  # a body must keep arriving; the idle timeout is for commands
             self._reset_timeout(self.data_timeout)
         super().data_received(data)
+
+    def end_account(self, reason: str) -> None:
+        """The account was deleted, disabled or its password changed (core/sessions.py):
+        a message still arriving is dropped unanswered."""
+        self.close(f"421 4.7.0 Logged out: {reason}")
 
     def _timeout_cb(self) -> None:
         self.close("421 4.4.2 Timeout: closing the connection")
@@ -187,6 +195,8 @@ class SMTPSession(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd's DATA, with the body read in chunks (_read_body) rather than a line at
         # a time: awaiting each line of a 4 KiB message cost a third of a millisecond.
+        user = self.session.auth_data if self.session is not None and self.session.authenticated else None
+        looplag.begin(self.listener.name, "DATA", getattr(user, "name", None))
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -322,6 +332,7 @@ class SMTPSession(SMTP):
         except AuthenticationFailed:
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
+        self.hold = self.listener.runtime.identity.sessions.open(user, "smtp", self.end_account)
         return AuthResult(success=True, auth_data=user)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agora.core import looplag
 from agora.core.metrics import Metrics
 from agora.web.problems import MEDIA_TYPE
 
@@ -29,6 +30,21 @@ PAGE_CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe
             b"frame-ancestors 'none'; form-action 'self'; base-uri 'self'")
 
 
+class _RequestActivity(looplag.Activity):
+    """A request's activity: its user is known only once a route has authenticated them
+    (``request.state.user``), so it is read when the watchdog asks."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, command: str, state: dict[str, Any]):
+        super().__init__("http", None, command)
+        self.state = state
+
+    def __str__(self) -> str:
+        self.user = getattr(self.state.get("user"), "name", None)
+        return super().__str__()
+
+
 class ObserveMiddleware:
     """Count and time every request by route template, and log one access line each."""
 
@@ -42,6 +58,8 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        # The warning quotes the command with repr(): a control character in a path is escaped there.
+        looplag.attach(_RequestActivity(f"{scope['method']} {scope['path']}", scope.setdefault("state", {})))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

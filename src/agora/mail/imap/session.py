@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
+from agora.core import looplag
 from agora.core.errors import (AgoraError, AuthenticationFailed, Conflict, EncryptionRequired, Forbidden,
                                InvalidInput, NotFound, RateLimited, StorageFull, TooLarge)
 from agora.core.identity import ClientInfo
@@ -63,6 +64,8 @@ class Session(MailSession):
         self.busy = False
         self.idling: str | None = None          # the tag of a running IDLE
         self.authenticating: str | None = None  # the tag of an AUTHENTICATE awaiting its answer
+        self.hold: Any = None                   # the account's hold (core/sessions.py)
+        self.account_ended: str | None = None
 
     # -- the loop --------------------------------------------------------------------
 
@@ -80,6 +83,8 @@ class Session(MailSession):
                         await self.flush(partial=True)
                 await self.flush()
                 self.busy = False
+                if self.account_ended:  # told while a command ran: it finished first
+                    await self.bye(f"Logged out: {self.account_ended}")
                 if self.stopping():
                     await self.bye("Server shutting down")
                 data = await self.receive()
@@ -162,7 +167,17 @@ class Session(MailSession):
         self.state = LOGOUT
         raise Closed
 
+    def end_account(self, reason: str) -> None:
+        """The account was deleted, disabled or its password changed (core/sessions.py):
+        BYE now if waiting for the client, else once the running command is done."""
+        self.account_ended = reason
+        if not self.busy:
+            self.conn.write(responses.untagged("BYE " + responses.text(f"Logged out: {reason}")))
+            self.conn.close()
+
     async def end(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
         if self.view is not None:
             await self.view.close()
             self.view = None
@@ -199,6 +214,7 @@ class Session(MailSession):
         if self.state not in states:
             self.out += responses.tagged(command.tag, "BAD", f"{command.name} is not valid when {self.state}")
             return
+        looplag.begin("imap", f"{command.tag} {command.name}", self.user.name if self.user else None)
         try:
             done = await handler(self, command)
         except Closed:
@@ -294,6 +310,7 @@ class Session(MailSession):
         except AuthenticationFailed:
             return ("NO", "AUTHENTICATIONFAILED", "Authentication failed")
         self.state = AUTHENTICATED
+        self.hold = self.runtime.identity.sessions.open(self.user, "imap", self.end_account)
         self.parser.max_literal = self.max_literal
         return ("OK", f"CAPABILITY {self.capabilities()}", "Logged in")
 

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Protocol
 
+from agora.core import looplag
 from agora.core.errors import AuthenticationFailed, EncryptionRequired, NotFound, RateLimited
 from agora.core.identity import ClientInfo
 from agora.mail.connection import MailSession, SessionConnection
@@ -63,6 +64,8 @@ class Session(MailSession):
         self.user: Any = None
         self.locked: str | None = None
         self.busy = False
+        self.hold: Any = None  # the account's hold (core/sessions.py)
+        self.account_ended: str | None = None
         self._command_started: float | None = None
 
     def _may_login(self) -> bool:
@@ -82,12 +85,16 @@ class Session(MailSession):
                 if event is None:
                     await self.flush()
                     self.busy = False
+                    if self.account_ended:  # told while a command ran: it finished first
+                        self.proto.abort(f"Logged out: {self.account_ended}")
+                        continue
                     if self.stopping():
                         self.proto.abort("Server shutting down", "SYS/TEMP")
                         continue
                     self.proto.receive_data(await self.receive())
                     continue
                 self.busy = True
+                looplag.begin("pop3", type(event).__name__, self.user.name if self.user else None)
                 if isinstance(event, Close):
                     # Released before the last reply goes out: a client that reconnects
                     # as soon as QUIT is answered finds the maildrop free.
@@ -146,7 +153,19 @@ class Session(MailSession):
             self.conn.close()  # a client that does not read its responses holds nothing
             raise Closed from None
 
+    def end_account(self, reason: str) -> None:
+        """The account was deleted, disabled or its password changed (core/sessions.py):
+        -ERR now if waiting for the client (nothing marked is deleted), else once the
+        running command is done."""
+        self.account_ended = reason
+        if not self.busy:
+            self.release()
+            self.conn.write(f"-ERR Logged out: {reason}\r\n".encode())
+            self.conn.close()
+
     def release(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
         if self.locked is not None:
             self.maildrops.discard(self.locked)
             self.locked = None
@@ -179,6 +198,7 @@ class Session(MailSession):
             self.proto.login_failed("The maildrop cannot be opened now; try again later", "SYS/TEMP")
             return
         self.user = user
+        self.hold = self.runtime.identity.sessions.open(user, "pop3", self.end_account)
         self.proto.logged_in([Entry(m.uid, unique_id(folder.uidvalidity, m.uid), m.size) for m in metas])
 
     async def retrieve(self, event: Retrieve) -> None:
