@@ -79,7 +79,7 @@ def test_mail_reaches_another_server_and_waits_while_it_is_down(domains):
     a, b = domains
     ann, password = a.create_user()
     bob, _ = b.create_user()
-    _, first = message("across", b"From a.test to b.test.\r\n")
+    _, first = message("across", b"From a.test to b.test.\r\n", sender=f"{ann}@a.test")
     assert send(a, ann, password, [f"{bob}@b.test"], first) == {}
     [got] = wait_for(lambda: inbox(b, bob), timeout=TIMEOUT)
     assert got.endswith(first)
@@ -90,7 +90,7 @@ def test_mail_reaches_another_server_and_waits_while_it_is_down(domains):
     assert wait_for(lambda: queue_files(a) == [], timeout=TIMEOUT)
 
     b.stop()
-    _, second = message("while down", b"Sent while b.test was down.\r\n")
+    _, second = message("while down", b"Sent while b.test was down.\r\n", sender=f"{ann}@a.test")
     assert send(a, ann, password, [f"{bob}@b.test"], second) == {}  # queued, durably
     assert len(queue_files(a)) == 1
     assert wait_for(lambda: len(re.findall(r"deferred, next attempt", a.log())) >= 2, timeout=TIMEOUT)
@@ -107,7 +107,7 @@ def test_refused_recipient_is_bounced_at_once(domains):
     a, b = domains
     ann, password = a.create_user()
     bob, _ = b.create_user()
-    message_id, raw = message("partly refused")
+    message_id, raw = message("partly refused", sender=f"{ann}@a.test")
     nobody = f"nobody-{secrets.token_hex(3)}@b.test"
     assert send(a, ann, password, [f"{bob}@b.test", nobody], raw) == {}
     assert wait_for(lambda: inbox(b, bob), timeout=TIMEOUT)[0].endswith(raw)
@@ -126,7 +126,7 @@ def test_undeliverable_mail_is_bounced_after_bounce_after(make_server):
         "--mail-domains", "a.test", "--mail-routes", f"c.test=127.0.0.1:{dead}",
         "--mail-retry-base", "0.3", "--mail-retry-max", "0.5", "--mail-bounce-after", "2"))
     ann, password = a.create_user()
-    _, raw = message("never arrives")
+    _, raw = message("never arrives", sender=f"{ann}@a.test")
     started = time.monotonic()
     assert send(a, ann, password, ["someone@c.test"], raw) == {}
     [bounce] = wait_for(lambda: inbox(a, ann), timeout=TIMEOUT)

@@ -60,9 +60,11 @@ def submission(server: AgoraServer, name: str | None = None, password: str | Non
     return client
 
 
-def message(subject: str = "hello", body: bytes = b"Hi there.\r\n", **headers: str) -> tuple[str, bytes]:
+def message(subject: str = "hello", body: bytes = b"Hi there.\r\n", *, sender: str = f"someone@{DOMAIN}",
+            **headers: str) -> tuple[str, bytes]:
+    """A message written by ``sender`` (submission takes only the user's own From:)."""
     message_id = f"<{secrets.token_hex(8)}@test>"
-    lines = [f"From: someone@{DOMAIN}", f"Subject: {subject}", f"Message-ID: {message_id}",
+    lines = [f"From: {sender}", f"Subject: {subject}", f"Message-ID: {message_id}",
              *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items())]
     return message_id, "\r\n".join(lines).encode() + b"\r\n\r\n" + body
 
@@ -365,7 +367,7 @@ def test_submission_with_starttls_and_auth(smtp_server, user):
     with submission(smtp_server, tls=False) as client:
         # On loopback AUTH is offered before TLS too (identity takes the password there).
         assert client.has_extn("starttls") and "PLAIN" in client.esmtp_features["auth"]
-    message_id, raw = message("submitted", b"Sent with STARTTLS and AUTH.\r\n")
+    message_id, raw = message("submitted", b"Sent with STARTTLS and AUTH.\r\n", sender=f"{name}@{DOMAIN}")
     with submission(smtp_server, name, password) as client:
         assert "LOGIN" in client.esmtp_features["auth"]
         assert client.sendmail(f"{name}@{DOMAIN}", [f"{other}@{DOMAIN}"], raw) == {}
@@ -422,7 +424,7 @@ def test_remote_clients_authenticate_only_after_starttls(make_server):
         client.ehlo("remote.example")
         assert "PLAIN" in client.esmtp_features["auth"]
         client.login(name, password)
-        _, raw = message("from afar")
+        _, raw = message("from afar", sender=f"{name}@{DOMAIN}")
         assert client.sendmail(f"{name}@{DOMAIN}", [f"{name}@{DOMAIN}"], raw) == {}
     assert stored(server, name)[0].endswith(raw)
     assert f"([{address}])".encode() in stored(server, name)[0]
@@ -436,7 +438,7 @@ def test_curl_smtp_with_ssl_reqd(smtp_server, user, tmp_path):
     other, _ = smtp_server.create_user()
     sent = []
     for port, auth in (("submission", ["-u", f"{name}:{password}"]), ("smtp", [])):
-        _, raw = message(f"curl via {port}", b"Sent by curl.\r\n")
+        _, raw = message(f"curl via {port}", b"Sent by curl.\r\n", sender=f"{name}@{DOMAIN}")
         sent.append(raw)
         upload = tmp_path / f"{port}.eml"
         upload.write_bytes(raw)
