@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
@@ -27,6 +27,7 @@ from agora.core.errors import (AuthenticationFailed, Conflict, EncryptionRequire
 from agora.core.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from agora.core.ratelimit import LoginLimiter
 from agora.core.scram import ITERATIONS, Verifier, decode_verifier, encode_verifier, make_verifier, saslprep
+from agora.core.sessions import DELETED, AccountSessions, publish
 from agora.core.tables import sessions, tokens, users, utcnow
 
 ROLES = ("admin", "user")
@@ -51,6 +52,10 @@ class User:
     quota_bytes: int
     created_at: datetime
     updated_at: datetime
+    # Bumped by every password change: a session from before one ends (core/sessions.py).
+    generation: int = 0
+    # The API token this user was found by, if any: a session it opened ends with it.
+    token_id: str | None = field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -122,7 +127,8 @@ def _digest(secret: str) -> str:
 
 def _user(row: Any) -> User:
     return User(id=row.id, name=row.name, role=row.role, disabled=bool(row.disabled),
-                quota_bytes=row.quota_bytes, created_at=row.created_at, updated_at=row.updated_at)
+                quota_bytes=row.quota_bytes, created_at=row.created_at, updated_at=row.updated_at,
+                generation=row.generation)
 
 
 def _token(row: Any) -> Token:
@@ -131,7 +137,7 @@ def _token(row: Any) -> Token:
 
 
 _USER_COLUMNS = [users.c.id, users.c.name, users.c.role, users.c.disabled, users.c.quota_bytes,
-                 users.c.created_at, users.c.updated_at]
+                 users.c.created_at, users.c.updated_at, users.c.generation]
 
 
 class Identity:
@@ -153,6 +159,8 @@ class Identity:
         # before the account row goes, so that a later account of the same name can
         # never inherit what the old one left behind.
         self.deletion_hooks: list[Callable[[User], Awaitable[None]]] = []
+        # Every protocol session that logged in, so that it ends with its account.
+        self.sessions = AccountSessions(db, ident.session_recheck)
 
     # -- users ----------------------------------------------------------------------
 
@@ -204,6 +212,7 @@ class Identity:
         if password is not None:
             changes["password_hash"] = await self.hasher.hash(validate_password(password))
             changes["scram_verifier"] = await _scram_verifier(password)
+            changes["generation"] = users.c.generation + 1
         if role is not None:
             if role not in ROLES:
                 raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
@@ -225,7 +234,9 @@ class Identity:
             if password is not None or changes.get("disabled"):
                 # A new password or a disabled account ends every web login at once.
                 await conn.execute(delete(sessions).where(sessions.c.user_id == before.id))
-            shown = {k: v for k, v in changes.items() if k not in ("password_hash", "scram_verifier", "updated_at")}
+                await publish(conn, before.id)
+            shown = {k: v for k, v in changes.items()
+                     if k not in ("password_hash", "scram_verifier", "updated_at", "generation")}
             if password is not None:
                 shown["password"] = "changed"
             action = "user.update"
@@ -234,22 +245,41 @@ class Identity:
             elif set(shown) == {"password"}:
                 action = "user.password"
             await self._audit(conn, action, actor, name, client, shown)
-            return await self._require_user(conn, name)
+            after = await self._require_user(conn, name)
+        if password is not None or changes.get("disabled"):
+            self.sessions.changed()
+        return after
 
     async def delete_user(self, name: str, *, actor: str | None = None,
                           client: ClientInfo | None = None) -> None:
+        # First the account is disabled (no new login anywhere from now on) and its open
+        # sessions end, here at once and on other nodes at the notice; what they were
+        # writing is finished or abandoned before their data goes, so nothing of theirs
+        # can reappear for a later account of the same name.
         async with self.db.write() as conn:
             user = await self._require_user(conn, name)
             if user.is_admin:
                 await self._keep_an_admin(conn, name)
-            # Tokens and sessions go with the user (ON DELETE CASCADE, deleted here too
-            # for databases opened without foreign-key enforcement).
-            for forget in self.deletion_hooks:
-                await forget(user)  # a failure here aborts the deletion as a whole
-            await conn.execute(delete(tokens).where(tokens.c.user_id == user.id))
-            await conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
-            await conn.execute(delete(users).where(users.c.id == user.id))
-            await self._audit(conn, "user.delete", actor, name, client)
+            await conn.execute(update(users).where(users.c.id == user.id).values(disabled=True))
+            await publish(conn, user.id)
+        await self.sessions.end_user(user.id, DELETED, self.config.identity.session_end_timeout)
+        try:
+            async with self.db.write() as conn:
+                # Tokens and sessions go with the user (ON DELETE CASCADE, deleted here too
+                # for databases opened without foreign-key enforcement).
+                for forget in self.deletion_hooks:
+                    await forget(user)  # a failure here aborts the deletion as a whole
+                await conn.execute(delete(tokens).where(tokens.c.user_id == user.id))
+                await conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
+                await conn.execute(delete(users).where(users.c.id == user.id))
+                await publish(conn, user.id)
+                await self._audit(conn, "user.delete", actor, name, client)
+        except BaseException:
+            # Refused (money held...) or failed: the account is as it was, but for the
+            # sessions that ended meanwhile.
+            async with self.db.write() as conn:
+                await conn.execute(update(users).where(users.c.id == user.id).values(disabled=user.disabled))
+            raise
 
     async def ensure_admin(self, name: str, password: str) -> bool:
         """Create the first admin when the directory is empty; True if it was created."""
@@ -410,8 +440,10 @@ class Identity:
                 raise NotFound("no such token")
             if row.revoked_at is None:
                 await conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=utcnow()))
+                await publish(conn, user.id)
                 await self._audit(conn, "token.revoke", user.name, user.name, client, {"token": token_id})
             row = (await conn.execute(select(tokens).where(tokens.c.id == token_id))).one()
+        self.sessions.changed()
         return _token(row)
 
     async def user_for_token(self, secret: str) -> User | None:
@@ -432,7 +464,7 @@ class Identity:
         if row.last_used_at is None or now - row.last_used_at > TOUCH_INTERVAL:
             async with self.db.write() as conn:
                 await conn.execute(update(tokens).where(tokens.c.id == row.token_id).values(last_used_at=now))
-        return _user(row)
+        return replace(_user(row), token_id=row.token_id)
 
     # -- web sessions ---------------------------------------------------------------
 

@@ -38,6 +38,9 @@ LOGIN_TIMEOUT = 60.0
 # MFMT would need the store to set times and SITE CHMOD to keep modes: neither is
 # offered, so neither is advertised.
 NOT_OFFERED = {"MFMT", "SITE CHMOD"}
+# How often a logged-in session looks whether its account has ended (core/sessions.py
+# tells it from the event loop's thread; the session acts in its own).
+ACCOUNT_POLL = 0.2
 
 
 def plain_address(address: str) -> str:
@@ -178,6 +181,9 @@ class Session(TLS_FTPHandler):
 
     def __init__(self, conn, server, ioloop=None):
         self.files = None
+        self.hold = None                          # the account's hold (core/sessions.py)
+        self.account_ended: str | None = None     # set from the event loop's thread
+        self._account_poll = None
         # The TCP socket under any TLS layer, to see whether the client is still there.
         self._tcp = conn
         super().__init__(conn, server, ioloop)
@@ -203,6 +209,22 @@ class Session(TLS_FTPHandler):
     def close(self):
         super().close()
         self.registry.discard(self)
+        if self._account_poll is not None:
+            self._account_poll.cancel()
+        if self.hold is not None:
+            self.hold.close()
+
+    def end_account(self, reason: str) -> None:
+        self.account_ended = reason
+
+    def _check_account(self) -> None:
+        """421 and close, aborting a transfer in flight (nothing of it is stored)."""
+        if self.account_ended and not self._closed:
+            self._account_poll.cancel()
+            if self.data_channel is not None:
+                self.data_channel.close()
+            self.respond(f"421 Logged out: {self.account_ended}.")
+            self.close_when_done()
 
     def process_command(self, cmd, *args, **kwargs):
         if self.registry.draining and cmd != "QUIT":
@@ -279,6 +301,8 @@ class Session(TLS_FTPHandler):
             self.close_when_done()
             return
         self.files = user_files(self.authorizer.runtime, user)
+        self.hold = self.authorizer.runtime.identity.sessions.open(user, "ftp", self.end_account)
+        self._account_poll = self.ioloop.call_every(ACCOUNT_POLL, self._check_account, _errback=self.handle_error)
         log.info("ftp login %s from %s%s", user.name, client.address, " (TLS)" if client.secure else "")
         self.handle_auth_success("/", "", self.authorizer.get_msg_login(user.name))
 

@@ -73,6 +73,9 @@ class PGSession(StreamProtocol):
         self.task: asyncio.Task[None] | None = None
         self._ended: asyncio.Future[None] | None = None
         self._last_read = time.monotonic()
+        self.hold: Any = None                       # the account's hold (core/sessions.py)
+        self.account_ended: str | None = None
+        self._account_told: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -171,7 +174,16 @@ class PGSession(StreamProtocol):
         else:
             self._end()
 
+    def end_account(self, reason: str) -> None:
+        """The account was deleted, disabled, its password changed or the token this
+        session logged in with revoked (core/sessions.py): the relay ends the backend."""
+        self.account_ended = reason
+        if self._account_told is not None and not self._account_told.done():
+            self._account_told.set_result(None)
+
     async def close(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
         if self.upstream is not None:
             self.upstream.close()
         if not self.transport.is_closing():
@@ -196,13 +208,16 @@ class PGSession(StreamProtocol):
         hosted = hosted_sql(self.runtime)
         interval = hosted.settings.recheck_interval
         idle = self.settings.idle_timeout
+        self._account_told = asyncio.get_running_loop().create_future()
+        if self.account_ended:
+            self._account_told.set_result(None)
         while self._ended is not None and not self._ended.done():
-            try:
-                async with asyncio.timeout(interval):
-                    await asyncio.shield(self._ended)
-            except TimeoutError:
-                pass
+            await asyncio.wait([self._ended, self._account_told], timeout=interval,
+                               return_when=asyncio.FIRST_COMPLETED)
             if self._ended.done():
+                break
+            if self.account_ended:
+                await self._terminate(hosted, "57P01", f"terminating connection: {self.account_ended}")
                 break
             quiet = time.monotonic() - self._last_read
             if idle and quiet > idle:
@@ -320,6 +335,7 @@ class PGSession(StreamProtocol):
         except TimeoutError:
             raise Goodbye("57P03", "the SQL engine did not answer in time") from None
         self.process_id, self.secret = self.listener.register(self)
+        self.hold = identity.sessions.open(self.user, "postgres", self.end_account)
         self.upstream = upstream
         self._ended = asyncio.get_running_loop().create_future()
         self.send(messages.authentication_ok())

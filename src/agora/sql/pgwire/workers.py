@@ -230,6 +230,7 @@ async def _work(config: Config, channel: socket.socket, index: int) -> None:
     runtime = await Runtime.open(config, serving=True)
     attach_services(runtime)
     hosted_sql(runtime)
+    await runtime.identity.sessions.start()  # this process's sessions end with their accounts too
     workers = config.postgres.workers
 
     def tell(message: bytes) -> None:
@@ -286,6 +287,7 @@ async def _work(config: Config, channel: socket.socket, index: int) -> None:
     finally:
         loop.remove_reader(channel.fileno())
         await listener.stop(config.shutdown_timeout)
+        await runtime.identity.sessions.stop()
         await hosted_sql(runtime).close()
         await runtime.close()
 
