@@ -52,6 +52,9 @@ class MailSession:
         self.stopping = stopping
         self.idle_timeout = config.idle_timeout
         self.command_timeout = config.command_timeout
+        # Before login a silent client holds a connection (and one of its address's
+        # mail.max_connections_per_ip) for this long, not for the idle timeout.
+        self.login_timeout = config.login_timeout
 
 
 class MailConnection(StreamProtocol):
@@ -117,7 +120,14 @@ class MailConnection(StreamProtocol):
         # Whatever came in plain text after STARTTLS (STLS) is dropped, never run as if
         # it had come over TLS (CVE-2011-0411).
         self._buffer.clear()
-        await self._start_tls(self.listener.ssl_context, self.listener.runtime.config.mail.command_timeout)
+        try:
+            await self._start_tls(self.listener.ssl_context, self.listener.runtime.config.mail.command_timeout)
+        except OSError as error:  # ssl.SSLError, a timeout, the client gone
+            # A client's failed handshake is its own affair: one line, no traceback.
+            self.listener.log.info("%s %s: TLS handshake failed: %s", self.listener.protocol, self.peer,
+                                   error or type(error).__name__)
+            self.close()
+            raise ConnectionResetError("TLS handshake failed") from None
 
     def close(self) -> None:
         if not self._closed:

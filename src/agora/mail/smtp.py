@@ -79,7 +79,15 @@ class SMTPSession(SMTP):
             auth_required=listener.submission, auth_require_tls=True, loop=listener.loop)
         # The class-wide dict would be shared by every session (aiosmtpd grows it per EHLO).
         self.command_size_limits = collections.defaultdict(lambda: config.max_line)
+        # A command line, and a message body, must arrive whole within this (a body: plus
+        # its size at mail.min_data_rate), however its bytes trickle in.
         self.data_timeout = config.command_timeout
+        self.min_data_rate = max(1, config.min_data_rate)
+        self.idle_timeout = config.idle_timeout
+        self.login_timeout = config.login_timeout
+        self.in_command = False  # part of a command line has come: its deadline runs
+        self.data_started = 0.0  # when the body being received began (loop time)
+        self.data_bytes = 0      # and how much of it has come
         self.address = ""
         self.in_data = False  # receiving a message body: stop() waits for it
         self.refused = False
@@ -123,9 +131,25 @@ class SMTPSession(SMTP):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.in_data:  # a body must keep arriving; the idle timeout is for commands
+        if self.in_data:
+            self.data_bytes += len(data)
+        elif b"\n" in data:
+            if self.in_command:  # the line is whole: the wait for the next is idle time
+                self.in_command = False
+                self._reset_timeout()
+        elif not self.in_command and not self._reader._buffer:  # type: ignore[attr-defined]
+            # The first bytes of a command: the whole line has data_timeout to come.
+            self.in_command = True
             self._reset_timeout(self.data_timeout)
         super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms its one timer (without a duration) after each command: the
+        # wait for the next is the idle timeout once logged in, the login timeout before.
+        if duration is None:
+            authenticated = self.session is not None and self.session.authenticated
+            duration = self.idle_timeout if authenticated else self.login_timeout
+        super()._reset_timeout(duration)
 
     def end_account(self, reason: str) -> None:
         """The account was deleted, disabled or its password changed (core/sessions.py):
@@ -133,6 +157,13 @@ class SMTPSession(SMTP):
         self.close(f"421 4.7.0 Logged out: {reason}")
 
     def _timeout_cb(self) -> None:
+        if self.in_data:
+            # The body's deadline grows with what has come, at mail.min_data_rate.
+            left = (self.data_started + self.data_timeout + self.data_bytes / self.min_data_rate
+                    - self.loop.time())
+            if left > 0:
+                super()._reset_timeout(left)
+                return
         self.close("421 4.4.2 Timeout: closing the connection")
 
     def _create_session(self) -> Session:
@@ -147,6 +178,13 @@ class SMTPSession(SMTP):
     @property
     def secure(self) -> bool:
         return self._tls_protocol is not None
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # Logged in one line by smtp_STARTTLS; aiosmtpd then closes the connection
+            # without a reply, so this is never said.
+            return "421 4.7.0 TLS handshake failed"
+        return await super().handle_exception(error)
 
     # -- replies -----------------------------------------------------------------------
 
@@ -208,6 +246,7 @@ class SMTPSession(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.in_data = True
+        self.data_started, self.data_bytes = self.loop.time(), len(self._reader._buffer)  # type: ignore[attr-defined]
         self._reset_timeout(self.data_timeout)
         try:
             body = await self._read_body()
