@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import ipaddress
 import re
 import secrets
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
 from sqlalchemy import delete, false, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agora.config import Config
@@ -26,9 +27,11 @@ from agora.core.errors import (AuthenticationFailed, Conflict, EncryptionRequire
                                NotFound, RateLimited)
 from agora.core.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher
 from agora.core.ratelimit import LoginLimiter
-from agora.core.scram import ITERATIONS, Verifier, decode_verifier, encode_verifier, make_verifier, saslprep
+from agora.core.scram import Verifier, decode_verifier, encode_verifier, make_verifier, saslprep
 from agora.core.sessions import DELETED, AccountSessions, publish
 from agora.core.tables import sessions, tokens, users, utcnow
+
+log = logging.getLogger("agora.identity")
 
 ROLES = ("admin", "user")
 MAX_NAME_LENGTH = 32
@@ -116,9 +119,9 @@ def validate_password(password: str) -> str:
     return password
 
 
-async def _scram_verifier(password: str) -> str:
-    # PBKDF2 with 4096 rounds: a few milliseconds, off the event loop.
-    return encode_verifier(await asyncio.to_thread(make_verifier, password))
+async def _scram_verifier(password: str, iterations: int) -> str:
+    # PBKDF2 with identity.scram_iterations rounds: tens of milliseconds, off the event loop.
+    return encode_verifier(await asyncio.to_thread(make_verifier, password, iterations))
 
 
 def _digest(secret: str) -> str:
@@ -174,7 +177,7 @@ class Identity:
         if quota_bytes is not None and quota_bytes < 0:
             raise InvalidInput("quota_bytes must not be negative")
         password_hash = await self.hasher.hash(password)
-        verifier = await _scram_verifier(password)
+        verifier = await _scram_verifier(password, self.config.identity.scram_iterations)
         now = utcnow()
         try:
             async with self.db.write() as conn:
@@ -211,7 +214,7 @@ class Identity:
         changes: dict[str, Any] = {}
         if password is not None:
             changes["password_hash"] = await self.hasher.hash(validate_password(password))
-            changes["scram_verifier"] = await _scram_verifier(password)
+            changes["scram_verifier"] = await _scram_verifier(password, self.config.identity.scram_iterations)
             changes["generation"] = users.c.generation + 1
         if role is not None:
             if role not in ROLES:
@@ -293,14 +296,16 @@ class Identity:
 
     # -- authentication -------------------------------------------------------------
 
-    async def _refuse_if_limited(self, key: str, client: ClientInfo) -> None:
-        """RateLimited while this name and address are backing off (audited once)."""
-        wait = self.limiter.retry_after(key, client.address)
+    async def _refuse_if_limited(self, key: str, client: ClientInfo, *, reserve: bool = False) -> None:
+        """RateLimited while this name and address are backing off (audited once). With
+        ``reserve``, an allowed attempt is counted as a failure from now on, before any
+        password is checked, until the outcome settles it (limiter.succeeded/release)."""
+        wait = self.limiter.attempt(key, client.address) if reserve else self.limiter.retry_after(key, client.address)
         if wait > 0:
             self._observe(client.protocol, "rate_limited")
             if self.limiter.first_refusal(key, client.address):
-                await self.audit.record("login", actor=key[:64] or None, outcome="rate-limited",
-                                        protocol=client.protocol, client_addr=client.address)
+                await self.audit.record_or_log("login", actor=key[:64] or None, outcome="rate-limited",
+                                               protocol=client.protocol, client_addr=client.address)
             raise RateLimited(wait)
 
     async def authenticate(self, name: str, password: str, client: ClientInfo) -> User:
@@ -313,25 +318,28 @@ class Identity:
         if not client.secure and not client.loopback and not self.config.identity.allow_plaintext_remote:
             raise EncryptionRequired("passwords are accepted only over TLS from this address")
         key = name if isinstance(name, str) else ""
-        await self._refuse_if_limited(key, client)
+        await self._refuse_if_limited(key, client, reserve=True)
         row = None
-        if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
-            async with self.db.read() as conn:
-                row = (await conn.execute(
-                    select(*_USER_COLUMNS, users.c.password_hash, users.c.scram_verifier)
-                    .where(users.c.name == name))).first()
-        valid = isinstance(password, str) and len(password) <= MAX_PASSWORD_LENGTH
-        ok = await self.hasher.verify(row.password_hash if row else None, password if valid else "")
+        try:
+            if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
+                async with self.db.read() as conn:
+                    row = (await conn.execute(
+                        select(*_USER_COLUMNS, users.c.password_hash, users.c.scram_verifier)
+                        .where(users.c.name == name))).first()
+            valid = isinstance(password, str) and len(password) <= MAX_PASSWORD_LENGTH
+            ok = await self.hasher.verify(row.password_hash if row else None, password if valid else "")
+        except BaseException:
+            self.limiter.release(key, client.address)  # nothing was checked
+            raise
         ok = ok and valid and row is not None
+        if ok:
+            self.limiter.succeeded(key, client.address)  # a disabled account's too: the password was right
         if not ok or row.disabled:
-            if not ok:
-                self.limiter.failed(key, client.address)
             self._observe(client.protocol, "failed")
-            await self.audit.record("login", actor=key[:64] or None, outcome="failed",
-                                    protocol=client.protocol, client_addr=client.address,
-                                    details={"reason": "disabled"} if ok else None)
+            await self.audit.record_or_log("login", actor=key[:64] or None, outcome="failed",
+                                           protocol=client.protocol, client_addr=client.address,
+                                           details={"reason": "disabled"} if ok else None)
             raise AuthenticationFailed("wrong user name or password")
-        self.limiter.succeeded(key, client.address)
         self._observe(client.protocol, "ok")
         upgrades: dict[str, Any] = {}
         if self.hasher.needs_rehash(row.password_hash):
@@ -339,17 +347,18 @@ class Identity:
             # have the password.
             upgrades["password_hash"] = await self.hasher.hash(password)
         current = decode_verifier(row.scram_verifier)
-        if current is None or current.iterations != ITERATIONS or (
+        if current is None or current.iterations != self.config.identity.scram_iterations or (
                 saslprep(password) != password
                 and await asyncio.to_thread(make_verifier, password, current.iterations, current.salt) != current):
             # Users from before SCRAM verifiers existed get one at their next login; so do
             # those whose verifier was made before SASLprep was applied to passwords.
-            upgrades["scram_verifier"] = await _scram_verifier(password)
+            upgrades["scram_verifier"] = await _scram_verifier(password, self.config.identity.scram_iterations)
         if upgrades:
-            async with self.db.write() as conn:
-                await conn.execute(update(users).where(users.c.id == row.id).values(**upgrades))
-        await self.audit.record("login", actor=name, outcome="ok", protocol=client.protocol,
-                                client_addr=client.address)
+            # The old hash still works: a login does not fail for want of a write.
+            await self._write_if_possible("password hash upgrade",
+                                          update(users).where(users.c.id == row.id).values(**upgrades))
+        await self.audit.record_or_log("login", actor=name, outcome="ok", protocol=client.protocol,
+                                       client_addr=client.address)
         return _user(row)
 
     async def scram_verifier(self, name: str, client: ClientInfo) -> Verifier | None:
@@ -357,7 +366,8 @@ class Identity:
         the verifier of an enabled user, or None (unknown, disabled, or no verifier yet:
         the caller runs the exchange against a made-up one, to reveal nothing).
 
-        Raises RateLimited exactly as authenticate() does. The outcome must be given to
+        Raises RateLimited exactly as authenticate() does (but counts nothing: a client
+        that goes away here has guessed nothing). The proof must be checked through
         :meth:`record_login`.
         """
         key = name if isinstance(name, str) else ""
@@ -381,24 +391,32 @@ class Identity:
             row = (await conn.execute(select(users.c.scram_verifier).where(users.c.name == name))).first()
         return row is not None and decode_verifier(row.scram_verifier) is None
 
-    async def record_login(self, name: str, ok: bool, client: ClientInfo) -> User:
-        """Second half of a login checked outside authenticate() (SCRAM proofs): counts
-        it for rate limiting, metrics and the audit log as authenticate() does; returns
-        the user, or raises AuthenticationFailed (also for a user disabled meanwhile)."""
+    async def record_login(self, name: str, check: Callable[[], bool], client: ClientInfo) -> User:
+        """Second half of a login checked outside authenticate() (SCRAM proofs): reserves
+        the attempt with the limiter, then runs ``check()`` (True when the proof holds for
+        a known user), and counts the outcome for rate limiting, metrics and the audit log
+        as authenticate() does; returns the user, or raises AuthenticationFailed (also for
+        a user disabled meanwhile). What ``check`` raises (a malformed message) is
+        passed on, and such an attempt is not counted."""
         key = name if isinstance(name, str) else ""
+        await self._refuse_if_limited(key, client, reserve=True)
+        try:
+            ok = check()
+        except BaseException:
+            self.limiter.release(key, client.address)
+            raise
+        if ok:
+            self.limiter.succeeded(key, client.address)
         user = await self.find_user(name) if ok else None
         if user is None or user.disabled:
-            if user is None:
-                self.limiter.failed(key, client.address)
             self._observe(client.protocol, "failed")
-            await self.audit.record("login", actor=key[:64] or None, outcome="failed",
-                                    protocol=client.protocol, client_addr=client.address,
-                                    details={"reason": "disabled"} if user else None)
+            await self.audit.record_or_log("login", actor=key[:64] or None, outcome="failed",
+                                           protocol=client.protocol, client_addr=client.address,
+                                           details={"reason": "disabled"} if user else None)
             raise AuthenticationFailed("wrong user name or password")
-        self.limiter.succeeded(key, client.address)
         self._observe(client.protocol, "ok")
-        await self.audit.record("login", actor=name, outcome="ok", protocol=client.protocol,
-                                client_addr=client.address)
+        await self.audit.record_or_log("login", actor=name, outcome="ok", protocol=client.protocol,
+                                       client_addr=client.address)
         return user
 
     def _observe(self, protocol: str, outcome: str) -> None:
@@ -462,8 +480,8 @@ class Identity:
         if row.expires_at is not None and row.expires_at <= now:
             return None
         if row.last_used_at is None or now - row.last_used_at > TOUCH_INTERVAL:
-            async with self.db.write() as conn:
-                await conn.execute(update(tokens).where(tokens.c.id == row.token_id).values(last_used_at=now))
+            await self._write_if_possible("token last use", update(tokens).where(
+                tokens.c.id == row.token_id).values(last_used_at=now))
         return replace(_user(row), token_id=row.token_id)
 
     # -- web sessions ---------------------------------------------------------------
@@ -496,10 +514,9 @@ class Identity:
         expires = row.expires
         if now + lifetime - row.expires > TOUCH_INTERVAL:
             # Sliding expiry: activity keeps the session alive.
-            expires = now + lifetime
-            async with self.db.write() as conn:
-                await conn.execute(update(sessions).where(sessions.c.secret_hash == _digest(secret))
-                                   .values(expires_at=expires))
+            if await self._write_if_possible("session expiry", update(sessions).where(
+                    sessions.c.secret_hash == _digest(secret)).values(expires_at=now + lifetime)):
+                expires = now + lifetime
         return Session(user=_user(row), csrf_token=row.csrf_token, expires_at=expires)
 
     async def end_session(self, secret: str) -> None:
@@ -507,6 +524,17 @@ class Identity:
             await conn.execute(delete(sessions).where(sessions.c.secret_hash == _digest(secret)))
 
     # -- helpers --------------------------------------------------------------------
+
+    async def _write_if_possible(self, what: str, statement: Any) -> bool:
+        """A write that a login or a read does without: with the disk full (or the
+        database refusing writes) it is logged and skipped, and the caller goes on."""
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(statement)
+        except (SQLAlchemyError, OSError) as error:
+            log.warning("%s not recorded: %s", what, str(getattr(error, "orig", None) or error).splitlines()[0])
+            return False
+        return True
 
     async def _require_user(self, conn: AsyncConnection, name: str) -> User:
         row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.name == name))).first()

@@ -399,18 +399,27 @@ class PGSession(StreamProtocol):
         verifier = await identity.scram_verifier(name, client)
         known = verifier is not None
         if verifier is None:
-            verifier = fake_verifier(name, self.listener.secret)
+            # As many iterations as a real one has, or the count would tell.
+            verifier = fake_verifier(name, self.listener.secret, self.runtime.config.identity.scram_iterations)
         binding = self.listener.channel_binding if self.secure else None
         mechanisms = [MECHANISM_PLUS, MECHANISM] if binding else [MECHANISM]
         self.send(messages.authentication_sasl(mechanisms))
         scram = ScramServer(verifier, binding)
+        finals: list[bytes] = []
+
+        def check_proof(message: bytes) -> bool:
+            ok, final = scram.client_final(message)
+            finals.append(final)
+            return ok and known
+
         try:
             mechanism, first = parse_initial_response(await self._password_message(deadline))
             self.send(messages.authentication_sasl_continue(scram.client_first(mechanism, first)))
-            ok, final = scram.client_final(await self._password_message(deadline))
+            message = await self._password_message(deadline)
+            # The limiter counts the attempt before the proof is checked (identity).
+            user = await identity.record_login(name, lambda: check_proof(message), client)
         except ScramError as error:
             raise Goodbye("08P01", str(error)) from None
-        user = await identity.record_login(name, ok and known, client)
-        self.send(messages.authentication_sasl_final(final))
+        self.send(messages.authentication_sasl_final(finals[0]))
         return user
 
