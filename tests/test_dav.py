@@ -334,7 +334,7 @@ def test_if_header_parser_never_crashes(value):
 @given(st.binary(max_size=200) | st.text(max_size=100).map(lambda t: f"<a xmlns='DAV:'>{t}</a>".encode()))
 def test_xml_bodies_parse_or_are_refused(body):
     try:
-        dav_xml.parse(body)
+        dav_xml.parse(body, 100)
     except InvalidInput:
         pass
 
@@ -343,7 +343,35 @@ def test_xml_entities_are_refused():
     bomb = b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxx">]><a>&x;&x;</a>'
     for body in (bomb, bomb.decode().encode("utf-16")):
         with pytest.raises(InvalidInput):
-            dav_xml.parse(body)
+            dav_xml.parse(body, 100)
+
+
+def test_deeply_nested_xml_is_400(server):
+    """A PROPPATCH or LOCK body nested past files.dav_max_xml_depth is refused with 400
+    (it was a RecursionError and 500 when the property was written back out)."""
+    name, password = create_user(server)
+    deep = 50_000
+    nested = "<x>" * deep + "</x>" * deep
+    proppatch = (f'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:"><D:set><D:prop>'
+                 f'<p xmlns="urn:t">{nested}</p></D:prop></D:set></D:propertyupdate>')
+    lock = (f'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+            f'<D:locktype><D:write/></D:locktype><D:owner>{nested}</D:owner></D:lockinfo>')
+    with dav(server, name, password) as client:
+        assert client.put("/f.txt", content=b"x").status_code == 201
+        for method, body in (("PROPPATCH", proppatch), ("LOCK", lock), ("PROPFIND", f"<D:propfind xmlns:D='DAV:'>{nested}</D:propfind>")):
+            response = client.request(method, "/f.txt", content=body.encode(), headers={"Depth": "0"})
+            assert response.status_code == 400, (method, response.status_code, response.text[:200])
+        # A property nested as deep as allowed is kept and read back whole.
+        ok = "<x>" * 90 + "</x>" * 90
+        body = (f'<D:propertyupdate xmlns:D="DAV:"><D:set><D:prop><p xmlns="urn:t">{ok}</p></D:prop></D:set>'
+                f'</D:propertyupdate>')
+        assert client.request("PROPPATCH", "/f.txt", content=body.encode()).status_code == 207
+        got = propfind(client, "/f.txt", "0", '<D:propfind xmlns:D="DAV:"><D:prop><p xmlns="urn:t"/></D:prop></D:propfind>')
+        node, depth = got.find(".//{urn:t}p"), 0
+        while node is not None and len(node):
+            node, depth = node[0], depth + 1
+        assert depth == 90
+    assert "RecursionError" not in server.log()
 
 
 @given(st.binary(max_size=60))

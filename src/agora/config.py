@@ -334,6 +334,7 @@ SETTINGS += [
     Setting("ftp.data_timeout", _duration, 120.0, "A stalled FTP data transfer is aborted after this long (426)."),
     Setting("files.max_upload", parse_size, 16 * 1024**3, "Largest single upload on any protocol (quota permitting)."),
     Setting("files.share_max_lifetime", _duration, 365 * 86400.0, "Longest expiry a share link may be given."),
+    Setting("files.dav_max_xml_depth", _int(8, 1000), 100, "Deepest nesting of elements in a WebDAV request body (PROPFIND, PROPPATCH, LOCK); deeper ones get 400. Real clients nest a handful; a dead property's value is kept as XML and written back out, which recurses."),
 ]
 
 SETTINGS += [

@@ -135,7 +135,7 @@ def _discovery(ctx: Context, lock: Lock, is_dir: bool) -> bytes:
 async def lock(ctx: Context) -> Response:
     store = LockStore(ctx.runtime.db)
     timeout = timeout_of(ctx.header("timeout"))
-    root = dav_xml.parse(await ctx.body())
+    root = dav_xml.parse(await ctx.body(), ctx.runtime.config.files.dav_max_xml_depth)
     entry = await ctx.stat(ctx.path)
     if root is None:
         return await _refresh(ctx, store, timeout, entry)

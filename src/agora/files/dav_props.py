@@ -180,7 +180,7 @@ async def propfind(ctx: Context) -> Response:
     if depth == "infinity":
         raise DavError(403, "PROPFIND with Depth: infinity is not served; walk with Depth: 1",
                        condition="propfind-finite-depth")
-    request = dav_xml.propfind_request(dav_xml.parse(await ctx.body()))
+    request = dav_xml.propfind_request(dav_xml.parse(await ctx.body(), ctx.runtime.config.files.dav_max_xml_depth))
     entry = await ctx.stat(ctx.path)
     if entry is None:
         raise DavError(404, "no such file or folder")
@@ -200,7 +200,8 @@ async def propfind(ctx: Context) -> Response:
 
 
 async def proppatch(ctx: Context) -> Response:
-    operations = dav_xml.propertyupdate_request(dav_xml.parse(await ctx.body()))
+    operations = dav_xml.propertyupdate_request(dav_xml.parse(await ctx.body(),
+                                                              ctx.runtime.config.files.dav_max_xml_depth))
     entry = await ctx.stat(ctx.path)
     if entry is None:
         raise DavError(404, "no such file or folder")

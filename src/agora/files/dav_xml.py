@@ -2,7 +2,8 @@
 
 Request bodies are parsed with the standard library's expat after refusing any document
 type declaration, so no entity (internal or external) is ever expanded: a DAV body never
-needs one. Replies are written as text, with the ``D:`` prefix for ``DAV:``; a dead
+needs one. Nesting is capped too (files.dav_max_xml_depth): expat builds any depth, but
+what is done with a tree afterwards (writing a dead property back out) recurses. Replies are written as text, with the ``D:`` prefix for ``DAV:``; a dead
 property is stored as a self-contained XML element (it declares its own namespaces), so
 it is embedded in a reply as it is.
 """
@@ -34,8 +35,9 @@ def split_clark(tag: str) -> tuple[str, str]:
     return "", tag
 
 
-def parse(body: bytes) -> ET.Element | None:
-    """The root element of a request body, or None when the body is empty."""
+def parse(body: bytes, max_depth: int) -> ET.Element | None:
+    """The root element of a request body, or None when the body is empty; InvalidInput
+    for one nested deeper than ``max_depth`` elements."""
     if not body.strip():
         return None
     try:
@@ -49,9 +51,17 @@ def parse(body: bytes) -> ET.Element | None:
     parser = ET.XMLParser(encoding="utf-8")
     try:
         parser.feed(text.encode())
-        return parser.close()
+        root = parser.close()
     except ET.ParseError as error:
         raise InvalidInput(f"the request body is not well-formed XML: {error}") from None
+    # Walked with a stack of our own: the depth is what must not reach Python's recursion.
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidInput(f"XML request bodies may nest elements at most {max_depth} deep")
+        stack.extend((child, depth + 1) for child in element)
+    return root
 
 
 def fragment(element: ET.Element) -> str:
