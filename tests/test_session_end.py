@@ -20,7 +20,9 @@ import pytest
 
 from agora import config as configuration
 from agora.core.identity import ClientInfo
+from agora.core.errors import NotFound
 from agora.core.runtime import Runtime
+from agora.files.store import FileStore
 from conftest import AgoraServer, ServerFactory, create_pg_database
 from mail_support import message, send_smtp
 from pgwire_support import server_env
@@ -269,3 +271,19 @@ def test_a_revoked_token_ends_the_session_it_opened(node):
             await runtime.close()
 
     asyncio.run(scenario())
+
+
+def test_a_view_from_before_a_deletion_cannot_make_the_home_again(tmp_path):
+    """A request in flight when its user was deleted (its view of the files made before)
+    finds nothing and creates nothing; the next account of that name starts empty."""
+    store = FileStore(tmp_path / "files")
+    old = store.for_user("ann", 10**6)
+    old.write_bytes("/a.txt", b"old")
+    store.remove_user("ann")
+    with pytest.raises(NotFound):
+        old.write_bytes("/b.txt", b"late")
+    assert not (tmp_path / "files" / "ann").exists()
+    new = store.for_user("ann", 10**6)
+    assert new.list("/") == []
+    new.write_bytes("/c.txt", b"new")
+    assert [entry.name for entry in new.list("/")] == ["c.txt"]

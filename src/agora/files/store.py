@@ -106,6 +106,10 @@ class FileStore:
         # Counts each user's committed changes, so that a recount from disk that raced
         # with one is not trusted.
         self._epoch: dict[str, int] = {}
+        # How often each name's tree was removed (its account deleted): a view made
+        # before that (a request in flight) must not create the home again for a later
+        # account of the same name to inherit.
+        self.removals: dict[str, int] = {}
         self._lock = threading.Lock()  # FTP runs in its own thread; the usage cache is shared
         # Counts the changes to file contents made through this store (any protocol), so
         # that what caches them (users' sites) can tell at no cost that nothing changed.
@@ -130,6 +134,8 @@ class FileStore:
         return UserFiles(self, name, quota)
 
     def remove_user(self, name: str) -> None:
+        with self._lock:
+            self.removals[name] = self.removals.get(name, 0) + 1
         tree = self.root / name
         if tree.is_dir() and not tree.is_symlink():
             shutil.rmtree(tree)
@@ -215,6 +221,7 @@ class UserFiles:
         self.user = user
         self.quota = quota
         self.root = store.root / user
+        self._removals = store.removals.get(user, 0)
 
     # -- paths ------------------------------------------------------------------------
 
@@ -225,6 +232,8 @@ class UserFiles:
         refused, so nothing placed in the tree can lead outside it.
         """
         parts = split_path(path)
+        if self.store.removals.get(self.user, 0) != self._removals:
+            raise NotFound(f"{virtual(parts)}: this account was deleted")
         with full_disk_refused():
             self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
         current = self.root
