@@ -256,12 +256,19 @@ def _find_boundary(raw: bytes, pos: int, end: int, bounds: list[tuple[bytes]]) -
     as in Dovecot: trailing junk after the boundary is allowed)."""
     if not bounds:
         return None
+    # Each line is looked up once per boundary length, not compared with every boundary
+    # (with 64 nested boundaries a deeply nested message cost seconds). Innermost first
+    # among equals, so a reused boundary closes the inner part.
+    by_text: dict[bytes, tuple[bytes]] = {}
+    for b in bounds:
+        by_text.setdefault(b[0], b)
+    lengths = sorted({len(text) for text in by_text}, reverse=True)
     line = pos if raw.startswith(b"--", pos) else raw.find(b"\n--", pos, end) + 1 or None
     while line is not None and line < end:
         best = None
-        for b in bounds:  # innermost first, so a reused boundary closes the inner part
-            if raw.startswith(b[0], line + 2) and (best is None or len(b[0]) > len(best[0])):
-                best = b
+        for n in lengths:
+            if (best := by_text.get(raw[line + 2:line + 2 + n])) is not None:
+                break
         if best is not None:
             nl = raw.find(b"\n", line)
             line_end = len(raw) if nl < 0 else nl + 1

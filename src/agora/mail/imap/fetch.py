@@ -5,6 +5,7 @@ writes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 from agora.mail.imap import responses
@@ -23,8 +24,21 @@ def _section(raw: bytes, spec: str) -> bytes | None:
         return None
 
 
-def _item(att: FetchAtt, view: Any) -> Item:
-    """The builder of one fetch item's response."""
+def _spec(att: FetchAtt) -> str | None:
+    """The section an item cuts out of the parsed message, if it needs one."""
+    if att.name in ("RFC822.HEADER", "RFC822.TEXT"):
+        return att.name[7:]
+    return att.section or None  # BODY[] is the message as it is: nothing to parse
+
+
+def _sections(batch: list[int], raws: list[Any], specs: set[str]) -> dict[tuple[int, str], bytes | None]:
+    """Every section a batch asks for: MIME parsing, whose cost grows with what a sender
+    nested, done in a worker thread so that the other sessions go on meanwhile."""
+    return {(i, spec): _section(raw, spec) for i, raw in zip(batch, raws) if raw is not None for spec in specs}
+
+
+def _item(att: FetchAtt, view: Any, sections: dict[tuple[int, str], bytes | None]) -> Item:
+    """The builder of one fetch item's response (sections: those _sections made)."""
     name = att.name
     folder = view.folder
     cache = view.shared.cache
@@ -50,7 +64,7 @@ def _item(att: FetchAtt, view: Any) -> Item:
         label = name.encode()
 
         def part(i: int, m: Any, raw: bytes) -> bytes:
-            data = _section(raw, spec)
+            data = sections[(i, spec)]
             return label + b" " + (b"NIL" if data is None else responses.literal(data))
         return part
     label = att.label
@@ -58,7 +72,7 @@ def _item(att: FetchAtt, view: Any) -> Item:
     partial = att.partial
 
     def body_section(i: int, m: Any, raw: bytes) -> bytes:
-        data = raw if spec == "" else _section(raw, spec)
+        data = raw if spec == "" else sections[(i, spec)]
         if data is None:
             return label + b" NIL"
         if partial is not None:
@@ -89,8 +103,10 @@ async def fetch(session: Any, command: Any) -> Any:
             for meta in await session.store.store_flags(session.user, view.name, unseen, ["\\Seen"], "add"):
                 view.replace(meta)
                 newly_seen.add(meta.uid)
-    items = [_item(a, view) for a in atts]
-    flags_item = None if FetchAtt("FLAGS") in atts else _item(FetchAtt("FLAGS"), view)
+    sections: dict[tuple[int, str], bytes | None] = {}
+    specs = {spec for a in atts if (spec := _spec(a))}
+    items = [_item(a, view, sections) for a in atts]
+    flags_item = None if FetchAtt("FLAGS") in atts else _item(FetchAtt("FLAGS"), view, sections)
     out = session.out
     metas = view.metas
     gone = 0
@@ -110,6 +126,9 @@ async def fetch(session: Any, command: Any) -> Any:
         return ("OK", None, f"{'UID ' if command.uid else ''}FETCH completed")
     for batch in view.batches(indexes):
         raws = await view.read([metas[i].uid for i in batch]) if content else [None] * len(batch)
+        if specs:
+            sections.clear()
+            sections.update(await asyncio.to_thread(_sections, batch, raws, specs))
         for i, raw in zip(batch, raws):
             meta = metas[i]
             if content and raw is None:
