@@ -10,10 +10,14 @@ Never the system's PostgreSQL: this one lives in a temporary directory on a free
 from __future__ import annotations
 
 import collections
+import ftplib
+import imaplib
 import os
+import poplib
 import pwd
 import secrets
 import shutil
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -31,6 +35,7 @@ from agora.client import Client
 from agora.core.database import unavailable
 from agora.sql.engine import bundled_bin
 from conftest import AgoraServer, wait_for
+from mail_support import SERVER_ENV
 
 USERS = 4
 FUNDS = 1_000_000
@@ -92,6 +97,12 @@ class PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-m", "fast", "-o",
                   self.options, "restart")
 
+    def stop_for_a_while(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+    def start_again(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", self.options, "start")
+
     def terminate_backends(self) -> int:
         with self.connect() as conn:
             rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -115,7 +126,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
 @pytest.fixture(scope="module")
 def blip_server(private_pg: PrivatePostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgoraServer]:
     server = AgoraServer(tmp_path_factory.mktemp("blips") / "data", database_url=private_pg.url,
-                         env={"AGORA_SQL_ENABLED": "false"})
+                         env={"AGORA_SQL_ENABLED": "false", **SERVER_ENV})
     server.start()
     yield server
     server.kill()
@@ -215,3 +226,46 @@ def test_postgresql_restart_under_bank_load(private_pg: PrivatePostgres, blip_se
     assert "Traceback" not in log, log[-4000:]
     for client in (admin, *clients):
         client.close()
+
+
+def test_every_protocol_answers_a_database_outage_with_its_temporary_failure(private_pg: PrivatePostgres,
+                                                                           blip_server: AgoraServer):
+    server = blip_server
+    name, password = server.create_user()
+    ports = server.ports
+    private_pg.stop_for_a_while()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            response = http.post("/api/v1/tokens", json={"username": name, "password": password, "name": "t"})
+            assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+        imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=10)
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+            imap.login(name, password)
+        imap.logout()
+        pop = poplib.POP3("127.0.0.1", ports["pop3"], timeout=10)
+        pop.user(name)
+        with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\]"):
+            pop.pass_(password)
+        pop.quit()
+        with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=10) as smtp:
+            smtp.ehlo()
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                smtp.login(name, password)
+            assert refused.value.smtp_code == 454
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", ports["ftp"], timeout=10)
+        with pytest.raises(ftplib.error_temp, match="^421"):
+            ftp.login(name, password)
+        ftp.close()
+    finally:
+        private_pg.start_again()
+    # Back: the pool replaced its dead connections.
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.post("/api/v1/tokens", json={"username": name, "password": password,
+                                                 "name": "t"}).status_code == 201
+    imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=10)
+    assert imap.login(name, password)[0] == "OK"
+    imap.logout()
+    log = server.log()
+    assert "Traceback" not in log, log[-4000:]

@@ -21,6 +21,7 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.handlers.ftps.control import TLS_FTPHandler
 from pyftpdlib.handlers.ftps.data import TLS_DTPHandler
 
+from agora.core.database import unavailable
 from agora.core.errors import AgoraError, AuthenticationFailed, EncryptionRequired, NotFound, RateLimited
 from agora.core.identity import ClientInfo, User
 from agora.core.runtime import Runtime
@@ -298,6 +299,13 @@ class Session(TLS_FTPHandler):
             return
         except concurrent.futures.TimeoutError:
             self.respond("421 The server is too busy to check passwords; try again later.")
+            self.close_when_done()
+            return
+        except Exception as error:
+            if not unavailable(error):
+                raise
+            log.warning("ftp login of %r: the database is unavailable: %s", self.username, type(error).__name__)
+            self.respond("421 Service temporarily unavailable; try again later.")
             self.close_when_done()
             return
         self.files = user_files(self.authorizer.runtime, user)

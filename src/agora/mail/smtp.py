@@ -26,6 +26,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 
 from agora.core import descriptors, looplag
+from agora.core.database import unavailable
 from agora.core.errors import AuthenticationFailed, EncryptionRequired, RateLimited
 from agora.core.identity import ClientInfo
 from agora.core.runtime import Runtime
@@ -184,6 +185,9 @@ class SMTPSession(SMTP):
             # Logged in one line by smtp_STARTTLS; aiosmtpd then closes the connection
             # without a reply, so this is never said.
             return "421 4.7.0 TLS handshake failed"
+        if unavailable(error):  # a blip of the database: the client may try again
+            log.warning("smtp %s: the database is unavailable: %s", self.address, type(error).__name__)
+            return "451 4.3.0 Temporarily unavailable; try again later"
         return await super().handle_exception(error)
 
     # -- replies -----------------------------------------------------------------------
@@ -371,6 +375,12 @@ class SMTPSession(SMTP):
         except AuthenticationFailed:
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
+        except Exception as error:
+            if not unavailable(error):
+                raise
+            log.warning("smtp %s: AUTH: the database is unavailable: %s", self.address, type(error).__name__)
+            return AuthResult(success=False, handled=False,
+                              message="454 4.7.0 Temporary authentication failure; try again later")
         self.hold = self.listener.runtime.identity.sessions.open(user, "smtp", self.end_account)
         return AuthResult(success=True, auth_data=user)
 

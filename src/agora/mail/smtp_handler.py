@@ -22,6 +22,7 @@ import secrets
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from agora.core.database import unavailable
 from agora.core.errors import Forbidden, InvalidInput, NotFound, StorageFull, TooLarge
 from agora.core.fsutil import is_full
 from agora.core.identity import User
@@ -228,5 +229,8 @@ class Handler:
             return "550 5.1.1 Recipient no longer exists"
         if isinstance(error, InvalidInput):
             return f"554 5.6.0 {error.detail}"
-        log.error("smtp: storing a message failed: %r", error, exc_info=error)
+        if unavailable(error):  # a blip of the database: nothing was acknowledged, the client retries
+            log.warning("smtp: storing a message failed: the database is unavailable: %s", type(error).__name__)
+        else:
+            log.error("smtp: storing a message failed: %r", error, exc_info=error)
         return "451 4.3.0 Temporary failure storing the message; try again later"

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Awaitable, Callable, Protocol
 
 from agora.core import looplag
+from agora.core.database import unavailable
 from agora.core.errors import (AgoraError, AuthenticationFailed, Conflict, EncryptionRequired, Forbidden,
                                InvalidInput, NotFound, RateLimited, StorageFull, TooLarge)
 from agora.core.identity import ClientInfo
@@ -224,6 +225,9 @@ class Session(MailSession):
         except Exception as error:
             if is_full(error):  # the metadata database on a full disk
                 done = ("NO", "OVERQUOTA", "the server's disk is full; nothing was changed")
+            elif unavailable(error):  # a blip of the database (a restart): the client may try again
+                log.warning("IMAP %s: the database is unavailable: %s", command.name, type(error).__name__)
+                done = ("NO", "UNAVAILABLE", "temporarily unavailable; try again")
             else:
                 log.exception("IMAP %s failed", command.name)
                 done = ("NO", "SERVERBUG", "internal error; the command was not completed")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Protocol
 
 from agora.core import looplag
+from agora.core.database import unavailable
 from agora.core.errors import AuthenticationFailed, EncryptionRequired, NotFound, RateLimited
 from agora.core.identity import ClientInfo
 from agora.mail.connection import MailSession, SessionConnection
@@ -185,6 +186,12 @@ class Session(MailSession):
         except AuthenticationFailed:
             self.proto.login_failed("Authentication failed")
             return
+        except Exception as error:
+            if not unavailable(error):
+                raise
+            log.warning("POP3: login of %r: the database is unavailable: %s", event.name, type(error).__name__)
+            self.proto.login_failed("Temporarily unavailable; try again later", "SYS/TEMP")
+            return
         if user.name in self.maildrops:
             self.proto.login_failed("The maildrop is in use by another POP3 session", "IN-USE")
             return
@@ -208,7 +215,9 @@ class Session(MailSession):
         except (NotFound, FileNotFoundError):
             self.proto.retrieve_failed(f"message {event.number} was removed by another session")
             return
-        except OSError as error:
+        except Exception as error:
+            if not isinstance(error, OSError) and not unavailable(error):
+                raise
             log.error("POP3: cannot read message %d of %s: %s", event.uid, self.user.name, error)
             self.proto.retrieve_failed(f"message {event.number} cannot be read now", "SYS/TEMP")
             return
