@@ -269,3 +269,80 @@ def test_every_protocol_answers_a_database_outage_with_its_temporary_failure(pri
     imap.logout()
     log = server.log()
     assert "Traceback" not in log, log[-4000:]
+
+
+def test_sqlite_locked_past_busy_timeout_is_503(tmp_path):
+    """Another process holding SQLite's write lock longer than database.busy_timeout:
+    writes are answered 503 with Retry-After (reads go on, WAL), and work again once
+    the lock is released."""
+    import sqlite3
+
+    server = AgoraServer(tmp_path / "data", env={"AGORA_DATABASE_BUSY_TIMEOUT": "0.2", **SERVER_ENV}).start()
+    try:
+        admin = server.admin()
+        locker = sqlite3.connect(server.data_dir / "agora.db", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            refused = admin.post("/api/v1/bank/currencies", json={"code": "EUR", "exponent": 2})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert admin.get("/api/v1/bank/currencies").status_code == 200
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert admin.post("/api/v1/bank/currencies", json={"code": "EUR", "exponent": 2}).status_code == 201
+        admin.close()
+        assert "Traceback" not in server.log(), server.log()[-4000:]
+    finally:
+        server.kill()
+
+
+class Flaky(httpx.BaseTransport):
+    """Answers 503 (Retry-After: 2) to the first ``failures`` requests, then 200/201."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if len(self.requests) <= self.failures:
+            return httpx.Response(503, headers={"Retry-After": "2", "Content-Type": "application/problem+json"},
+                                  json={"type": "urn:agora:problem:unavailable", "title": "Service unavailable",
+                                        "status": 503})
+        if request.url.path.endswith("/currencies"):
+            return httpx.Response(200, json={"currencies": []})
+        body = __import__("json").loads(request.content)
+        return httpx.Response(201, json={**body, "kind": "transfer", "currency": "EUR", "memo": "",
+                                         "pending": False, "timeout": None, "pending_id": None,
+                                         "timestamp": "2026-01-01T00:00:00+00:00"})
+
+
+def test_the_client_retries_what_is_safe_to_repeat_as_the_server_asks(monkeypatch):
+    from agora.client import ServerError
+    from agora.client import _http
+
+    pauses: list[float] = []
+    monkeypatch.setattr(_http.time, "sleep", pauses.append)
+    # A GET: sent again after the pause Retry-After asks (give or take the jitter).
+    flaky = Flaky(failures=2)
+    with Client("http://agora.test", "token", transport=flaky) as client:
+        assert client.bank.currencies() == []
+    assert len(flaky.requests) == 3 and len(pauses) == 2 and all(1.5 <= pause <= 2.5 for pause in pauses)
+    # A transfer: its id makes it safe; every attempt carries the same one.
+    flaky = Flaky(failures=1)
+    with Client("http://agora.test", "token", transport=flaky) as client:
+        sent = client.bank.transfer("A", "B", 5, "EUR", id=str(uuid.uuid4()))
+    assert [request.content for request in flaky.requests] == [flaky.requests[0].content] * 2
+    assert sent.created
+    # Opening an account is not idempotent: one attempt, and the 503 is the caller's.
+    flaky = Flaky(failures=1)
+    with Client("http://agora.test", "token", transport=flaky) as client:
+        with pytest.raises(ServerError):
+            client.bank.open("EUR")
+    assert len(flaky.requests) == 1
+    # Bounded: after ``retries`` attempts the 503 shows.
+    flaky = Flaky(failures=100)
+    with Client("http://agora.test", "token", transport=flaky, retries=3) as client:
+        with pytest.raises(ServerError):
+            client.bank.currencies()
+    assert len(flaky.requests) == 3
