@@ -23,6 +23,9 @@ from agora.files.store import Entry
 # Dead properties of one resource, as stored (JSON of XML texts): a client setting
 # ever more of them gets 507 past this.
 MAX_PROPERTIES_BYTES = 256 * 1024
+# Past this many resources (a Depth: 1 PROPFIND of a big folder, whose path comes
+# first), dead properties are read for the folder's whole tree in one query.
+MANY_PATHS = 256
 
 # RFC 4331: asked for by name only (never in allprop), since usage costs a tree walk.
 QUOTA = {clark(DAV, "quota-used-bytes"), clark(DAV, "quota-available-bytes")}
@@ -52,11 +55,26 @@ class PropertyStore:
         self.db = db
 
     async def get(self, user_id: int, paths: list[str]) -> dict[str, dict[str, str]]:
+        if len(paths) > MANY_PATHS:
+            return await self._get_in_folder(user_id, paths)
         async with self.db.read() as conn:
             rows = (await conn.execute(select(dav_properties.c.path, dav_properties.c.props).where(
                 dav_properties.c.user_id == user_id,
                 dav_properties.c.path_hash.in_([_hash(path) for path in paths])))).all()
         return {row.path: json.loads(row.props) for row in rows}
+
+    async def _get_in_folder(self, user_id: int, paths: list[str]) -> dict[str, dict[str, str]]:
+        """The dead properties of a folder (``paths[0]``) and its entries: one query for the
+        rows of its tree, none when it has no dead property (the common case), where
+        hashing each path into one query took seconds of the event loop for 100,000 files."""
+        folder = paths[0]
+        if not await self._any(user_id, folder):
+            return {}
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(dav_properties.c.path, dav_properties.c.props).where(
+                dav_properties.c.user_id == user_id, _tree(folder)))).all()
+        wanted = set(paths)
+        return {row.path: json.loads(row.props) for row in rows if row.path in wanted}
 
     async def patch(self, user_id: int, path: str, operations: list[tuple[str, str, str | None]]) -> None:
         """Apply ``(set | remove, name, XML)`` operations in order, all or none."""
@@ -194,8 +212,9 @@ async def propfind(ctx: Context) -> Response:
         used = await ctx.run(ctx.files.usage)
         quota = {clark(DAV, "quota-used-bytes"): str(used),
                  clark(DAV, "quota-available-bytes"): str(max(0, ctx.files.quota - used))}
-    body = dav_xml.multistatus([_describe(ctx, e, request, dead.get(e.path, {}), locks, quota)
-                                for e in entries])
+    # In a worker thread: the answer grows with the folder (100,000 files took 12 s).
+    body = await ctx.run(lambda: dav_xml.multistatus([_describe(ctx, e, request, dead.get(e.path, {}), locks, quota)
+                                                      for e in entries]))
     return Response(body, 207, media_type=dav_xml.MEDIA_TYPE)
 
 
