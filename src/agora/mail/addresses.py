@@ -28,7 +28,10 @@ RESOLVE_CACHE_SIZE = 10000
 
 # What an allowed-sender pattern may hold: an address, with "*" for any run of
 # characters in its local part or domain (never across the "@").
-_PATTERN_CHARS = re.compile(r"^[^\s\x00-\x1f\[\]?@]+@[^\s\x00-\x1f\[\]?@]+$")
+_PATTERN_CHARS = re.compile(r"^[^\s\x00-\x1f\x7f\ud800-\udfff\[\]?@]+@[^\s\x00-\x1f\x7f\ud800-\udfff\[\]?@]+$")
+# What no user name or pattern holds, and the metadata database may not be able to store
+# (NUL on PostgreSQL, lone surrogates anywhere): answered "not found" without a query.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ def split(address: str) -> tuple[str, str]:
         address = address[1:-1]
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain or len(address) > MAX_ADDRESS or any(
-            c.isspace() or ord(c) < 32 for c in address):
+            c.isspace() or ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in address):
+        # Lone surrogates are what undecodable bytes become (surrogateescape): no
+        # database can store them, and no address has them.
         raise InvalidInput(f"not a mail address: {address!r}")
     return local.lower(), domain.lower().rstrip(".")
 
@@ -177,6 +182,8 @@ class Addresses:
         return list(dict.fromkeys(own + extra))
 
     async def senders(self, user_name: str | None = None) -> list[SenderGrant]:
+        if user_name is not None and _UNSTORABLE.search(user_name):
+            return []
         query = (select(users.c.name, mail_senders.c.pattern, mail_senders.c.created_at)
                  .join(users, users.c.id == mail_senders.c.user_id)
                  .order_by(users.c.name, mail_senders.c.pattern))
@@ -188,6 +195,8 @@ class Addresses:
 
     async def allow_sender(self, user_name: str, pattern: str) -> SenderGrant:
         key = sender_pattern(pattern)
+        if _UNSTORABLE.search(user_name):
+            raise NotFound(f"no user {user_name!r}")
         async with self.db.write() as conn:
             user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
             if user_id is None:
@@ -201,6 +210,8 @@ class Addresses:
 
     async def disallow_sender(self, user_name: str, pattern: str) -> None:
         key = pattern.strip().lower()
+        if _UNSTORABLE.search(user_name + key):
+            raise NotFound(f"{user_name!r} has no allowed sender {key!r}")
         async with self.db.write() as conn:
             user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
             if user_id is None:
