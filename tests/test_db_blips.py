@@ -9,6 +9,7 @@ Never the system's PostgreSQL: this one lives in a temporary directory on a free
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import ftplib
 import imaplib
@@ -27,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import asyncpg
 import httpx
 import psycopg
 import pytest
@@ -126,7 +128,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
 @pytest.fixture(scope="module")
 def blip_server(private_pg: PrivatePostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgoraServer]:
     server = AgoraServer(tmp_path_factory.mktemp("blips") / "data", database_url=private_pg.url,
-                         env={"AGORA_SQL_ENABLED": "false", **SERVER_ENV})
+                         env=SERVER_ENV)
     server.start()
     yield server
     server.kill()
@@ -137,7 +139,6 @@ def test_unavailable_names_the_blips_and_nothing_else():
     code no."""
     import sqlite3
 
-    import asyncpg
     from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
     assert unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"))
@@ -258,6 +259,9 @@ def test_every_protocol_answers_a_database_outage_with_its_temporary_failure(pri
         with pytest.raises(ftplib.error_temp, match="^421"):
             ftp.login(name, password)
         ftp.close()
+        with pytest.raises(asyncpg.exceptions.CannotConnectNowError):  # SQLSTATE 57P03
+            asyncio.run(asyncpg.connect(host="127.0.0.1", port=ports["postgres"], user=name, password=password,
+                                        database="x", ssl=False, timeout=10))
     finally:
         private_pg.start_again()
     # Back: the pool replaced its dead connections.

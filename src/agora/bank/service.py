@@ -9,6 +9,7 @@ import logging
 import socket
 
 from agora.bank.ledger import ledger
+from agora.core.database import unavailable
 from agora.core.runtime import Runtime
 
 log = logging.getLogger("agora.bank")
@@ -37,8 +38,12 @@ class BankService:
                     log.info("bank: %d pending transfers expired", expired)
                     if expired >= EXPIRE_PER_ROUND:
                         continue
-            except Exception:  # storage trouble: log, try again next round
-                log.exception("bank: expiring pending transfers failed")
+            except Exception as error:  # storage trouble: log, try again next round
+                if unavailable(error):  # a blip: one line a round, not a traceback
+                    log.warning("bank: expiring pending transfers failed: the database is unavailable (%s)",
+                                type(error).__name__)
+                else:
+                    log.exception("bank: expiring pending transfers failed")
             await asyncio.sleep(interval)
 
     async def stop(self, timeout: float) -> None:

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from agora.core.database import unavailable
 from agora.core.errors import AgoraError, AuthenticationFailed, EncryptionRequired, Forbidden, NotFound, RateLimited
 from agora.core.identity import TOKEN_PREFIX, ClientInfo
 from agora.core.streams import StreamProtocol
@@ -311,6 +312,11 @@ class PGSession(StreamProtocol):
             raise Goodbye("28000", f"{error.detail}: connect with sslmode=require") from None
         except AuthenticationFailed:
             raise Goodbye("28P01", f'password authentication failed for user "{name}"') from None
+        except Exception as error:
+            if not unavailable(error):
+                raise
+            log.warning("sql: login of %r: the database is unavailable: %s", name, type(error).__name__)
+            raise Goodbye("57P03", "the server's database is unavailable for a moment; try again") from None
         from agora.sql.hosted import hosted_sql
         hosted = hosted_sql(self.runtime)
         try:
