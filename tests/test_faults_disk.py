@@ -28,6 +28,7 @@ from mail_support import DOMAIN, SERVER_ENV, TIMEOUT, message
 
 SIZE = 6 * 1024 * 1024  # the whole filesystem; SQLite and the server's own files fit in it
 API = "/api/v1/files"
+CURRENCY = "TDF"
 
 
 def mount_tmpfs(path: Path, size: int) -> None:
@@ -58,8 +59,9 @@ def fill(path: Path) -> Path:
 class Disk:
     """The shared server, its user and what was acknowledged so far."""
 
-    def __init__(self, server: AgoraServer, name: str, password: str, token: str):
+    def __init__(self, server: AgoraServer, name: str, password: str, token: str, backend: str):
         self.server = server
+        self.backend = backend
         self.name = name
         self.password = password
         self.token = token
@@ -112,7 +114,9 @@ def disk(tmp_path_factory, backend) -> Iterator[Disk]:
         server = factory(env={**SERVER_ENV, "AGORA_MAIL_DOMAINS": DOMAIN})
         name, password = server.create_user()
         token = server.login(name, password)
-        yield Disk(server, name, password, token)
+        with server.admin() as admin:
+            assert admin.post("/api/v1/bank/currencies", json={"code": CURRENCY, "exponent": 2}).status_code == 201
+        yield Disk(server, name, password, token, backend)
     finally:
         factory.close()
         subprocess.run(["umount", "-l", str(data)], check=False)
@@ -254,6 +258,12 @@ def test_with_no_byte_free_writes_get_each_protocols_answer(full: Disk):
         with pytest.raises(smtplib.SMTPException) as refused_mail:
             smtp.sendmail("sender@elsewhere.example", [f"{disk.name}@{DOMAIN}"], message("to a full disk"))
     assert "452" in str(refused_mail.value) or "4.3.1" in str(refused_mail.value), refused_mail.value
+    # The metadata database: on the full disk with SQLite (a temporary failure), else not.
+    with disk.http() as http:
+        opened = http.post("/api/v1/bank/accounts", json={"currency": CURRENCY, "name": "full"})
+        token = http.post("/api/v1/tokens", json={"username": disk.name, "password": disk.password, "name": "x"})
+    expected = 503 if disk.backend == "sqlite" else 201
+    assert (opened.status_code, token.status_code) == (expected, expected), (opened.text, token.text)
     assert {p.name for p in disk.tree().iterdir()} == {"kept.bin"}
     assert disk.leftovers() == []
 
