@@ -300,12 +300,16 @@ def test_sqlite_locked_past_busy_timeout_is_503(tmp_path):
         server.kill()
 
 
-class Flaky(httpx.BaseTransport):
+class Flaky(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """Answers 503 (Retry-After: 2) to the first ``failures`` requests, then 200/201."""
 
     def __init__(self, failures: int):
         self.failures = failures
         self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        return self.handle_request(request)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -350,3 +354,28 @@ def test_the_client_retries_what_is_safe_to_repeat_as_the_server_asks(monkeypatc
         with pytest.raises(ServerError):
             client.bank.currencies()
     assert len(flaky.requests) == 3
+
+
+def test_the_async_client_retries_the_same(monkeypatch):
+    from agora.client import AsyncClient, ServerError
+    from agora.client import _http
+
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(_http.asyncio, "sleep", pause)
+
+    async def run() -> None:
+        flaky = Flaky(failures=1)
+        async with AsyncClient("http://agora.test", "token", transport=flaky) as client:
+            sent = await client.bank.transfer("A", "B", 5, "EUR", id=str(uuid.uuid4()))
+            assert sent.created and len(flaky.requests) == 2
+            flaky.failures = 10
+            with pytest.raises(ServerError):
+                await client.bank.open("EUR")
+            assert len(flaky.requests) == 3
+
+    asyncio.run(run())
+    assert len(pauses) == 1 and 1.5 <= pauses[0] <= 2.5
