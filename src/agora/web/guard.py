@@ -86,16 +86,21 @@ def guarded_protocol() -> Any:
         _refused = False
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
             guard = getattr(self.server_state, "guard", None)
-            if guard is None:
-                return  # not run by the web service (the tests' in-process protocol)
-            address = self.client[0] if self.client else ""
+            if guard is None:  # not run by the web service (the tests' in-process protocol)
+                super().connection_made(transport)
+                return
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) else ""
             if not guard.admit(address):
+                # Turned away before uvicorn sets the connection up: a flood of them
+                # should cost as little as can be.
                 self._refused = True
+                self.transport = transport
                 transport.write(REFUSAL)
                 transport.close()
                 return
+            super().connection_made(transport)
             self._guard, self._address = guard, address
             self._head_started = self.loop.time()
             self._head_timer = self.loop.call_later(guard.header_timeout, self._check_head)
@@ -136,6 +141,8 @@ def guarded_protocol() -> Any:
             self._head_timer = self.loop.call_later(delay, self._check_head)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._refused:
+                return  # uvicorn never knew it
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
