@@ -38,7 +38,10 @@ MAX_SUBJECT = 998  # RFC 5322's line limit
 RECIPIENT_CHARS = 1024
 # Characters of one From: or Sender: field read for the check: a real one is a name and
 # an address or two; a longer one is refused rather than parsed at length.
-MAX_IDENTITY_HEADER = 4096
+MAX_IDENTITY_HEADER = 2048
+# The stdlib's address parser takes up to ~0.1 s per 1,000 odd characters (a run of
+# quotes): a field longer than this is parsed in a worker thread, off the event loop.
+INLINE_PARSE = 256
 IDENTITY_HEADERS = ("from", "sender")
 # Anything a reader would take for an address, "@" with or without spaces around it
 # (NFKC first turns look-alikes such as the full-width "＠" into the real ones).
@@ -117,14 +120,14 @@ def identity_mailboxes(name: str, value: str) -> list[str]:
     try:
         header = default_policy.header_factory(name, value)
         mailboxes = [address.addr_spec for address in header.addresses]  # type: ignore[attr-defined]
-        defects = header.defects
-    except (email.errors.MessageError, IndexError, ValueError, TypeError):
-        mailboxes, defects = [], ["unreadable"]
+        defects, parsed = header.defects, str(header)
+    except Exception:  # the stdlib's parser fails on some odd input in its own ways (AttributeError...)
+        mailboxes, defects, parsed = [], ["unreadable"], ""
     if defects or not mailboxes or any(not mailbox or mailbox == "<>" for mailbox in mailboxes):
         raise NotYourAddress(f"{label}: {value.strip()[:200]!r} is not a plain list of addresses "
                              "(write it as: Name <address>)")
     known = {mailbox.lower() for mailbox in mailboxes}
-    for shown in _as_read(value, str(header)):
+    for shown in _as_read(value, parsed):
         for token in _ADDRESS_LIKE.findall(shown):
             token = re.sub(r"\s+", "", token).lower()
             if token not in known:
@@ -133,13 +136,20 @@ def identity_mailboxes(name: str, value: str) -> list[str]:
     return mailboxes
 
 
+async def mailboxes_of(name: str, value: str) -> list[str]:
+    """:func:`identity_mailboxes`, in a worker thread for a long field."""
+    if len(value) <= INLINE_PARSE:
+        return identity_mailboxes(name, value)
+    return await asyncio.to_thread(identity_mailboxes, name, value)
+
+
 def _as_read(value: str, parsed: str) -> list[str]:
     """The field as readers may show it: as written, with its encoded words decoded
     (comments too), as parsed; look-alikes (a full-width "＠") folded to the real ones."""
     forms = [value, parsed]
     try:
         forms.append(str(make_header(decode_header(value))))
-    except (email.errors.MessageError, LookupError, UnicodeError, ValueError):
+    except Exception:  # as above: an encoded word the stdlib cannot decode is shown as written
         pass
     return [unicodedata.normalize("NFKC", form) for form in forms]
 
@@ -152,7 +162,7 @@ async def check_identity(runtime: Runtime, user: User, sender: str, raw: bytes) 
     # Finding the header's end is a memchr; the fields' scan is bounded by the header only.
     fields = identity_fields(raw) if len(raw) <= 64 * 1024 else await asyncio.to_thread(identity_fields, raw)
     for name, value in fields:
-        for mailbox in identity_mailboxes(name, value):
+        for mailbox in await mailboxes_of(name, value):
             if not await store.owns_address(user, mailbox):
                 raise NotYourAddress(f"{user.name} may not send as {name.capitalize()}: <{mailbox[:320]}>")
 
@@ -260,7 +270,7 @@ async def compose_and_send(runtime: Runtime, user: User, outgoing: Outgoing) -> 
     if len(outgoing.subject) > MAX_SUBJECT:
         raise InvalidInput(f"Subject: longer than {MAX_SUBJECT} characters")
     header_from = (outgoing.sender or "").strip() or mail_store(runtime).address_of(user)
-    mailboxes = identity_mailboxes("from", header_from)
+    mailboxes = await mailboxes_of("from", header_from)
     for mailbox in mailboxes:
         await check_sender(runtime, user, mailbox)
     sender = mailboxes[0]  # the envelope's
