@@ -250,7 +250,7 @@ class Identity:
             await self._audit(conn, action, actor, name, client, shown)
             after = await self._require_user(conn, name)
         if password is not None or changes.get("disabled"):
-            self.sessions.changed()
+            self.sessions.changed(before.id)
         return after
 
     async def delete_user(self, name: str, *, actor: str | None = None,
@@ -461,7 +461,7 @@ class Identity:
                 await publish(conn, user.id)
                 await self._audit(conn, "token.revoke", user.name, user.name, client, {"token": token_id})
             row = (await conn.execute(select(tokens).where(tokens.c.id == token_id))).one()
-        self.sessions.changed()
+        self.sessions.changed(user.id)
         return _token(row)
 
     async def user_for_token(self, secret: str) -> User | None:

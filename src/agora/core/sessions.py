@@ -81,6 +81,7 @@ class AccountSessions:
         self._emptied: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._changed: set[int | None] = set()  # users to check at the wake (None: all)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- what sessions call --------------------------------------------------------------
@@ -114,10 +115,16 @@ class AccountSessions:
 
     # -- what identity calls -------------------------------------------------------------
 
-    def changed(self) -> None:
-        """An account changed (committed): check the open sessions now."""
+    def changed(self, user_id: int | None = None) -> None:
+        """An account changed (committed): check its open sessions now (all of them
+        without ``user_id``)."""
         if self._wake is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._wake_for, user_id)
+
+    def _wake_for(self, user_id: int | None) -> None:
+        assert self._wake is not None
+        self._changed.add(user_id)
+        self._wake.set()
 
     async def end_user(self, user_id: int, reason: str, timeout: float) -> bool:
         """End every session of a user and wait (at most ``timeout``) until they have
@@ -168,25 +175,29 @@ class AccountSessions:
         assert self._wake is not None
         failing = False
         while True:
+            changed: set[int | None] = {None}  # the periodic recheck: every account
             try:
                 async with asyncio.timeout(self.recheck):
                     await self._wake.wait()
+                changed = self._changed
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._changed = set()
             try:
-                await self.check()
+                await self.check(None if None in changed else {i for i in changed if i is not None})
                 failing = False
             except Exception as error:  # the database is away: the sessions stay until it is back
                 if not failing:
                     log.warning("cannot recheck open sessions' accounts: %s", error)
                 failing = True
 
-    async def check(self) -> None:
-        """Re-read the accounts (and tokens) of every open session; end those that no
-        longer hold."""
+    async def check(self, user_ids: set[int] | None = None) -> None:
+        """Re-read the accounts (and tokens) of every open session (or of those of
+        ``user_ids``); end those that no longer hold."""
         with self._lock:
-            held = [login for logins in self._by_user.values() for login in logins if login.ended is None]
+            held = [login for user_id, logins in self._by_user.items() for login in logins
+                    if login.ended is None and (user_ids is None or user_id in user_ids)]
         if not held:
             return
         user_ids = sorted({login.user_id for login in held})
@@ -233,7 +244,7 @@ class AccountSessions:
                 try:
                     lost = asyncio.Event()
                     conn.add_termination_listener(lambda _c: lost.set())
-                    await conn.add_listener(CHANNEL, lambda *_: self.changed())
+                    await conn.add_listener(CHANNEL, self._heard)
                     listening.set()
                     self.changed()  # what changed while nobody listened
                     await lost.wait()
@@ -245,6 +256,12 @@ class AccountSessions:
                 listening.set()
                 log.warning("account notices: %s; reconnecting in %.0f s", error, RECONNECT_DELAY)
             await asyncio.sleep(RECONNECT_DELAY)
+
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self.changed(int(payload))
+        except ValueError:
+            log.warning("ignoring a malformed account notice %r", payload)
 
 
 def _why_ended(login: Login, account: Any, live_tokens: set[str]) -> str | None:
