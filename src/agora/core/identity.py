@@ -124,6 +124,18 @@ async def _scram_verifier(password: str, iterations: int) -> str:
     return encode_verifier(await asyncio.to_thread(make_verifier, password, iterations))
 
 
+def possible_user_name(name: Any) -> bool:
+    """Whether an account could have this name (checked before any query: the metadata
+    database must never see what it cannot store, such as NUL on PostgreSQL)."""
+    return isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and _NAME.fullmatch(name) is not None
+
+
+def _shown(name: str) -> str | None:
+    """A name as the audit log can store it, whatever was sent: at most 64 characters,
+    NUL and lone surrogates written as escapes."""
+    return name[:64].encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00") or None
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -195,6 +207,8 @@ class Identity:
             return await self._require_user(conn, name)
 
     async def find_user(self, name: str) -> User | None:
+        if not possible_user_name(name):
+            return None
         async with self.db.read() as conn:
             row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.name == name))).first()
         return _user(row) if row else None
@@ -304,7 +318,7 @@ class Identity:
         if wait > 0:
             self._observe(client.protocol, "rate_limited")
             if self.limiter.first_refusal(key, client.address):
-                await self.audit.record_or_log("login", actor=key[:64] or None, outcome="rate-limited",
+                await self.audit.record_or_log("login", actor=_shown(key), outcome="rate-limited",
                                                protocol=client.protocol, client_addr=client.address)
             raise RateLimited(wait)
 
@@ -321,13 +335,16 @@ class Identity:
         await self._refuse_if_limited(key, client, reserve=True)
         row = None
         try:
-            if isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH:
+            possible = possible_user_name(name)
+            if possible:
                 async with self.db.read() as conn:
                     row = (await conn.execute(
                         select(*_USER_COLUMNS, users.c.password_hash, users.c.scram_verifier)
                         .where(users.c.name == name))).first()
             valid = isinstance(password, str) and len(password) <= MAX_PASSWORD_LENGTH
-            ok = await self.hasher.verify(row.password_hash if row else None, password if valid else "")
+            # A name no account can have is refused without a hash: the rules for names
+            # are public, so answering it sooner tells nothing.
+            ok = possible and await self.hasher.verify(row.password_hash if row else None, password if valid else "")
         except BaseException:
             self.limiter.release(key, client.address)  # nothing was checked
             raise
@@ -336,7 +353,7 @@ class Identity:
             self.limiter.succeeded(key, client.address)  # a disabled account's too: the password was right
         if not ok or row.disabled:
             self._observe(client.protocol, "failed")
-            await self.audit.record_or_log("login", actor=key[:64] or None, outcome="failed",
+            await self.audit.record_or_log("login", actor=_shown(key), outcome="failed",
                                            protocol=client.protocol, client_addr=client.address,
                                            details={"reason": "disabled"} if ok else None)
             raise AuthenticationFailed("wrong user name or password")
@@ -372,7 +389,7 @@ class Identity:
         """
         key = name if isinstance(name, str) else ""
         await self._refuse_if_limited(key, client)
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH):
+        if not possible_user_name(name):
             return None
         async with self.db.read() as conn:
             row = (await conn.execute(select(users.c.disabled, users.c.scram_verifier)
@@ -385,7 +402,7 @@ class Identity:
         """True for an existing user who has no SCRAM verifier yet (one made before
         verifiers existed): such a user can log in with SCRAM only after giving the
         password once. False for everyone else, unknown names included."""
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and len(name) <= MAX_NAME_LENGTH):
+        if not possible_user_name(name):
             return False
         async with self.db.read() as conn:
             row = (await conn.execute(select(users.c.scram_verifier).where(users.c.name == name))).first()
@@ -410,7 +427,7 @@ class Identity:
         user = await self.find_user(name) if ok else None
         if user is None or user.disabled:
             self._observe(client.protocol, "failed")
-            await self.audit.record_or_log("login", actor=key[:64] or None, outcome="failed",
+            await self.audit.record_or_log("login", actor=_shown(key), outcome="failed",
                                            protocol=client.protocol, client_addr=client.address,
                                            details={"reason": "disabled"} if user else None)
             raise AuthenticationFailed("wrong user name or password")
@@ -537,6 +554,8 @@ class Identity:
         return True
 
     async def _require_user(self, conn: AsyncConnection, name: str) -> User:
+        if not possible_user_name(name):
+            raise NotFound(f"no user named {name!r}")
         row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.name == name))).first()
         if row is None:
             raise NotFound(f"no user named {name!r}")

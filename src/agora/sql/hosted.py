@@ -45,7 +45,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
-from agora.core.identity import User
+from agora.core.identity import User, possible_user_name
 from agora.core.runtime import Runtime
 from agora.core.tables import users, utcnow
 from agora.sql import grants
@@ -266,7 +266,12 @@ class HostedSQL:
         if not isinstance(ref, str) or not ref:
             raise NotFound("no database named")
         owner, _, name = ref.rpartition("/")
-        return owner or user.name, name
+        owner = owner or user.name
+        # Checked before any query: no database can have another name, and the metadata
+        # database must not be asked about what it cannot store (NUL on PostgreSQL).
+        if not _NAME.fullmatch(name) or not possible_user_name(owner):
+            raise NotFound(f"no database named {ref!r}")
+        return owner, name
 
     async def get(self, user: User, ref: str, *, size: bool = True) -> DatabaseInfo:
         """The database ``ref`` if ``user`` may use it (``.access`` says how); else NotFound."""
