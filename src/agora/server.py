@@ -113,11 +113,11 @@ async def serve(config: Config) -> int:
 
     classes = enabled_services(config)
     listeners = [name for cls in classes for name in cls.listeners]
-    descriptors.raise_limit(descriptors.needed(config, listeners))
-    descriptors.check_backlog(config)
     # Bound before anything is written, so that a port in use stops a first start
     # before it has created (and printed the password of) the admin account.
     sockets = bind_listeners(config, listeners)
+    descriptors.raise_limit(descriptors.needed(config, listeners))
+    descriptors.check_backlog(config)
     try:
         runtime = await Runtime.open(config, serving=True)
     except BaseException:

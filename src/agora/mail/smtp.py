@@ -149,7 +149,7 @@ class SMTPSession(SMTP):
         # wait for the next is the idle timeout once logged in, the login timeout before.
         if duration is None:
             authenticated = self.session is not None and self.session.authenticated
-            duration = self.idle_timeout if authenticated else self.login_timeout
+            duration = self.idle_timeout if authenticated else min(self.idle_timeout, self.login_timeout)
         super()._reset_timeout(duration)
 
     def end_account(self, reason: str) -> None:

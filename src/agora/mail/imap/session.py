@@ -101,7 +101,7 @@ class Session(MailSession):
         """The next bytes from the client, waiting for changes to report meanwhile in
         IDLE; BYE when the client is silent for too long."""
         pending = self.parser.pending and not self.idling
-        timeout = self.idle_timeout if self.user is not None else self.login_timeout
+        timeout = self.idle_timeout if self.user is not None else min(self.idle_timeout, self.login_timeout)
         if pending:
             # The whole command, literals included, has command_timeout to arrive: a
             # client trickling a byte at a time cannot hold the session for longer.

@@ -131,7 +131,7 @@ class Session(MailSession):
             timeout = max(0.0, self._command_started + self.command_timeout - loop.time())
         else:
             self._command_started = None
-            timeout = self.idle_timeout if self.user is not None else self.login_timeout
+            timeout = self.idle_timeout if self.user is not None else min(self.idle_timeout, self.login_timeout)
         try:
             async with asyncio.timeout(timeout):
                 return await self.conn.read()
