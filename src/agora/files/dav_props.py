@@ -205,7 +205,8 @@ async def propfind(ctx: Context) -> Response:
     entries = [entry]
     if depth == "1" and entry.is_dir:
         entries += await ctx.run(ctx.files.list, ctx.path)
-    dead = await PropertyStore(ctx.runtime.db).get(ctx.user.id, [e.path for e in entries])
+    paths = await ctx.run(lambda: [e.path for e in entries])
+    dead = await PropertyStore(ctx.runtime.db).get(ctx.user.id, paths)
     locks = await LockStore(ctx.runtime.db).live(ctx.user.id)
     quota = {}
     if request.kind == "prop" and QUOTA & set(request.names):

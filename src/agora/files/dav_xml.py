@@ -191,8 +191,10 @@ def status_response(url: str, code: int) -> str:
 
 
 def multistatus(responses: list[str]) -> bytes:
-    return (XML_DECLARATION + '<D:multistatus xmlns:D="DAV:">' + "".join(responses)
-            + "</D:multistatus>").encode()
+    # Encoded one response at a time: for 100,000 files, joining and encoding the whole
+    # text were single steps of tenths of a second that held every thread's GIL.
+    return b"".join([(XML_DECLARATION + '<D:multistatus xmlns:D="DAV:">').encode(),
+                     *(r.encode() for r in responses), b"</D:multistatus>"])
 
 
 def error_body(condition: str, content: str = "") -> bytes:

@@ -15,6 +15,7 @@ import json
 import mimetypes
 import re
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from email import policy as email_policy
@@ -283,6 +284,84 @@ def body_text_for_search(raw: bytes) -> str:
             text = _part_text(raw, part)
             texts.append(_html_to_text(text) if part.subtype.lower() == "html" else text)
     return "\n".join(texts)
+
+
+SLICE_BYTES = 1024 * 1024  # of a part's body decoded at once by body_text_slices_for_search
+# Charsets in which a line break byte may be part of another character: their parts are
+# decoded whole.
+_WIDE_CHARSETS = ("utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4")
+
+
+def body_text_slices_for_search(raw: bytes) -> Iterator[str]:
+    """body_text_for_search's text in slices of about SLICE_BYTES, for a big message:
+    each step of decoding, folding and matching then holds the GIL (every thread's, the
+    event loop's too) for the time of a slice, not of 50 MB."""
+    first = True
+    for part in ms.walk(ms.parse(raw, mime_only=True)):
+        if part.kind == "leaf" and part.mtype.lower() == "text":
+            if not first:
+                yield "\n"
+            first = False
+            html = part.subtype.lower() == "html"
+            charset = part.param("charset")
+            if (charset or "").strip().strip('"').lower().startswith(_WIDE_CHARSETS):
+                text = _part_text(raw, part)
+                yield _html_to_text(text) if html else text
+                continue
+            # Cut after a line break (after a tag's end in HTML): no character, CRLF or
+            # tag is cut in two, as long as the charset is ASCII-compatible.
+            for piece in _decoded_slices(raw, part, b">" if html else b"\n"):
+                text = _decode_bytes(piece, charset).replace("\r\n", "\n")
+                yield _html_to_text(text) if html else text
+
+
+def _decoded_slices(raw: bytes, part: ms.Part, cut: bytes) -> Iterator[bytes]:
+    """A part's body, transfer-decoded, in slices that end just after ``cut`` (unless a
+    slice's worth of bytes has none)."""
+    encoding = (part.get("content-transfer-encoding") or "").strip().lower()
+    encoded = encoding in ("base64", "quoted-printable")
+    held = b""      # decoded bytes after the last cut, for the next slice
+    quartets = b""  # base64 characters short of a whole quartet, for the next slice
+    start, end = part.body_start, part.body_end
+    while start < end:
+        stop = min(end, start + SLICE_BYTES)
+        if stop < end:  # encoded, a line stays whole (base64 quartets, QP escapes)
+            stop = _slice_end(raw, start, stop, b"\n" if encoded else cut)
+        piece = raw[start:stop]
+        start = stop
+        if not encoded:
+            yield piece
+            continue
+        if encoding == "base64":
+            piece = quartets + re.sub(rb"[^A-Za-z0-9+/]", b"", piece)
+            whole = len(piece) if start >= end else len(piece) - len(piece) % 4
+            piece, quartets = _b64(piece[:whole]), piece[whole:]
+        else:
+            piece = binascii.a2b_qp(piece)
+        piece = held + piece
+        held = b""
+        if start < end:
+            at = _slice_end(piece, 0, len(piece), cut)
+            piece, held = piece[:at], piece[at:]
+        yield piece
+
+
+def _slice_end(data: bytes, start: int, stop: int, cut: bytes) -> int:
+    """Where a slice of data[start:stop] ends: after its last ``cut``, else after its last
+    line break, else (a line longer than a slice) not inside a UTF-8 character or CRLF
+    (what is cut off goes with the next slice)."""
+    for sep in dict.fromkeys((cut, b"\n")):
+        at = data.rfind(sep, start, stop)
+        if at >= start:
+            return at + 1
+    end = stop
+    while end - 1 > start and 0x80 <= data[end - 1] < 0xC0:
+        end -= 1
+    if end - 1 > start and data[end - 1] >= 0xC0:
+        end -= 1  # the lead byte of a character that may go on past stop
+    elif end == stop and data[end - 1:end] == b"\r":
+        end -= 1
+    return end
 
 
 def header_text_for_search(raw: bytes) -> str:

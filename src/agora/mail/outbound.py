@@ -39,6 +39,7 @@ BATCH = 32  # rows claimed at once
 PARALLEL = 16  # messages being delivered at once per node
 POLL = 30.0  # look for due rows at least this often (another node's, expired claims)
 ORPHAN_AGE = 3600.0  # a queue file without a row this old was never committed
+LOGGED_RECIPIENTS = 10  # recipients named in the log line of one answer (the rest counted)
 
 
 class OutboundQueue:
@@ -271,9 +272,15 @@ class OutboundQueue:
             return {a: Result(553, "5.1.3 bad recipient address") for a in addresses}
         results = await deliver_to_domain(domain, row.sender, addresses, raw, routes=self.config.routes,
                                           helo=self._hostname, timeout=self.config.outbound_timeout)
+        # One line per answer, not per recipient: 10,000 recipients refused alike were
+        # 10,000 lines written from the event loop (1.7 s).
+        answers: dict[tuple[int, str], list[str]] = {}
         for address, result in results.items():
-            log.info("outbound %s attempt %d: <%s> -> <%s>: %s %s", row.id, row.attempts + 1,
-                     row.sender, address, result.code, result.text)
+            answers.setdefault((result.code, result.text), []).append(address)
+        for (code, text), alike in answers.items():
+            more = f" and {len(alike) - LOGGED_RECIPIENTS} more" if len(alike) > LOGGED_RECIPIENTS else ""
+            log.info("outbound %s attempt %d: <%s> -> %s%s: %s %s", row.id, row.attempts + 1, row.sender,
+                     ", ".join(f"<{a}>" for a in alike[:LOGGED_RECIPIENTS]), more, code, text)
         return results
 
     async def _reschedule(self, row: Any, waiting: list[str], error: str) -> None:

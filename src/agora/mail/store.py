@@ -54,6 +54,7 @@ CHUNK = 500  # ids per IN (...) clause: SQLite caps bound parameters
 IN_FLIGHT_GRACE = 3.0
 USAGE_TTL = 30.0  # seconds a user's cached mail usage is trusted (see _usage_of)
 INLINE_PARSE = 256 * 1024  # bytes of message parsed on the event loop rather than in a thread
+INLINE_HEADER = 16 * 1024  # ... if its header ends within this many bytes
 # Threads that write message files: each mostly waits on fsync, so more of them than
 # cores lets concurrent deliveries' fsyncs overlap (the default pool has cores + 4).
 IO_THREADS = 32
@@ -615,8 +616,10 @@ class MailStore:
     @staticmethod
     async def _summarize(raw: bytes) -> Summary:
         # A small message is parsed in a fraction of a millisecond: cheaper here than
-        # the hop to a thread and back.
-        if len(raw) <= INLINE_PARSE:
+        # the hop to a thread and back. Not one with a large header: 10,000 addresses in
+        # a To: field of 240 KB took 0.7 s to parse.
+        small_header = raw.find(b"\n\r\n", 0, INLINE_HEADER) >= 0 or raw.find(b"\n\n", 0, INLINE_HEADER) >= 0
+        if len(raw) <= INLINE_PARSE and small_header:
             return summarize(raw)
         return await asyncio.to_thread(summarize, raw)
 

@@ -15,6 +15,8 @@ match, and bytes are half the memory of most decoded text in the cache).
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterable, Iterator
 from datetime import date
 from typing import Any, Callable
 
@@ -23,6 +25,10 @@ from agora.mail.imap.cache import ENVELOPE_FIELDS
 Predicate = Callable[[int, Any, Any], bool]
 READ_BATCH = 128  # messages read at once for BODY/TEXT searches
 SLICE = 2000  # messages searched between two turns of the other sessions
+# A message larger than this is searched slice by slice and its text is not kept: each
+# step then holds the GIL (and so the event loop, waiting for it) for a slice's time;
+# the whole 50 MB at once held it for tenths of a second per step.
+LARGE = 4 * 1024 * 1024
 
 
 def fold(text: str) -> bytes:
@@ -55,6 +61,22 @@ class Raw:
             self._body = fold(body_text_for_search(self.data))  # type: ignore[arg-type]
         return self._body
 
+    def body_has(self, needle: bytes) -> bool:
+        if self._body is None and self.data is not None and len(self.data) > LARGE:
+            return _stream_has(self._body_slices(), needle)
+        return needle in self.body()
+
+    def text_has(self, needle: bytes) -> bool:
+        if self._text is None and self._body is None and self.data is not None and len(self.data) > LARGE:
+            from agora.mail.message import header_text_for_search
+            head = fold(header_text_for_search(self.data) + "\n\n")
+            return _stream_has(itertools.chain([head], self._body_slices()), needle)
+        return needle in self.text()
+
+    def _body_slices(self) -> Iterator[bytes]:
+        from agora.mail.message import body_text_slices_for_search
+        return (fold(text) for text in body_text_slices_for_search(self.data))  # type: ignore[arg-type]
+
     def known_body(self) -> bytes | None:
         """The body text if it is at hand by now (given, or made for a key that needed it)."""
         return self._body
@@ -62,6 +84,20 @@ class Raw:
     def header(self, name: str) -> list[str]:
         from agora.mail.message import header_values
         return [v.casefold() for v in header_values(self.data, name)]  # type: ignore[arg-type]
+
+
+def _stream_has(slices: Iterable[bytes], needle: bytes) -> bool:
+    """Whether ``needle`` is in the slices joined, also where it spans two of them."""
+    if not needle:
+        return True
+    keep = len(needle) - 1
+    tail = b""
+    for piece in slices:
+        window = tail + piece if tail else piece
+        if needle in window:
+            return True
+        tail = window[-keep:] if keep else b""
+    return False
 
 
 def _date_test(op: str, day: date) -> Callable[[date], bool]:
@@ -124,10 +160,10 @@ def compile_key(key: tuple[Any, ...], view: Any) -> tuple[Predicate, int]:
         return (lambda i, m, r: any(needle in v for v in r.header(name))), 2
     if kind == "BODY":
         needle = fold(key[1])
-        return (lambda i, m, r: needle in r.body()), 2
+        return (lambda i, m, r: r.body_has(needle)), 2
     if kind == "TEXT":
         needle = fold(key[1])
-        return (lambda i, m, r: needle in r.text()), 2
+        return (lambda i, m, r: r.text_has(needle)), 2
     if kind == "NOT":
         inner, cost = compile_key(key[1], view)
         return (lambda i, m, r: not inner(i, m, r)), cost
