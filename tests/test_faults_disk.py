@@ -239,6 +239,9 @@ def test_with_no_byte_free_logins_and_reads_work(full: Disk):
 def test_with_no_byte_free_writes_get_each_protocols_answer(full: Disk):
     disk = full
     assert refused_http(disk, "/new.bin", os.urandom(100_000)) == 507
+    # Refused at its first chunk, with most of the body still to come: the answer
+    # still reaches the client.
+    assert refused_http(disk, "/large.bin", os.urandom(32 * 1024 * 1024)) == 507
     with disk.dav() as dav:
         assert dav.put("/new.bin", content=os.urandom(100_000)).status_code == 507
     client = disk.ftp()
