@@ -826,7 +826,8 @@ class MailStore:
             return target.uidvalidity, []
         # A move adds nothing to the usage; a copy claims what it adds.
         claim = 0 if _move else sum(row.size for row in rows)
-        await self._reserve(user.id, user.name, claim)
+        if claim:
+            await self._reserve(user.id, user.name, claim)
         stored = False
         plan = []
         for row in rows:
