@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agora.core.fsutil import write_all
+
 
 class CredentialsError(Exception):
     """The credentials file exists but cannot be used."""
@@ -62,7 +64,7 @@ def save(credentials: Credentials) -> Path:
     try:
         # O_CREAT's mode does not apply to a file left over from an interrupted run.
         os.fchmod(fd, 0o600)
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
