@@ -372,3 +372,45 @@ def _wait_for_log(server: AgoraServer, predicate: Callable[[str], bool], timeout
         time.sleep(0.05)
     return server.log()
 
+
+
+class LowFdServer(AgoraServer):
+    """A server whose hard open-files limit is small, so that it runs out."""
+
+    LIMIT = 400
+
+    def command(self) -> list[str]:
+        start = ("import resource, runpy, sys; "
+                 f"resource.setrlimit(resource.RLIMIT_NOFILE, ({self.LIMIT}, {self.LIMIT})); "
+                 "sys.argv[0] = 'agora'; runpy.run_module('agora', run_name='__main__')")
+        return [sys.executable, "-c", start, *super().command()[3:]]
+
+
+def test_running_out_of_descriptors_is_logged_and_the_listeners_go_on(tmp_path) -> None:
+    server = LowFdServer(tmp_path / "data", env={
+        "AGORA_HTTP_MAX_CONNECTIONS_PER_IP": "100000", "AGORA_HTTP_ACCESS_LOG": "false"}).start()
+    try:
+        assert "open-files limit is 400" in server.log()  # said at start: too low for the limits
+
+        async def exhaust() -> None:
+            # More connections than the server has descriptors: they are accepted (the
+            # kernel's queue), some by the server, the rest closed unanswered.
+            sockets = await _connect_many(LowFdServer.LIMIT + 100, server.ports["http"])
+            try:
+                await asyncio.to_thread(_wait_for_log, server, lambda text: "out of file descriptors" in text)
+            finally:
+                for sock in sockets:
+                    sock.close()
+
+        asyncio.run(exhaust())
+        lines = [line for line in server.log().splitlines() if "out of file descriptors" in line]
+        assert len(lines) == 1 and " WARNING " in lines[0], lines  # once, not per connection
+        # Once the connections are gone, every listener serves again.
+        assert _healthz_from_other_address(server) < 5
+        with socket.create_connection(("127.0.0.1", server.ports["ftp"]), timeout=10) as ftp:
+            assert ftp.recv(512).startswith(b"220")
+        with socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=10) as imap:
+            assert imap.recv(512).startswith(b"* OK")
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
