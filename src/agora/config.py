@@ -359,7 +359,7 @@ SETTINGS += [
     Setting("mail.idle_timeout", _duration, 1800.0, "A mail session with no command for this long is logged out (IMAP: RFC 3501 asks for at least 30 min)."),
     Setting("mail.command_timeout", _duration, 60.0, "A command, literal or message body that does not arrive completely within this is dropped: a deadline for the whole of it, not renewed by each byte that arrives."),
     Setting("mail.min_data_rate", parse_size, 500, "Bytes per second an SMTP message body must arrive at beyond mail.command_timeout: a body has command_timeout plus its size at this rate (Postfix's smtpd_min_data_rate), however its bytes trickle in."),
-    Setting("mail.login_timeout", _duration, 60.0, "An IMAP, POP3 or SMTP connection that has not logged in is closed after this long without a command (logged-in sessions get mail.idle_timeout)."),
+    Setting("mail.login_timeout", _duration, 60.0, "An IMAP, POP3 or SMTP connection that has not logged in (SMTP receipt: any) is closed after this long without a command, or mail.idle_timeout if that is shorter (logged-in sessions get mail.idle_timeout). Dovecot gives a client 3 minutes to log in, Postfix 300 s per command (10 s under stress)."),
     Setting("mail.dedupe_window", _duration, 86400.0, "A message resent after a temporary error within this window is not delivered twice."),
     Setting("mail.retry_base", _duration, 60.0, "First retry of an outbound message after a temporary failure; doubles each time."),
     Setting("mail.retry_max", _duration, 3600.0, "Longest wait between outbound retries."),
