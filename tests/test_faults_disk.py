@@ -23,6 +23,9 @@ from typing import Iterator
 import httpx
 import pytest
 
+from agora.core import fsutil
+from agora.core.errors import StorageFull
+from agora.files.store import FileStore
 from conftest import AgoraServer, ServerFactory
 from mail_support import DOMAIN, SERVER_ENV, TIMEOUT, message
 
@@ -292,3 +295,30 @@ def test_after_space_is_freed_all_is_intact_and_writes_work(full: Disk, request)
         assert_intact(disk)
     finally:
         (disk.root / "filler").touch()  # for the fixture's unlink
+
+
+def test_short_writes_are_completed_or_refused(tmp_path, monkeypatch):
+    """write(2) storing fewer bytes than asked: the rest is written, and where the disk
+    takes no more, StorageFull; an Upload is then aborted and leaves nothing."""
+    real_write = os.write
+    room = {"left": 10_000}
+
+    def short_write(fd: int, data) -> int:
+        if room["left"] <= 0:
+            raise OSError(28, "No space left on device")
+        count = min(len(data), 777, room["left"])  # never all of it at once
+        room["left"] -= count
+        return real_write(fd, bytes(data[:count]))
+
+    monkeypatch.setattr(fsutil.os, "write", short_write)
+    data = os.urandom(5_000)
+    target = tmp_path / "whole.bin"
+    fsutil.write_atomically(target, data)
+    assert target.read_bytes() == data
+
+    files = FileStore(tmp_path / "files").for_user("someone", 10**9)
+    with pytest.raises(StorageFull):
+        with files.upload("/cut.bin") as upload:
+            upload.write(os.urandom(8_000))
+    assert not files.exists("/cut.bin")
+    assert list((tmp_path / "files" / ".uploads").iterdir()) == []
