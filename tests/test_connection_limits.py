@@ -1,6 +1,8 @@
 """Connections cannot be hoarded (issue 14, item 4): thousands of silent or trickling
 connections from one address leave the others served and are closed at their deadline;
-a burst of 3,000 connects to each listener is answered, none left to time out.
+a trickled SMTP body and silent mail clients are cut off at theirs; a burst of 3,000
+connects to each listener is answered, none left to time out; running out of file
+descriptors is logged and the listeners go on; a failed TLS handshake is one INFO line.
 
 One server for the module, with short deadlines. "Another address" is 127.0.0.2: on
 Linux the whole of 127/8 is local, so a client bound to it reaches the server on
@@ -19,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from conftest import AgoraServer
