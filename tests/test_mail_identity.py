@@ -39,7 +39,7 @@ SPOOFS = (  # From: values that must not pass for alice's
 class People:
     def __init__(self, server: AgoraServer):
         self.server = server
-        (self.alice, self.alice_password), (self.bob, self.bob_password), (self.carol, _) = (
+        (self.alice, self.alice_password), (self.bob, self.bob_password), (self.carol, self.carol_password) = (
             server.create_user() for _ in range(3))
         with server.admin() as admin:
             for path, body in (("aliases", {"address": f"sales@{DOMAIN}", "user": self.alice}),
@@ -150,6 +150,13 @@ def test_webmail_refuses_spoofs_and_too_many_recipients_and_never_cuts(people):
     try:
         compose = mailer.http.get("/mail/compose").text
         assert f'<option value="sales@{DOMAIN}">' in compose  # the alias is offered as From
+        # A reply to mail written to the alias is from the alias.
+        with people.server.client(people.server.login(carol, people.carol_password)) as http:
+            response = http.post(f"{API}/send", json={"to": [f"sales@{DOMAIN}"], "subject": "to sales", "text": "x"})
+            assert response.status_code == 200, response.text
+        reply = mailer.http.get("/mail/compose", params={"mode": "reply", "folder": "INBOX",
+                                                         "uid": mailer.uids()[0]}).text
+        assert f'name="from" value="sales@{DOMAIN}"' in reply and f'name="to" value="{carol}@{DOMAIN}"' in reply
         for spoof in people.spoofs():
             response = mailer.send(to=f"{carol}@{DOMAIN}", subject="kept", body="x", **{"from": spoof})
             assert response.status_code == 403, (spoof, response.text[:300])

@@ -119,11 +119,11 @@ def identity_mailboxes(name: str, value: str) -> list[str]:
         raise NotYourAddress(f"{label}: longer than {MAX_IDENTITY_HEADER} characters")
     try:
         header = default_policy.header_factory(name, value)
-        mailboxes = [address.addr_spec for address in header.addresses]  # type: ignore[attr-defined]
-        defects, parsed = header.defects, str(header)
+        mailboxes: list[str] = [address.addr_spec for address in header.addresses]  # type: ignore[attr-defined]
+        clean, parsed = not header.defects, str(header)
     except Exception:  # the stdlib's parser fails on some odd input in its own ways (AttributeError...)
-        mailboxes, defects, parsed = [], ["unreadable"], ""
-    if defects or not mailboxes or any(not mailbox or mailbox == "<>" for mailbox in mailboxes):
+        mailboxes, clean, parsed = [], False, ""
+    if not clean or not mailboxes or any(not mailbox or mailbox == "<>" for mailbox in mailboxes):
         raise NotYourAddress(f"{label}: {value.strip()[:200]!r} is not a plain list of addresses "
                              "(write it as: Name <address>)")
     known = {mailbox.lower() for mailbox in mailboxes}
