@@ -259,7 +259,8 @@ def test_a_revoked_token_ends_the_session_it_opened(node):
             ended: dict[str, asyncio.Future[str]] = {
                 kind: asyncio.get_running_loop().create_future() for kind in ("token", "password")}
             by_token = await runtime.identity.user_for_token(secret)
-            by_password = await runtime.identity.authenticate(user.name, "password-123", ClientInfo("127.0.0.1", "test"))
+            local = ClientInfo("127.0.0.1", "test")
+            by_password = await runtime.identity.authenticate(user.name, "password-123", local)
             registry.open(by_token, "test", ended["token"].set_result)
             registry.open(by_password, "test", ended["password"].set_result)
             await runtime.identity.revoke_token(user, token.id)

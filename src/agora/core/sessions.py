@@ -200,13 +200,13 @@ class AccountSessions:
                     if login.ended is None and (user_ids is None or user_id in user_ids)]
         if not held:
             return
-        user_ids = sorted({login.user_id for login in held})
+        held_ids = sorted({login.user_id for login in held})
         token_ids = sorted({login.token_id for login in held if login.token_id})
         accounts: dict[int, Any] = {}
         live_tokens: set[str] = set()
         now = utcnow()
         async with self.db.read() as conn:
-            for chunk in _chunks(user_ids):
+            for chunk in _chunks(held_ids):
                 for row in await conn.execute(select(users.c.id, users.c.disabled, users.c.generation)
                                               .where(users.c.id.in_(chunk))):
                     accounts[row.id] = row
@@ -243,7 +243,7 @@ class AccountSessions:
                 conn = await asyncpg.connect(dsn)
                 try:
                     lost = asyncio.Event()
-                    conn.add_termination_listener(lambda _c: lost.set())
+                    conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                     await conn.add_listener(CHANNEL, self._heard)
                     listening.set()
                     self.changed()  # what changed while nobody listened
