@@ -55,7 +55,9 @@ def two_nodes(tmp_path_factory, backend) -> Any:
     url = create_pg_database()
     factory.databases.append(url)
     prefix = "t" + secrets.token_hex(4) + "_"
-    node_env = {**env(), "AGORA_SQL_ROLE_PREFIX": prefix, "AGORA_SQL_DATABASE_PREFIX": prefix}
+    # A recheck far beyond the deadline: only the PostgreSQL notice can end them in time.
+    node_env = {**env(), "AGORA_SQL_ROLE_PREFIX": prefix, "AGORA_SQL_DATABASE_PREFIX": prefix,
+                "AGORA_IDENTITY_SESSION_RECHECK": "60"}
     first = factory(database_url=url, env=node_env)
     yield first, factory(database_url=url, env=node_env)
     factory.close()
