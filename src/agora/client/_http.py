@@ -39,10 +39,11 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # A proxy, an overloaded server or a blip of the server's database: the request did not
 # run, or ran in a way its retry will answer the same (idempotent calls only).
 RETRY_STATUSES = frozenset({502, 503, 504})
-# Attempts of an idempotent call, and the first pause between them (doubling each
-# time, or what the server's Retry-After asks, at most MAX_PAUSE): some 6 s in all.
+# Attempts of an idempotent call, and the first pause between them: doubling each time
+# (1.5 s in all before a down server is reported), or what the server's Retry-After
+# asks (4 s in all at the 1 s it asks after a database blip), at most MAX_PAUSE each.
 RETRIES = 5
-RETRY_PAUSE = 0.2
+RETRY_PAUSE = 0.1
 MAX_PAUSE = 10.0
 
 
@@ -145,6 +146,15 @@ def _sent(error: httpx.TransportError) -> bool:
     return not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
 
 
+def _tls_refused(error: httpx.TransportError) -> bool:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(error)
+
+
 def _pause(attempt: int, response: httpx.Response | None) -> float:
     """Seconds to wait before the next attempt: the server's Retry-After when it gave
     one, else a doubling backoff; with jitter, so clients refused together do not all
@@ -172,6 +182,8 @@ class _Transport:
         if attempt + 1 >= self._attempts(call):
             return False
         if error is not None:
+            if _tls_refused(error):
+                return False  # an untrusted certificate stays untrusted
             return call.repeatable or not _sent(error)
         return response is not None and response.status_code in RETRY_STATUSES and call.repeatable
 
