@@ -240,6 +240,11 @@ def test_every_protocol_answers_a_database_outage_with_its_temporary_failure(pri
             response = http.post("/api/v1/tokens", json={"username": name, "password": password, "name": "t"})
             assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
             assert response.headers["content-type"].startswith("application/problem+json")
+            # WebDAV (an app of its own, mounted) and users' sites (answered before the app).
+            dav = http.request("PROPFIND", "/dav/", auth=(name, password), headers={"Depth": "0"})
+            site = http.get(f"/~{name}/")
+            for response in (dav, site):
+                assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
         imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=10)
         with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
             imap.login(name, password)

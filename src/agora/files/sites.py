@@ -40,7 +40,7 @@ from sqlalchemy import select, update
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agora.core.database import Database
+from agora.core.database import RETRY_AFTER, Database, unavailable
 from agora.core.errors import AgoraError, InvalidInput, NotFound
 from agora.core.identity import validate_name
 from agora.core.runtime import Runtime
@@ -214,6 +214,21 @@ class Sites:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Answer one request; returns the status sent."""
+        try:
+            return await self._handle(scope, receive, send)
+        except Exception as error:
+            # Outside the app's error handlers (the fast path wraps the app): a blip of
+            # the database, met looking up the site's owner, is said here, as they say it.
+            if not unavailable(error):
+                raise
+            access_log.warning("%s: the database is unavailable: %s", scope["path"][:200], type(error).__name__)
+            body = b"Temporarily unavailable; try again.\n"
+            return await _answer(send, 503, [(b"content-type", b"text/plain; charset=utf-8"),
+                                             (b"content-length", str(len(body)).encode()),
+                                             (b"retry-after", str(RETRY_AFTER).encode())] + COMMON,
+                                 body, scope["method"] == "HEAD")
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             return await _answer(send, 405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")] + COMMON,
