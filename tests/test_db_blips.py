@@ -165,7 +165,9 @@ def test_postgresql_restart_under_bank_load(private_pg: PrivatePostgres, blip_se
     clients, numbers = [], []
     for _ in range(USERS):
         name, password = server.create_user()
-        client = Client(server.url)
+        # More attempts than the default 5 (4 s at Retry-After: 1): a restart on a busy
+        # machine may take longer, and every call must complete.
+        client = Client(server.url, retries=10)
         client.login(name, password)
         client._transport.http.event_hooks["response"].append(record)
         account = client.bank.open("EUR")
