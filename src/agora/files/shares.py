@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from agora.core.errors import AuthenticationFailed, InvalidInput, NotFound, RateLimited
@@ -34,6 +36,8 @@ from agora.core.tables import users, utcnow
 from agora.files.access import file_store, user_files
 from agora.files.store import UserFiles
 from agora.files.tables import share_links
+
+log = logging.getLogger("agora.files")
 
 MIN_LIFETIME = 1  # seconds; short links are legitimate (and make expiry testable)
 # How long a correct share password is remembered by the browser that sent it.
@@ -193,9 +197,14 @@ class ShareLinks:
         limiter.succeeded(link.limiter_key, client.address)
 
     async def count_download(self, link: ShareLink) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(update(share_links).where(share_links.c.id == link.id)
-                               .values(downloads=share_links.c.downloads + 1))
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(update(share_links).where(share_links.c.id == link.id)
+                                   .values(downloads=share_links.c.downloads + 1))
+        except (SQLAlchemyError, OSError) as error:
+            # A count, not a limit: the download goes on when it cannot be written (a
+            # full disk under the database).
+            log.warning("share %s: download not counted: %s", link.id, type(error).__name__)
 
     # -- remembering a correct password ---------------------------------------------------
 
