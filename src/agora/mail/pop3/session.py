@@ -199,8 +199,11 @@ class Session(MailSession):
         self.locked = user.name
         try:
             folder, metas = await self.store.messages(user, INBOX)
-        except Exception:
-            log.exception("POP3: could not open %s's maildrop", user.name)
+        except Exception as error:
+            if unavailable(error):
+                log.warning("POP3: could not open %s's maildrop: the database is unavailable", user.name)
+            else:
+                log.exception("POP3: could not open %s's maildrop", user.name)
             self.release()
             self.proto.login_failed("The maildrop cannot be opened now; try again later", "SYS/TEMP")
             return
