@@ -10,6 +10,8 @@ every client of every protocol for that second. Two cheap instruments show it:
   user and command of the session whose task holds it (each session keeps an
   :class:`Activity` up to date at the start of every command), else the coroutine.
   When the loop comes back, one more line says how long it was held in all.
+- A garbage collection stops every thread: one that lasts longer than the threshold
+  is logged too, and the watchdog names it when it is what holds the loop.
 
 Not asyncio's debug mode (``loop.slow_callback_duration``): it wraps every callback and
 costs too much to run in production, and it only speaks once the callback has ended.
@@ -18,6 +20,7 @@ costs too much to run in production, and it only speaks once the callback has en
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -131,6 +134,7 @@ class LoopLag(Collector):
         self._held_by = ""
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._collecting: tuple[float, int] | None = None  # a collection's start and generation
 
     def start(self, threshold: float) -> None:
         """Start sampling on the running loop; warn past ``threshold`` seconds (0: never)."""
@@ -142,11 +146,14 @@ class LoopLag(Collector):
         self._due = self._loop.time() + self._tick_every
         self._timer = self._loop.call_at(self._due, self._tick)
         if threshold:
+            gc.callbacks.append(self._collection)
             self._stop.clear()
             self._watchdog = threading.Thread(target=self._watch, name="agora-looplag", daemon=True)
             self._watchdog.start()
 
     def stop(self) -> None:
+        if self._collection in gc.callbacks:
+            gc.callbacks.remove(self._collection)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -171,13 +178,27 @@ class LoopLag(Collector):
         self._due = now + self._tick_every
         self._timer = self._loop.call_at(self._due, self._tick)
 
+    def _collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._collecting = (time.perf_counter(), info["generation"])
+            return
+        if self._collecting is None:
+            return
+        took = time.perf_counter() - self._collecting[0]
+        self._collecting = None
+        if took > self.threshold:
+            log.warning("a garbage collection (generation %d) held every thread for %.3f s", info["generation"],
+                        took, extra={"generation": info["generation"], "took": took})
+
     def _watch(self) -> None:
         assert self._loop is not None
         while not self._stop.wait(self.threshold / 2):
             last = self._last_tick
             held = time.monotonic() - last - self._tick_every
             if held > self.threshold and last != self._reported:
-                self._held_by = _running(self._loop, self._thread)
+                collecting = self._collecting
+                self._held_by = (f"a garbage collection (generation {collecting[1]})" if collecting
+                                 else _running(self._loop, self._thread))
                 self._reported = last
                 log.warning("the event loop has been held for more than %.3f s by %s", self.threshold,
                             self._held_by, extra={"threshold": self.threshold, "held_by": self._held_by})
