@@ -197,3 +197,50 @@ def test_valid_names(name):
 def test_invalid_names(name):
     with pytest.raises(InvalidInput):
         validate_name(name)
+
+
+def test_scram_verifiers_use_the_configured_iterations_and_old_ones_keep_working(runtime_factory):
+    import base64
+    import hashlib
+    import hmac
+
+    from agora.core.scram import decode_verifier, encode_verifier, make_verifier
+    from agora.sql.pgwire.scram import MECHANISM, ScramServer
+
+    def scram_login(verifier, password: str) -> bool:
+        """The client's side of SCRAM-SHA-256 (RFC 5802), against our server's."""
+        server = ScramServer(verifier)
+        bare = "n=,r=clientnonce123"
+        server_first = server.client_first(MECHANISM, f"n,,{bare}".encode()).decode()
+        fields = dict(part.split("=", 1) for part in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        without_proof = f"c={base64.b64encode(b'n,,').decode()},r={fields['r']}"
+        signature = hmac.new(hashlib.sha256(client_key).digest(),
+                             f"{bare},{server_first},{without_proof}".encode(), hashlib.sha256).digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+        return server.client_final(f"{without_proof},p={proof}".encode())[0]
+
+    async def scenario():
+        runtime = await Runtime.open(runtime_factory(**{"identity.scram_iterations": "20000"}))
+        try:
+            identity = runtime.identity
+            await identity.create_user("sam", "password-123")
+            made = await identity.scram_verifier("sam", LOCAL)
+            assert made.iterations == 20000 and scram_login(made, "password-123")
+            # One made at PostgreSQL's old count still logs in, and is remade at the
+            # configured one when the password is next given.
+            async with runtime.db.write() as conn:
+                await conn.execute(text("UPDATE users SET scram_verifier = :v WHERE name = 'sam'"),
+                                   {"v": encode_verifier(make_verifier("password-123", 4096))})
+            old = await identity.scram_verifier("sam", LOCAL)
+            assert old.iterations == 4096 and scram_login(old, "password-123")
+            assert not scram_login(old, "password-124")
+            await identity.authenticate("sam", "password-123", LOCAL)
+            async with runtime.db.read() as conn:
+                stored = (await conn.execute(text("SELECT scram_verifier FROM users WHERE name='sam'"))).scalar_one()
+            assert decode_verifier(stored).iterations == 20000
+        finally:
+            await runtime.close()
+
+    run(scenario())

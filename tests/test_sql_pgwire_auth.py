@@ -48,6 +48,39 @@ def test_scram_with_and_without_channel_binding(pg_server):
         connect(ann.dsn("db").replace(f"user={ann.name}", "user=nosuchuser"), require_auth="scram-sha-256")
 
 
+def _server_first(port: int, user: str) -> str:
+    """The SCRAM server-first-message the postgres port sends ``user``."""
+    def message(sock: socket.socket) -> tuple[bytes, bytes]:
+        head = b""
+        while len(head) < 5:
+            head += sock.recv(5 - len(head))
+        body = b""
+        while len(body) < struct.unpack("!I", head[1:])[0] - 4:
+            body += sock.recv(65536)
+        return head[:1], body
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        startup = struct.pack("!I", 196608) + b"user\0" + user.encode() + b"\0database\0db\0\0"
+        sock.sendall(struct.pack("!I", len(startup) + 4) + startup)
+        kind, body = message(sock)
+        assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 10, (kind, body)  # AuthenticationSASL
+        first = b"n,,n=,r=0123456789abcdef"
+        initial = b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first
+        sock.sendall(b"p" + struct.pack("!I", len(initial) + 4) + initial)
+        kind, body = message(sock)
+        assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 11, (kind, body)  # SASLContinue
+        return body[4:].decode()
+
+
+def test_scram_iterations_are_the_configured_count_for_known_and_unknown_names(pg_server):
+    """identity.scram_iterations (32768 by default, PostgreSQL's is 4096); a name without
+    an account is offered the same count, or the count would tell who exists."""
+    name, _ = pg_server.create_user()
+    for user in (name, "nosuchuser" + secrets.token_hex(3)):
+        fields = dict(part.split("=", 1) for part in _server_first(pg_server.ports["postgres"], user).split(","))
+        assert fields["i"] == "32768", (user, fields)
+
+
 def test_passwords_are_saslprepped_as_libpq_and_asyncpg_do(pg_server):
     """A password with a no-break space, a ligature and a soft hyphen: the clients hash
     its SASLprep form (RFC 4013), so the server's verifier must be made of the same."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 # The default of identity.scram_iterations. PostgreSQL's own default is 4096 (about 3 ms
 # of PBKDF2-SHA256): a stolen verifier then costs an offline guesser little next to our
 # argon2id hashes. Every login costs the client (libpq, psycopg, asyncpg, JDBC) these
-# iterations once, and the server only when it makes a verifier. Verifiers keep the
+# iterations once (32768: ~25 ms of CPU in libpq, whose PBKDF2 is about twice as slow as
+# OpenSSL's, ~11 ms in asyncpg), and the server only when it makes a verifier. Verifiers keep the
 # count they were made with, so changing it never breaks a login.
 ITERATIONS = 32768
 
