@@ -216,3 +216,31 @@ def test_slow_callback_warning_names_protocol_user_and_command(server, attacker)
         client.append("INBOX", None, None, big_message())
         pattern = re.compile(rf"event loop .*held .* by imap user {name} command '\S+ APPEND'")
         assert wait_for(lambda: pattern.search(server.log())), server.log()[-3000:]
+
+
+@pytest.mark.parametrize("encoding", ["8bit", "base64", "quoted-printable"])
+def test_a_big_message_is_searched_in_slices_as_it_would_be_whole(monkeypatch, encoding):
+    import base64
+    import quopri
+
+    from agora.mail import message
+    from agora.mail.imap import search
+
+    # Slices of 97 bytes: every cut lands inside lines, characters, quartets and escapes.
+    monkeypatch.setattr(message, "SLICE_BYTES", 97)
+    monkeypatch.setattr(search, "LARGE", 0)
+    words = ["héllo", "Wörld", "STRASSE", "straße", "ΣΊΣΥΦΟΣ", "日本語", "x" * 150]
+    text = "\r\n".join(" ".join(words[(n * 7 + k) % len(words)] for k in range(n % 9)) for n in range(300))
+    data = text.encode()
+    body = {"8bit": data, "base64": base64.encodebytes(data).replace(b"\n", b"\r\n"),
+            "quoted-printable": quopri.encodestring(data).replace(b"\n", b"\r\n")}[encoding]
+    raw = (b"Subject: slices\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: " + encoding.encode()
+           + b"\r\n\r\n" + body + b"\r\n--zz\r\nContent-Type: text/plain\r\n\r\nsecond part\r\n--zz--\r\n")
+    whole = search.fold(message.body_text_for_search(raw))
+    assert b"".join(search.fold(t) for t in message.body_text_slices_for_search(raw)) == whole
+    for start in range(0, len(whole) - 12, 53):
+        assert search.Raw(raw).body_has(whole[start:start + 12])
+        assert search.Raw(raw).text_has(whole[start:start + 12])
+    assert search.Raw(raw).text_has(search.fold("Subject: slices\n"))
+    assert not search.Raw(raw).body_has(search.fold("absent needle"))
