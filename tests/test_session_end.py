@@ -23,7 +23,7 @@ from agora.core.identity import ClientInfo
 from agora.core.errors import NotFound
 from agora.core.runtime import Runtime
 from agora.files.store import FileStore
-from conftest import AgoraServer, ServerFactory, create_pg_database
+from conftest import AgoraServer, ServerFactory
 from mail_support import message, send_smtp
 from pgwire_support import server_env
 
@@ -48,18 +48,16 @@ def node(tmp_path_factory, backend) -> Any:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory, backend) -> Any:
+def two_nodes(tmp_path_factory, backend, node) -> Any:
+    """``node`` and a second node on its database (and hosted-SQL names)."""
     if backend != "postgresql":
         pytest.skip("scale-out needs the PostgreSQL backend (SQLite is one node's own file)")
     factory = ServerFactory(tmp_path_factory.mktemp("session-end-nodes"), backend)
-    url = create_pg_database()
-    factory.databases.append(url)
-    prefix = "t" + secrets.token_hex(4) + "_"
+    shared = {k: v for k, v in node.env.items() if k.startswith("AGORA_SQL_")}
     # A recheck far beyond the deadline: only the PostgreSQL notice can end them in time.
-    node_env = {**env(), "AGORA_SQL_ROLE_PREFIX": prefix, "AGORA_SQL_DATABASE_PREFIX": prefix,
-                "AGORA_IDENTITY_SESSION_RECHECK": "60"}
-    first = factory(database_url=url, env=node_env)
-    yield first, factory(database_url=url, env=node_env)
+    other = factory(database_url=node.database_url,
+                    env={**env(), **shared, "AGORA_IDENTITY_SESSION_RECHECK": "60"})
+    yield node, other
     factory.close()
 
 
