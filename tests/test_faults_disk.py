@@ -169,7 +169,12 @@ def ftp_refusal(client: ftplib.FTP, name: str, data: bytes) -> str:
     raise AssertionError(f"STOR {name} was acknowledged")
 
 
-def refused_http(disk: Disk, path: str, data: bytes) -> int:
+def pieces(data: bytes) -> Iterator[bytes]:
+    """``data`` sent without a length (chunked)."""
+    return (data[i:i + 65536] for i in range(0, len(data), 65536))
+
+
+def refused_http(disk: Disk, path: str, data: bytes | Iterator[bytes]) -> int:
     """The status of a files-API upload; a connection cut before the answer counts as
     no answer (0)."""
     try:
@@ -186,10 +191,13 @@ def test_uploads_that_do_not_fit_are_refused_whole(disk: Disk):
         disk.share = http.post(f"{API}/shares", json={"path": "/kept.bin"}).json()["token"]
     too_big = os.urandom(free_bytes(disk.root) + 512 * 1024)
 
-    assert refused_http(disk, "/api.bin", too_big) == 507
+    assert refused_http(disk, "/api.bin", too_big) == 507  # its length says so up front
+    assert refused_http(disk, "/api.bin", pieces(too_big)) == 507  # found as it is written
 
     with disk.dav() as dav:
         assert dav.put("/dav.bin", content=too_big).status_code == 507
+        # Streamed without a length: refused when the disk takes no more.
+        assert dav.put("/dav.bin", content=pieces(too_big)).status_code == 507
 
     client = disk.ftp()
     try:

@@ -40,7 +40,7 @@ from agora.core.passwords import MAX_PASSWORD_LENGTH
 from agora.files import share_pages
 from agora.files.access import user_files
 from agora.files.shares import ShareLink, share_links_of
-from agora.files.store import MAX_PATH_CHARS, Entry, QuotaExceeded, Upload, UserFiles
+from agora.files.store import MAX_PATH_CHARS, Entry, Upload, UserFiles
 from agora.files.transfer import download, preconditions, receive_into, validator_headers
 from agora.web.auth import api_user, client_info
 from agora.web.problems import problem
@@ -294,8 +294,8 @@ async def put_content(request: Request, path: str, user: User = Depends(api_user
     guarded = offset > 0 or "if-match" in request.headers or "if-none-match" in request.headers
     upload = await run_in_threadpool(files.upload, path, offset=offset)
     try:
-        if final is not None and final > upload.allowance:
-            raise QuotaExceeded(f"storing {final} bytes would exceed your quota of {user.quota_bytes} bytes")
+        if final is not None:
+            await run_in_threadpool(upload.check_fits, final)
         received = await receive_into(request, upload, limit=limit, offset=offset)
         if expected is not None and received != expected:
             raise InvalidInput(f"the body has {received} bytes where {expected} were announced")

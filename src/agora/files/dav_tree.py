@@ -75,8 +75,8 @@ async def put(ctx: Context) -> Response:
         raise DavError(413, f"uploads are limited to {limit} bytes")
     upload = await ctx.run(ctx.files.upload, ctx.path)
     try:
-        if length is not None and length > upload.allowance:
-            raise DavError(507, f"storing {length} bytes would exceed the quota of {ctx.files.quota} bytes")
+        if length is not None:
+            await ctx.run(upload.check_fits, length)
         received = await transfer.receive_into(ctx.request, upload, limit=limit)
         if length is not None and received != length:
             raise DavError(400, f"the body had {received} bytes, Content-Length said {length}")

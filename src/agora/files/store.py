@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
+from agora.core.errors import Conflict, Forbidden, InvalidInput, NotFound, StorageFull, TooLarge
 from agora.core.fsutil import fsync_dir as _fsync_dir
 from agora.core.fsutil import full_disk_refused, write_all
 
@@ -467,6 +467,16 @@ class Upload:
         that declares its length is refused up front when it will not fit)."""
         return self.old_size + self.claimed + self.files.store.room(self.files.user, self.files.root,
                                                                     self.files.quota)
+
+    def check_fits(self, size: int) -> None:
+        """Refuse up front a file of ``size`` bytes (a declared length) that cannot fit:
+        QuotaExceeded, or StorageFull when the disk has less room left (a hint only:
+        every chunk is still checked as it is written)."""
+        if size > self.allowance:
+            raise QuotaExceeded(f"storing {size} bytes would exceed the quota of {self.files.quota} bytes")
+        st = os.statvfs(self.tmp.parent)
+        if size - self.written > st.f_bavail * st.f_frsize:
+            raise StorageFull(f"the server's disk has no room for {size} bytes")
 
     def write(self, data: bytes | bytearray) -> None:
         """Append all of ``data``, or abort the upload and raise (QuotaExceeded,
