@@ -162,8 +162,9 @@ class AccountSessions:
             listener = asyncio.create_task(self._listen(listening))
             self._tasks.append(listener)
             # A change made right after start must be heard.
-            await asyncio.wait([asyncio.ensure_future(listening.wait()), listener],
-                               return_when=asyncio.FIRST_COMPLETED)
+            heard = asyncio.ensure_future(listening.wait())
+            await asyncio.wait([heard, listener], return_when=asyncio.FIRST_COMPLETED)
+            heard.cancel()
 
     async def stop(self) -> None:
         for task in self._tasks:
