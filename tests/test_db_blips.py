@@ -127,8 +127,9 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="module")
 def blip_server(private_pg: PrivatePostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgoraServer]:
+    # (With http.hsts empty, as a server behind a proxy that sets it would run.)
     server = AgoraServer(tmp_path_factory.mktemp("blips") / "data", database_url=private_pg.url,
-                         env=SERVER_ENV)
+                         env={**SERVER_ENV, "AGORA_HTTP_HSTS": ""})
     server.start()
     yield server
     server.kill()
@@ -386,3 +387,8 @@ def test_the_async_client_retries_the_same(monkeypatch):
 
     asyncio.run(run())
     assert len(pauses) == 1 and 1.5 <= pauses[0] <= 2.5
+
+
+def test_an_empty_hsts_setting_sends_none(blip_server: AgoraServer):
+    with blip_server.client(https=True) as https:
+        assert "strict-transport-security" not in https.get("/healthz").headers
