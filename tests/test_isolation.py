@@ -244,3 +244,27 @@ def test_a_big_message_is_searched_in_slices_as_it_would_be_whole(monkeypatch, e
         assert search.Raw(raw).text_has(whole[start:start + 12])
     assert search.Raw(raw).text_has(search.fold("Subject: slices\n"))
     assert not search.Raw(raw).body_has(search.fold("absent needle"))
+
+
+def test_heavy_work_past_its_deadline_is_answered_with_limit():
+    import asyncio
+
+    from agora.core import offload
+    from agora.core.errors import TooSlow
+    from agora.mail.imap.session import _code
+
+    release = threading.Event()
+
+    async def main() -> None:
+        offload.configure(1, 0.2)
+        try:
+            with pytest.raises(TooSlow) as refused:
+                await offload.run(release.wait, 30)
+            # The pool's only thread is still busy with it; what comes next waits, then runs.
+            release.set()
+            assert await offload.run(lambda: 42) == 42
+        finally:
+            offload.configure(4, 60.0)
+        assert _code(refused.value) == "LIMIT"
+
+    asyncio.run(main())

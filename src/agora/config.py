@@ -276,6 +276,8 @@ SETTINGS: list[Setting] = [
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
     Setting("shutdown_timeout", _duration, 10.0, "On SIGTERM/SIGINT, how long in-flight requests may take to finish."),
     Setting("listen_backlog", _int(16, 1_000_000), 4096, "Connections the kernel queues on each listener before they are accepted (capped by net.core.somaxconn): a burst beyond it waits for a retried SYN or times out."),
+    Setting("heavy_work_threads", _int(1, 256), 4, "Threads for work whose cost grows with what a user sent (IMAP SEARCH BODY/TEXT, MIME sections): apart from the short file reads, which never queue behind it."),
+    Setting("heavy_work_timeout", _duration, 60.0, "Such work that has not ended after this long is answered with an error (IMAP NO [LIMIT]); 0 = no limit."),
     Setting("slow_callback", _duration, 0.1, "Log a warning naming the protocol, user and command when one callback holds the event loop (every client's) longer than this; 0 = never."),
     # storage
     Setting("database.url", _database_url, "", "Metadata database; empty means SQLite at DATA_DIR/agora.db, else postgresql://user:pass@host/db."),

@@ -20,6 +20,7 @@ import time
 
 from agora.config import LISTENERS, Config, ConfigError
 from agora.core import descriptors
+from agora.core import offload
 from agora.core.database import DatabaseError, SchemaTooNew
 from agora.core.fsutil import write_atomically
 from agora.core.runtime import Runtime
@@ -126,6 +127,7 @@ async def serve(config: Config) -> int:
             sock.close()
         raise
     attach_services(runtime)
+    offload.configure(config.heavy_work_threads, config.heavy_work_timeout)
     services = [cls(runtime) for cls in classes]
     ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
     ports_file = runtime.data_dir / "run" / "ports.json"

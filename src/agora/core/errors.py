@@ -57,6 +57,12 @@ class TooLarge(AgoraError):
     slug, title = "too-large", "Too large"
 
 
+class TooSlow(TooLarge):
+    """Work a request asked for did not end within its deadline (heavy_work_timeout)."""
+
+    slug, title = "too-slow", "Too much work"
+
+
 class StorageFull(AgoraError):
     """The server's disk (or its filesystem quota) has no room for a write: the request
     fails whole, nothing is acknowledged, reads go on."""

@@ -5,9 +5,9 @@ writes."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable
 
+from agora.core import offload
 from agora.mail.imap import responses
 from agora.mail.imap.grammar import FetchAtt
 
@@ -128,7 +128,7 @@ async def fetch(session: Any, command: Any) -> Any:
         raws = await view.read([metas[i].uid for i in batch]) if content else [None] * len(batch)
         if specs:
             sections.clear()
-            sections.update(await asyncio.to_thread(_sections, batch, raws, specs))
+            sections.update(await offload.run(_sections, batch, raws, specs))
         for i, raw in zip(batch, raws):
             meta = metas[i]
             if content and raw is None:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from datetime import date
 from typing import Any, Callable
 
+from agora.core import offload
 from agora.mail.imap.cache import ENVELOPE_FIELDS
 
 Predicate = Callable[[int, Any, Any], bool]
@@ -245,7 +246,7 @@ async def search(view: Any, key: tuple[Any, ...]) -> list[int]:
         raws = await view.read([metas[i].uid for i in batch])
         cached = [bodies.get(cache_key(i)) for i in batch]
         # Decoding MIME is slow work: off the event loop, so other sessions go on.
-        found, made = await asyncio.to_thread(matching, batch, raws, cached)
+        found, made = await offload.run(matching, batch, raws, cached)
         matches += found
         for i, body in made:
             bodies.put(cache_key(i), body)

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from agora.core import looplag
 from agora.core.database import unavailable
 from agora.core.errors import (AgoraError, AuthenticationFailed, Conflict, EncryptionRequired, Forbidden,
-                               InvalidInput, NotFound, RateLimited, StorageFull, TooLarge)
+                               InvalidInput, NotFound, RateLimited, StorageFull, TooLarge, TooSlow)
 from agora.core.identity import ClientInfo
 from agora.core.fsutil import is_full
 from agora.mail.connection import MailSession, SessionConnection
@@ -432,6 +432,8 @@ def _code(error: Exception) -> str | None:
         return "NOPERM"
     if type(error).__name__ == "QuotaExceeded" or isinstance(error, StorageFull):
         return "OVERQUOTA"  # a full disk too, as Dovecot answers it
+    if isinstance(error, TooSlow):
+        return "LIMIT"
     if isinstance(error, TooLarge):
         return "TOOBIG"
     if isinstance(error, InvalidInput):
