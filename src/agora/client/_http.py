@@ -62,6 +62,7 @@ class Call(Generic[T]):
     idempotent: bool | None = None
     # How many times at most it is sent (None: the transport's ``retries``).
     attempts: int | None = None
+    headers: Mapping[str, str] | None = None  # besides the client's own
 
     @property
     def repeatable(self) -> bool:
@@ -218,7 +219,8 @@ class SyncTransport(_Transport):
         attempt = 0
         while True:
             try:
-                response = self.http.request(call.method, call.path, json=call.json, params=call.params)
+                response = self.http.request(call.method, call.path, json=call.json, params=call.params,
+                                             headers=call.headers)
             except httpx.TransportError as error:
                 if not self._again(call, attempt, error=error):
                     raise _connection_failed(self.base_url, error) from None
@@ -248,7 +250,8 @@ class AsyncTransport(_Transport):
         attempt = 0
         while True:
             try:
-                response = await self.http.request(call.method, call.path, json=call.json, params=call.params)
+                response = await self.http.request(call.method, call.path, json=call.json, params=call.params,
+                                             headers=call.headers)
             except httpx.TransportError as error:
                 if not self._again(call, attempt, error=error):
                     raise _connection_failed(self.base_url, error) from None

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from agora.bank.amounts import format_amount, parse_amount  # one home for both sides
-from agora.client._http import AsyncAPI, Call, SyncAPI, _connection_failed, json_body, one, query
+from agora.client._http import AsyncAPI, Call, SyncAPI, json_body, one, query
 from agora.client.errors import AgoraError, Conflict, InvalidRequest, NotFound, error_for
 from agora.client.models import (BankAccount, BankBalance, BankTransfer, Currency, LedgerCheck, StatementEntry,
                                  StatementPage, from_json)
@@ -291,6 +291,11 @@ def statement(number: str, start: Any, end: Any, cursor: str | None, limit: int)
                     params={**_range(start, end), **query(cursor=cursor, limit=limit)})
 
 
+def statement_csv(number: str, start: Any, end: Any) -> Call[str]:
+    return BankCall("GET", f"{API}/accounts/{_segment(number)}/statement", _text, params=_range(start, end),
+                    headers={"Accept": "text/csv"})
+
+
 def check() -> Call[LedgerCheck]:
     return BankCall("GET", f"{API}/check", _check)
 
@@ -385,16 +390,7 @@ class SyncBank(SyncAPI):
 
     def statement_csv(self, number: str, *, start: Any = None, end: Any = None) -> str:
         """The statement as CSV text, as the server writes it."""
-        call = BankCall("GET", f"{API}/accounts/{_segment(number)}/statement", _text, params=_range(start, end))
-        return self._csv(call)
-
-    def _csv(self, call: Call[str]) -> str:
-        try:
-            response = self._transport.http.request(call.method, call.path, params=call.params,
-                                                    headers={"Accept": "text/csv"})
-        except httpx.TransportError as error:
-            raise _connection_failed(self._transport.base_url, error) from None
-        return call.finish(response)
+        return self._run(statement_csv(number, start, end))
 
     def check(self) -> LedgerCheck:
         """Admins: verify the ledger's invariants."""
@@ -466,13 +462,7 @@ class AsyncBank(AsyncAPI):
             cursor = page.next
 
     async def statement_csv(self, number: str, *, start: Any = None, end: Any = None) -> str:
-        call = BankCall("GET", f"{API}/accounts/{_segment(number)}/statement", _text, params=_range(start, end))
-        try:
-            response = await self._transport.http.request(call.method, call.path, params=call.params,
-                                                          headers={"Accept": "text/csv"})
-        except httpx.TransportError as error:
-            raise _connection_failed(self._transport.base_url, error) from None
-        return call.finish(response)
+        return await self._run(statement_csv(number, start, end))
 
     async def check(self) -> LedgerCheck:
         return await self._run(check())
