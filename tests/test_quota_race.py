@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from conftest import AgoraServer
-from mail_support import DOMAIN, TIMEOUT, message, module_server
+from conftest import AgoraServer, ServerFactory, create_pg_database
+from mail_support import DOMAIN, SERVER_ENV, TIMEOUT, message, module_server
 
 QUOTA = 1_000_000
 SIZE = 200_000   # each upload or message: five fit
@@ -257,3 +257,29 @@ def test_concurrent_deliveries_never_pass_the_mail_quota(server: AgoraServer, wr
     maildir = server.data_dir / "mail" / name
     assert tree_size(maildir) <= QUOTA
     assert [p.name for p in maildir.rglob("tmp/*")] == []
+
+
+def test_two_nodes_never_pass_the_mail_quota_together(tmp_path_factory, backend):
+    """Each node claims room in its own process; the commit, where every node's
+    messages meet, is what holds the quota between nodes."""
+    if backend != "postgresql":
+        pytest.skip("several nodes need the PostgreSQL backend (SQLite is one node's own file)")
+    factory = ServerFactory(tmp_path_factory.mktemp("quota-nodes"), backend)
+    try:
+        url = create_pg_database()
+        factory.databases.append(url)
+        env = {**SERVER_ENV, "AGORA_MAIL_DOMAINS": DOMAIN, "AGORA_MAIL_QUOTA": str(QUOTA)}
+        nodes = [factory(start=False, database_url=url, env=env) for _ in range(2)]
+        nodes[0].start()  # migrates
+        nodes[1].start()
+        name, password = new_user(nodes[0])
+        writers = 8  # 1.6 MB in all: four would fit each node's own view
+        gate = Gate(writers)
+        raws = [message(f"m{n}", body(SIZE)) for n in range(writers)]
+        stored = run_all([lambda n=n: smtp_deliver(nodes[n % 2], name, gate, raws[n]) for n in range(writers)], gate)
+        assert any(stored) and not all(stored)
+        with nodes[1].client(nodes[1].login(name, password)) as http:
+            used = http.get("/api/v1/mail/quota").json()["used"]
+        assert sum(len(raw) for raw, ok in zip(raws, stored) if ok) <= used <= QUOTA
+    finally:
+        factory.close()

@@ -46,7 +46,11 @@ class GroupCommit(Generic[Item, Result]):
                             future.set_exception(error)
                     continue
                 for (_, future), result in zip(batch, results):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):  # this writer's alone (a quota)
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             self.task = None

@@ -59,6 +59,11 @@ INLINE_HEADER = 16 * 1024  # ... if its header ends within this many bytes
 # cores lets concurrent deliveries' fsyncs overlap (the default pool has cores + 4).
 IO_THREADS = 32
 USER_TTL = 10.0  # seconds a user name -> id lookup is reused by deliver()
+# pg_advisory_xact_lock(QUOTA_LOCK, user id): on PostgreSQL (several nodes), the
+# transactions that add mail to one user take turns to check the quota against what is
+# committed, so that nodes that each claimed room in their own process cannot pass it
+# together.
+QUOTA_LOCK = 0x6D61696C  # "mail"
 
 
 @dataclass(frozen=True)
@@ -532,6 +537,7 @@ class MailStore:
             self._begin_commit([user.id])
             try:
                 async with self.db.write() as conn:
+                    await self._check_committed_quota(conn, user, len(raw))
                     uid, modseq = await self._bump(conn, folder.id, 1)
                     await conn.execute(insert(mail_messages).values(
                         folder_id=folder.id, uid=uid, modseq=modseq, name=base, filename=target,
@@ -635,13 +641,15 @@ class MailStore:
                     self._ids[row.name] = (now, row.id)
         return ids
 
-    async def _commit_deliveries(self, batches: list["_Batch"]) -> list[dict[str, tuple[int, int]]]:
+    async def _commit_deliveries(self, batches: list["_Batch"]) -> list[dict[str, tuple[int, int]] | Exception]:
         """One transaction for every delivery waiting (see group_commit.py). A recipient
         who got the same message (by digest) within the dedupe window is left out of
-        its result."""
+        its result; a delivery that would pass a recipient's quota (as committed by
+        every node) gets QuotaExceeded instead."""
         now = utcnow()
         since = now - timedelta(seconds=self.dedupe_window)
         results: list[dict[str, tuple[int, int]]] = [{} for _ in batches]
+        refused: set[int] = set()
         try:
             # The renames into new/ made durable, once per directory for the whole batch,
             # before the commit that lets anyone acknowledge them.
@@ -654,12 +662,51 @@ class MailStore:
                 counts = await self.db.sqlite_write(delivery_commit.commit_sqlite, batches, results, now, since)
             else:
                 async with self.db.write() as conn:
-                    counts = await self._commit_rows(conn, batches, results, now, since)
+                    refused = await self._over_quota(conn, batches, since)
+                    kept = [n for n in range(len(batches)) if n not in refused]
+                    counts = await self._commit_rows(conn, [batches[n] for n in kept],
+                                                     [results[n] for n in kept], now, since)
         finally:
             self._pending.difference_update(base for batch in batches for _, _, base in batch.recipients)
         for folder_id in counts:
             self._notify(folder_id)
-        return results
+        return [QuotaExceeded("a recipient's mailbox is full") if n in refused else result
+                for n, result in enumerate(results)]
+
+    async def _quota_turn(self, conn: AsyncConnection, user_ids: Iterable[int]) -> dict[int, int]:
+        """PostgreSQL: wait for these users' turn (QUOTA_LOCK, in id order, so two
+        commits cannot deadlock) and return their committed usage."""
+        ids = sorted(set(user_ids))
+        for user_id in ids:
+            await conn.execute(select(func.pg_advisory_xact_lock(QUOTA_LOCK, user_id)))
+        rows = (await conn.execute(select(mail_folders.c.user_id, func.sum(mail_messages.c.size))
+                                   .join(mail_folders, mail_folders.c.id == mail_messages.c.folder_id)
+                                   .where(mail_folders.c.user_id.in_(ids))
+                                   .group_by(mail_folders.c.user_id))).all()
+        return {row[0]: int(row[1] or 0) for row in rows}
+
+    async def _check_committed_quota(self, conn: AsyncConnection, user: User, size: int) -> None:
+        if self.db.dialect == "sqlite":
+            return  # one node, one writer: the claim in this process was the check
+        if (await self._quota_turn(conn, [user.id])).get(user.id, 0) + size > self.quota:
+            raise QuotaExceeded(f"{user.name}'s mailbox is full")
+
+    async def _over_quota(self, conn: AsyncConnection, batches: list["_Batch"], since: datetime) -> set[int]:
+        """The batches (by index) that would pass a recipient's quota as committed."""
+        used = await self._quota_turn(conn, (user_id for batch in batches for user_id, _, _ in batch.recipients))
+        done = {(row.user_id, row.digest) for row in (await conn.execute(select(
+            mail_deliveries.c.user_id, mail_deliveries.c.digest).where(
+            mail_deliveries.c.digest.in_({batch.digest for batch in batches}),
+            mail_deliveries.c.delivered_at > since))).all()}
+        refused: set[int] = set()
+        for n, batch in enumerate(batches):
+            fresh = {user_id for user_id, _, _ in batch.recipients if (user_id, batch.digest) not in done}
+            if any(used.get(user_id, 0) + batch.size > self.quota for user_id in fresh):
+                refused.add(n)
+                continue
+            for user_id in fresh:
+                used[user_id] = used.get(user_id, 0) + batch.size
+        return refused
 
     async def _commit_rows(self, conn: AsyncConnection, batches: list["_Batch"],
                            results: list[dict[str, tuple[int, int]]], now: datetime,
@@ -841,6 +888,8 @@ class MailStore:
                 await asyncio.to_thread(self._link_all, source_dir, target_dir, plan)
                 pairs = []
                 async with self.db.write() as conn:
+                    if claim:
+                        await self._check_committed_quota(conn, user, claim)
                     first, modseq = await self._bump(conn, target.id, len(plan))
                     for offset, (row, base, filename) in enumerate(plan):
                         await conn.execute(insert(mail_messages).values(
