@@ -258,12 +258,22 @@ def test_connections_that_never_log_in_are_closed_at_the_login_timeout(server: A
         finally:
             sock.close()
 
-    async def all_of_them() -> list[tuple[bytes, bytes]]:
-        return await asyncio.gather(*(silent(name) for name in ("imap", "pop3", "smtp", "submission")))
+    async def silent_in_handshake(name: str) -> bytes:
+        sock = await _connect(server.ports[name])
+        try:
+            return await _read_until_closed(sock, LOGIN_TIMEOUT + 10)
+        finally:
+            sock.close()
+
+    async def all_of_them() -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+        return await asyncio.gather(
+            asyncio.gather(*(silent(name) for name in ("imap", "pop3", "smtp", "submission"))),
+            asyncio.gather(*(silent_in_handshake(name) for name in ("imaps", "pop3s"))))
 
     started = time.monotonic()
-    (imap, pop3, smtp, submission) = asyncio.run(all_of_them())
+    (imap, pop3, smtp, submission), implicit_tls = asyncio.run(all_of_them())
     assert time.monotonic() - started >= LOGIN_TIMEOUT - 0.1
+    assert implicit_tls == [b"", b""]  # closed within the handshake's time (the login timeout at most)
     assert imap[0].startswith(b"* OK") and imap[1].startswith(b"* BYE")
     assert pop3[0].startswith(b"+OK") and pop3[1].startswith(b"-ERR")
     for greeting, goodbye in (smtp, submission):

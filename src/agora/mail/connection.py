@@ -192,10 +192,12 @@ class MailListener:
         if self.implicit and self.ssl_context is None:
             raise RuntimeError(f"{self.implicit_name} needs a TLS certificate")
         loop = asyncio.get_running_loop()
+        config = self.runtime.config.mail
         self.server = await loop.create_server(
             lambda: MailConnection(self), sock=self.sock, ssl=self.ssl_context if self.implicit else None,
             backlog=descriptors.backlog(self.runtime.config),
-            ssl_handshake_timeout=self.runtime.config.mail.command_timeout if self.implicit else None)
+            # A client silent in its handshake has not logged in either.
+            ssl_handshake_timeout=min(config.command_timeout, config.login_timeout) if self.implicit else None)
         self.runtime.metrics.count_connections(self.name, lambda: len(self.connections))
 
     def admit(self, conn: MailConnection) -> str | None:
