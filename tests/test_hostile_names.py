@@ -11,6 +11,7 @@ import base64
 import json
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 from urllib.parse import quote
 
@@ -49,7 +50,8 @@ def line_safe(text: str) -> bytes:
 
 
 def url_part(text: str) -> str:
-    return quote(wire(text), safe="")
+    # Dots too: a client would resolve a bare '..' segment before sending it.
+    return quote(wire(text), safe="").replace(".", "%2E")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def plain(user: str, password: str) -> bytes:
 
 
 def assert_refused_http(response: httpx.Response, *also: int) -> None:
-    assert 400 <= response.status_code < 500 or response.status_code in also, (
+    assert 400 <= response.status_code < 500 or response.status_code in (*also, 307, 308), (
         response.request.method, response.request.url, response.status_code, response.text[:300])
 
 
@@ -208,6 +210,8 @@ def check_smtp(server: AgoraServer, name: str) -> None:
 
 
 def check_ftp(server: AgoraServer, name: str, user: tuple[str, str]) -> None:
+    # A fresh connection for each hostile line: one too long is answered, and what
+    # follows it on that line as well, so replies would no longer pair with commands.
     ftp = Lines(server.ports["ftp"])
     try:
         ftp.read()
@@ -215,15 +219,18 @@ def check_ftp(server: AgoraServer, name: str, user: tuple[str, str]) -> None:
         if reply.startswith(b"331"):
             reply = ftp.smtp(b"PASS password-123")
         assert reply.startswith((b"4", b"5")) and not reply.startswith(b"421"), reply
-        assert ftp.smtp(b"USER " + wire(user[0])).startswith(b"331")
-        assert ftp.smtp(b"PASS " + wire(user[1])).startswith(b"230")
-        for command in (b"CWD ", b"SIZE ", b"MKD ", b"DELE ", b"RNFR "):
-            reply = ftp.smtp(command + line_safe(name))
-            assert reply[:1] in (b"2", b"3", b"4", b"5") and not reply.startswith(b"421"), (command, reply)
-            if reply.startswith(b"350"):
-                ftp.smtp(b"ABOR")
     finally:
         ftp.close()
+    for command in (b"CWD ", b"SIZE ", b"MKD ", b"DELE ", b"RNFR "):
+        ftp = Lines(server.ports["ftp"])
+        try:
+            ftp.read()
+            assert ftp.smtp(b"USER " + wire(user[0])).startswith(b"331")
+            assert ftp.smtp(b"PASS " + wire(user[1])).startswith(b"230")
+            reply = ftp.smtp(command + line_safe(name))
+            assert reply[:1] in (b"2", b"3", b"4", b"5") and not reply.startswith(b"421"), (command, reply)
+        finally:
+            ftp.close()
 
 
 def check_postgres(server: AgoraServer, name: str, user: tuple[str, str]) -> None:
@@ -251,12 +258,13 @@ def check_postgres(server: AgoraServer, name: str, user: tuple[str, str]) -> Non
 def test_hostile_names_get_protocol_errors_everywhere(hostile_server: AgoraServer, name: str):
     server = hostile_server
     user = _user(server)
-    check_http(server, name, user, _token(server, user))
-    check_imap(server, name, user)
-    check_pop3(server, name)
-    check_smtp(server, name)
-    check_ftp(server, name, user)
-    check_postgres(server, name, user)
+    # The protocols side by side: FTP alone answers a failed login after a second.
+    with ThreadPoolExecutor(6) as pool:
+        for done in [pool.submit(check_http, server, name, user, _token(server, user)),
+                     pool.submit(check_imap, server, name, user), pool.submit(check_pop3, server, name),
+                     pool.submit(check_smtp, server, name), pool.submit(check_ftp, server, name, user),
+                     pool.submit(check_postgres, server, name, user)]:
+            done.result()
     log = server.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:4000]
 
