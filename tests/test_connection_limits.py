@@ -25,6 +25,9 @@ import pytest
 
 from conftest import AgoraServer
 
+# One worker runs them all: one server for the module, and no two floods at once.
+pytestmark = pytest.mark.xdist_group("connection-limits")
+
 HEADER_TIMEOUT = 8.0
 COMMAND_TIMEOUT = 2.0
 LOGIN_TIMEOUT = 3.0
