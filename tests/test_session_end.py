@@ -288,3 +288,36 @@ def test_a_view_from_before_a_deletion_cannot_make_the_home_again(tmp_path):
     assert new.list("/") == []
     new.write_bytes("/c.txt", b"new")
     assert [entry.name for entry in new.list("/")] == ["c.txt"]
+
+
+def test_a_deletion_waits_until_other_nodes_have_ended_their_sessions(node):
+    """Two processes' worth of watchers on the node's database, in process: the other
+    one rechecks only every RECHECK (no notice on SQLite); delete_user here returns
+    only once the session over there has been ended and has gone."""
+    values = {"data_dir": str(node.data_dir), "identity.session_recheck": str(RECHECK),
+              "identity.argon2_time_cost": "1", "identity.argon2_memory_kib": "1024",
+              **({"database.url": node.database_url} if node.database_url else {})}
+
+    async def scenario() -> None:
+        here = await Runtime.open(configuration.load(values, environ={}))
+        there = await Runtime.open(configuration.load(values, environ={}))
+        await here.identity.sessions.start()
+        await there.identity.sessions.start()
+        try:
+            user = await here.identity.create_user("w" + secrets.token_hex(4), "password-123")
+            ended: list[str] = []
+
+            def end(reason: str) -> None:  # as a session does: goes once told
+                ended.append(reason)
+                asyncio.get_running_loop().call_later(0.2, login.close)
+
+            login = there.identity.sessions.open(user, "test", end)
+            await here.identity.delete_user(user.name)
+            assert ended and there.identity.sessions.open_count(user.id) == 0
+        finally:
+            await there.identity.sessions.stop()
+            await here.identity.sessions.stop()
+            await there.close()
+            await here.close()
+
+    asyncio.run(scenario())

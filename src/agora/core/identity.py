@@ -175,7 +175,7 @@ class Identity:
         # never inherit what the old one left behind.
         self.deletion_hooks: list[Callable[[User], Awaitable[None]]] = []
         # Every protocol session that logged in, so that it ends with its account.
-        self.sessions = AccountSessions(db, ident.session_recheck)
+        self.sessions = AccountSessions(db, ident.session_recheck, ident.session_end_timeout)
 
     # -- users ----------------------------------------------------------------------
 
@@ -264,22 +264,24 @@ class Identity:
             await self._audit(conn, action, actor, name, client, shown)
             after = await self._require_user(conn, name)
         if password is not None or changes.get("disabled"):
-            self.sessions.changed(before.id)
+            self.sessions.changed()
         return after
 
     async def delete_user(self, name: str, *, actor: str | None = None,
                           client: ClientInfo | None = None) -> None:
         # First the account is disabled (no new login anywhere from now on) and its open
-        # sessions end, here at once and on other nodes at the notice; what they were
-        # writing is finished or abandoned before their data goes, so nothing of theirs
-        # can reappear for a later account of the same name.
+        # sessions end, here at once, elsewhere at the notice or the next recheck, which
+        # is waited for; what they were writing is finished or abandoned before their
+        # data goes, so nothing of theirs can reappear for a later account of the name.
         async with self.db.write() as conn:
             user = await self._require_user(conn, name)
             if user.is_admin:
                 await self._keep_an_admin(conn, name)
             await conn.execute(update(users).where(users.c.id == user.id).values(disabled=True))
             await publish(conn, user.id)
-        await self.sessions.end_user(user.id, DELETED, self.config.identity.session_end_timeout)
+        since = utcnow()
+        await self.sessions.end_user(user.id, DELETED, self.sessions.end_timeout)
+        await self.sessions.await_others(since, self.sessions.end_timeout)
         try:
             async with self.db.write() as conn:
                 # Tokens and sessions go with the user (ON DELETE CASCADE, deleted here too
@@ -478,7 +480,7 @@ class Identity:
                 await publish(conn, user.id)
                 await self._audit(conn, "token.revoke", user.name, user.name, client, {"token": token_id})
             row = (await conn.execute(select(tokens).where(tokens.c.id == token_id))).one()
-        self.sessions.changed(user.id)
+        self.sessions.changed()
         return _token(row)
 
     async def user_for_token(self, secret: str) -> User | None:

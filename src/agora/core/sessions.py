@@ -10,21 +10,28 @@ node, another process on the data dir, the CLI) are found by a watcher that re-r
 accounts with open sessions (one query for all of them) every
 ``identity.session_recheck`` and at once on a PostgreSQL notice, which every change
 to an account sends in its own transaction.
+
+After each such pass (and once the sessions it ended have finished what they were
+writing) a watcher records the time it started in ``session_watchers``. Deleting a
+user disables the account first, then waits until every other live watcher has passed
+that moment, so that no session anywhere still writes when the user's data goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agora.core.tables import tokens, users, utcnow
+from agora.core.tables import session_watchers, tokens, users, utcnow
 
 if TYPE_CHECKING:
     from agora.core.database import Database
@@ -36,6 +43,7 @@ CHANNEL = "agora_accounts"
 RECONNECT_DELAY = 2.0  # after the listening connection drops
 BATCH = 500            # ids per query: well under every backend's limit on parameters
 MIN_RECHECK = 0.1      # a recheck of 0 would spin
+OTHERS_POLL = 0.05     # how often a deletion looks whether the other nodes have rechecked (a read)
 
 DELETED = "the account was deleted"
 DISABLED = "the account was disabled"
@@ -73,15 +81,17 @@ class AccountSessions:
     """Every open Login of this process, by user; thread-safe (FTP sessions run in threads
     of their own), the ends and the watcher run on the event loop."""
 
-    def __init__(self, db: "Database", recheck: float):
+    def __init__(self, db: "Database", recheck: float, end_timeout: float = 10.0):
         self.db = db
         self.recheck = max(MIN_RECHECK, recheck)
+        self.end_timeout = end_timeout  # how long ended sessions may take to finish their writes
+        # This process's row in session_watchers (only while its watcher runs).
+        self.node = secrets.token_hex(8)
         self._lock = threading.Lock()
         self._by_user: dict[int, set[Login]] = {}
-        self._emptied: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed_one: asyncio.Event | None = None  # set whenever a Login goes
         self._wake: asyncio.Event | None = None
-        self._changed: set[int | None] = set()  # users to check at the wake (None: all)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- what sessions call --------------------------------------------------------------
@@ -100,12 +110,14 @@ class AccountSessions:
             if held is None or login not in held:
                 return
             held.discard(login)
-            if held:
-                return
-            del self._by_user[login.user_id]
-            emptied = self._emptied.get(login.user_id)
-        if emptied is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(emptied.set)
+            if not held:
+                del self._by_user[login.user_id]
+        if self._loop is not None and self._closed_one is not None:
+            self._loop.call_soon_threadsafe(self._closed_one.set)
+
+    def _holds(self, login: Login) -> bool:
+        with self._lock:
+            return login in self._by_user.get(login.user_id, ())
 
     def open_count(self, user_id: int | None = None) -> int:
         with self._lock:
@@ -115,47 +127,74 @@ class AccountSessions:
 
     # -- what identity calls -------------------------------------------------------------
 
-    def changed(self, user_id: int | None = None) -> None:
-        """An account changed (committed): check its open sessions now (all of them
-        without ``user_id``)."""
+    def changed(self) -> None:
+        """An account changed (committed): recheck the open sessions now."""
         if self._wake is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake_for, user_id)
-
-    def _wake_for(self, user_id: int | None) -> None:
-        assert self._wake is not None
-        self._changed.add(user_id)
-        self._wake.set()
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def end_user(self, user_id: int, reason: str, timeout: float) -> bool:
-        """End every session of a user and wait (at most ``timeout``) until they have
+        """End every session of a user here and wait (at most ``timeout``) until they have
         finished what they were doing (an upload, an APPEND) and gone; False if some
         were still open then."""
-        self._loop = self._loop or asyncio.get_running_loop()
-        emptied = asyncio.Event()
         with self._lock:
-            if not self._by_user.get(user_id):
+            held = list(self._by_user.get(user_id, ()))
+        self._end(held, reason)
+        return await self._until_closed(held, timeout)
+
+    async def await_others(self, since: datetime, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until every other live process with a watcher has
+        re-read the accounts after ``since`` (and ended, and waited for, the sessions
+        that no longer hold); False if one had not by then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.db.dialect == "postgresql":
+            # A recheck that a notice started before ``since`` does not count: ask for one
+            # more (elsewhere, the next periodic recheck comes after it).
+            async with self.db.write() as conn:
+                await publish(conn, 0)
+        while True:
+            async with self.db.read() as conn:
+                rows = (await conn.execute(select(session_watchers).where(
+                    session_watchers.c.node != self.node))).all()
+            now = utcnow()
+            behind = [row.node for row in rows if row.checked_at < since
+                      and row.checked_at > now - timedelta(seconds=3 * row.every_seconds + 1)]
+            if not behind:
                 return True
-            self._emptied[user_id] = emptied
-            held = list(self._by_user[user_id])
-        try:
-            self._end(held, reason)
-            try:
-                async with asyncio.timeout(timeout):
-                    await emptied.wait()
-            except TimeoutError:
-                log.warning("%d session(s) of user id %d still open %.0f s after they were told: %s",
-                            self.open_count(user_id), user_id, timeout, reason)
+            if loop.time() >= deadline:
+                log.warning("%d other node(s) had not rechecked open sessions %.0f s after an account "
+                            "change: going on without them", len(behind), timeout)
                 return False
+            await asyncio.sleep(OTHERS_POLL)
+
+    async def _until_closed(self, logins: list[Login], timeout: float) -> bool:
+        if not logins:
             return True
-        finally:
-            with self._lock:
-                self._emptied.pop(user_id, None)
+        loop = asyncio.get_running_loop()
+        self._loop = self._loop or loop
+        if self._closed_one is None:
+            self._closed_one = asyncio.Event()
+        deadline = loop.time() + timeout
+        while True:
+            self._closed_one.clear()  # before looking: a close meanwhile sets it again
+            open_ = [login for login in logins if self._holds(login)]
+            if not open_:
+                return True
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._closed_one.wait()
+            except TimeoutError:
+                log.warning("%d session(s) still open %.0f s after they were told to end (%s)",
+                            len(open_), timeout, ", ".join(sorted({l.protocol for l in open_})))
+                return False
 
     # -- the watcher ---------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._closed_one = self._closed_one or asyncio.Event()
         self._wake = asyncio.Event()
+        await self._beat(utcnow())  # a node is waited for from its start
         self._tasks.append(asyncio.create_task(self._watch()))
         if self.db.dialect == "postgresql":
             listening = asyncio.Event()
@@ -171,43 +210,56 @@ class AccountSessions:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(delete(session_watchers).where(session_watchers.c.node == self.node))
+        except Exception as error:  # a dead node's row is ignored once it is old anyway
+            log.warning("could not remove this node's session watcher row: %s", error)
 
     async def _watch(self) -> None:
         assert self._wake is not None
         failing = False
         while True:
-            changed: set[int | None] = {None}  # the periodic recheck: every account
             try:
                 async with asyncio.timeout(self.recheck):
                     await self._wake.wait()
-                changed = self._changed
             except TimeoutError:
                 pass
             self._wake.clear()
-            self._changed = set()
             try:
-                await self.check(None if None in changed else {i for i in changed if i is not None})
+                started = utcnow()
+                ended = await self.check()
+                await self._until_closed(ended, self.end_timeout)
+                await self._beat(started)
                 failing = False
             except Exception as error:  # the database is away: the sessions stay until it is back
                 if not failing:
                     log.warning("cannot recheck open sessions' accounts: %s", error)
                 failing = True
 
-    async def check(self, user_ids: set[int] | None = None) -> None:
-        """Re-read the accounts (and tokens) of every open session (or of those of
-        ``user_ids``); end those that no longer hold."""
+    async def _beat(self, checked_at: datetime) -> None:
+        """Say that this process has seen every account as it was at ``checked_at``."""
+        async with self.db.write() as conn:
+            values = {"checked_at": checked_at, "every_seconds": self.recheck}
+            done = await conn.execute(update(session_watchers).where(
+                session_watchers.c.node == self.node).values(**values))
+            if not done.rowcount:
+                await conn.execute(insert(session_watchers).values(node=self.node, **values))
+
+    async def check(self) -> list[Login]:
+        """Re-read the accounts (and tokens) of every open session; end those that no
+        longer hold, and return them."""
         with self._lock:
-            held = [login for user_id, logins in self._by_user.items() for login in logins
-                    if login.ended is None and (user_ids is None or user_id in user_ids)]
+            held = [login for logins in self._by_user.values() for login in logins if login.ended is None]
         if not held:
-            return
-        held_ids = sorted({login.user_id for login in held})
+            return []
+        user_ids = sorted({login.user_id for login in held})
         token_ids = sorted({login.token_id for login in held if login.token_id})
         accounts: dict[int, Any] = {}
         live_tokens: set[str] = set()
         now = utcnow()
         async with self.db.read() as conn:
-            for chunk in _chunks(held_ids):
+            for chunk in _chunks(user_ids):
                 for row in await conn.execute(select(users.c.id, users.c.disabled, users.c.generation)
                                               .where(users.c.id.in_(chunk))):
                     accounts[row.id] = row
@@ -223,6 +275,7 @@ class AccountSessions:
                 ending.setdefault(reason, []).append(login)
         for reason, logins in ending.items():
             self._end(logins, reason)
+        return [login for logins in ending.values() for login in logins]
 
     def _end(self, logins: Iterable[Login], reason: str) -> None:
         for login in logins:
@@ -258,11 +311,8 @@ class AccountSessions:
                 log.warning("account notices: %s; reconnecting in %.0f s", error, RECONNECT_DELAY)
             await asyncio.sleep(RECONNECT_DELAY)
 
-    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            self.changed(int(payload))
-        except ValueError:
-            log.warning("ignoring a malformed account notice %r", payload)
+    def _heard(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.changed()
 
 
 def _why_ended(login: Login, account: Any, live_tokens: set[str]) -> str | None:

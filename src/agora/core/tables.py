@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer,
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer,
                         MetaData, String, Table, Text)
 from sqlalchemy.types import TypeDecorator
 
@@ -94,6 +94,15 @@ sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_sessions_user_id", "user_id"),
+)
+
+session_watchers = Table(
+    "session_watchers", metadata,
+    # One row per serving process (core/sessions.py): when it last re-read the accounts
+    # of its open sessions, and how often it does (a row far behind is a dead node's).
+    Column("node", String(32), primary_key=True),
+    Column("checked_at", UTCDateTime, nullable=False),
+    Column("every_seconds", Float, nullable=False),
 )
 
 audit_log = Table(
