@@ -182,7 +182,9 @@ class ShareLinks:
         """Raises RateLimited after too many wrong guesses from ``client``, else
         AuthenticationFailed for a wrong password."""
         limiter = self.identity.limiter
-        wait = limiter.retry_after(link.limiter_key, client.address)
+        # Counted as a failure from here, before the hash, so that guesses sent at once
+        # cannot all pass before the first has failed; a right one is given back.
+        wait = limiter.attempt(link.limiter_key, client.address)
         if wait > 0:
             if limiter.first_refusal(link.limiter_key, client.address):
                 await self.runtime.audit.record("share.password", target=link.path, outcome="rate-limited",
@@ -190,9 +192,12 @@ class ShareLinks:
                                                 details={"share": link.id})
             raise RateLimited(wait)
         valid = isinstance(password, str) and len(password) <= MAX_PASSWORD_LENGTH
-        ok = await self.identity.hasher.verify(link.password_hash, password if valid else "")
+        try:
+            ok = await self.identity.hasher.verify(link.password_hash, password if valid else "")
+        except BaseException:
+            limiter.release(link.limiter_key, client.address)
+            raise
         if not (ok and valid):
-            limiter.failed(link.limiter_key, client.address)
             raise AuthenticationFailed("wrong password for this link")
         limiter.succeeded(link.limiter_key, client.address)
 
