@@ -146,20 +146,21 @@ class FileStore:
     # -- usage accounting, shared by every UserFiles of a user ---------------------------
 
     def usage(self, name: str, tree: Path) -> int:
-        for attempt in range(3):
+        counts = 0
+        while True:
             with self._lock:
                 cached = self._usage.get(name)
                 if cached and time.monotonic() - cached[1] < USAGE_TTL:
                     return cached[0]
                 epoch = self._epoch.get(name, 0)
             total = _tree_size(tree)
+            counts += 1
             with self._lock:
                 # A commit or delete during the count may or may not be in it: count again
-                # (the last attempt is kept; the next recount corrects it).
-                if self._epoch.get(name, 0) == epoch or attempt == 2:
+                # (the third count is kept anyway; the next recount corrects it).
+                if self._epoch.get(name, 0) == epoch or counts == 3:
                     self._usage[name] = (total, time.monotonic())
                     return total
-        raise AssertionError("unreachable")
 
     def adjust_usage(self, name: str, delta: int) -> None:
         self.settle(name, 0, delta)
