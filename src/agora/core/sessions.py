@@ -157,8 +157,8 @@ class AccountSessions:
                 rows = (await conn.execute(select(session_watchers).where(
                     session_watchers.c.node != self.node))).all()
             now = utcnow()
-            behind = [row.node for row in rows if row.checked_at < since
-                      and row.checked_at > now - timedelta(seconds=3 * row.every_seconds + 1)]
+            behind = [row.node for row in rows
+                      if row.checked_at < since and row.checked_at > now - _grace(row.every_seconds)]
             if not behind:
                 return True
             if loop.time() >= deadline:
@@ -194,7 +194,11 @@ class AccountSessions:
         self._loop = asyncio.get_running_loop()
         self._closed_one = self._closed_one or asyncio.Event()
         self._wake = asyncio.Event()
-        await self._beat(utcnow())  # a node is waited for from its start
+        try:
+            await self._beat(utcnow())  # a node is waited for from its start
+            await self._sweep()
+        except Exception as error:  # a full disk, say: the watcher's next pass tries again
+            log.warning("cannot record this node's session watcher: %s", error)
         self._tasks.append(asyncio.create_task(self._watch()))
         if self.db.dialect == "postgresql":
             listening = asyncio.Event()
@@ -236,6 +240,16 @@ class AccountSessions:
                 if not failing:
                     log.warning("cannot recheck open sessions' accounts: %s", error)
                 failing = True
+
+    async def _sweep(self) -> None:
+        """Forget the rows of nodes that died without removing theirs."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(session_watchers))).all()
+        now = utcnow()
+        dead = [row.node for row in rows if row.checked_at < now - _grace(row.every_seconds)]
+        if dead:
+            async with self.db.write() as conn:
+                await conn.execute(delete(session_watchers).where(session_watchers.c.node.in_(dead)))
 
     async def _beat(self, checked_at: datetime) -> None:
         """Say that this process has seen every account as it was at ``checked_at``."""
@@ -313,6 +327,11 @@ class AccountSessions:
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self.changed()
+
+
+def _grace(every_seconds: float) -> timedelta:
+    """How long a node may go without recording a recheck before it counts as dead."""
+    return timedelta(seconds=3 * every_seconds + 1)
 
 
 def _why_ended(login: Login, account: Any, live_tokens: set[str]) -> str | None:
