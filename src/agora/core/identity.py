@@ -133,7 +133,7 @@ def possible_user_name(name: Any) -> bool:
 def _shown(name: str) -> str | None:
     """A name as the audit log can store it, whatever was sent: at most 64 characters,
     NUL and lone surrogates written as escapes."""
-    return name[:64].encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00") or None
+    return name[:64].encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")[:64] or None
 
 
 def _digest(secret: str) -> str:
