@@ -21,9 +21,9 @@ from urllib.parse import quote as url_quote
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from agora.core import offload
 from agora.core.errors import InvalidInput, NotFound, TooLarge
 from agora.core.identity import User
 from agora.mail import message, sending
@@ -328,7 +328,7 @@ async def read_message(request: Request, name: str = FolderName, uid: int = Uid,
     store = _store(request)
     folder, meta = await _meta(store, user, name, uid)
     raw = await store.read(user, folder.name, uid)
-    rendered = await run_in_threadpool(message.render, raw)
+    rendered = await offload.run(message.render, raw)
     in_reply_to = message.header_values(raw, "in-reply-to")
     references = " ".join(message.header_values(raw, "references")).split()
     summary = rendered.summary
@@ -361,7 +361,7 @@ async def download_attachment(request: Request, name: str = FolderName, uid: int
     its type: an HTML attachment must not run as a page of this site."""
     raw = await _store(request).read(user, name, uid)
     try:
-        filename, content_type, data = await run_in_threadpool(message.attachment, raw, index)
+        filename, content_type, data = await offload.run(message.attachment, raw, index)
     except IndexError:
         raise NotFound(f"message {uid} has no attachment {index}") from None
     media_type = content_type if content_type and _MEDIA_TYPE.match(content_type) else "application/octet-stream"

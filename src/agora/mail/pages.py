@@ -30,9 +30,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChoiceLoader, FileSystemLoader
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from agora.core import offload
 from agora.core.errors import AgoraError, Forbidden, InvalidInput, NotFound, TooLarge
 from agora.core.identity import Session, User
 from agora.mail import message
@@ -300,7 +300,7 @@ async def read_message(request: Request, session: Session = Depends(viewer)) -> 
     uid = _uid(request.query_params.get("uid"))
     store = _store(request)
     raw = await store.read(session.user, name, uid)
-    rendered = await run_in_threadpool(message.render, raw)
+    rendered = await offload.run(message.render, raw)
     # Opening a message reads it, as a FETCH of its body does over IMAP.
     await store.store_flags(session.user, name, [uid], ["\\Seen"], "add")
     folder, metas = await store.messages(session.user, name)
@@ -327,7 +327,7 @@ async def message_body(request: Request, session: Session = Depends(viewer)) -> 
     """The sanitised HTML of a message, for the sandboxed iframe of the reading view."""
     name = _folder(request.query_params.get("folder"))
     raw = await _store(request).read(session.user, name, _uid(request.query_params.get("uid")))
-    rendered = await run_in_threadpool(message.render, raw)
+    rendered = await offload.run(message.render, raw)
     return Response(BODY_PAGE.format(rendered.html or ""), media_type="text/html; charset=utf-8", headers={
         "Content-Security-Policy": BODY_CSP,
         "X-Frame-Options": "SAMEORIGIN",  # only our own reading view frames it
@@ -351,7 +351,7 @@ async def download_attachment(request: Request, session: Session = Depends(viewe
     if index is None:
         raise NotFound("no such attachment")
     try:
-        filename, content_type, data = await run_in_threadpool(message.attachment, raw, index)
+        filename, content_type, data = await offload.run(message.attachment, raw, index)
     except IndexError:
         raise NotFound("no such attachment") from None
     media_type = content_type if content_type and _MEDIA_TYPE.match(content_type) else "application/octet-stream"
@@ -474,7 +474,7 @@ class Draft:
 async def _original(request: Request, session: Session, folder: str, uid: str) -> tuple[str, int, bytes, Any]:
     name, number = _folder(folder), _uid(uid)
     raw = await _store(request).read(session.user, name, number)
-    return name, number, raw, await run_in_threadpool(message.render, raw)
+    return name, number, raw, await offload.run(message.render, raw)
 
 
 def _bare(text: str) -> list[str]:
@@ -573,7 +573,7 @@ async def _attachments(request: Request, session: Session, form: FormData, draft
         draft.forwarded = list(rendered.attachments)
         for item in rendered.attachments:
             if item.index in draft.kept:
-                files.append(await run_in_threadpool(message.attachment, raw, item.index))
+                files.append(await offload.run(message.attachment, raw, item.index))
     return files
 
 

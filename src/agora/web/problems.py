@@ -27,6 +27,7 @@ STATUS = {
     errors.RateLimited: 429,
     errors.TooLarge: 413,
     errors.StorageFull: 507,
+    errors.TooSlow: 503,  # the work asked for outlasted heavy_work_timeout
 }
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
