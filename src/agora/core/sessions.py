@@ -90,7 +90,7 @@ class AccountSessions:
         self._lock = threading.Lock()
         self._by_user: dict[int, set[Login]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed_one: asyncio.Event | None = None  # set whenever a Login goes
+        self._waiters: set[asyncio.Event] = set()  # each set whenever a Login goes
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -112,8 +112,10 @@ class AccountSessions:
             held.discard(login)
             if not held:
                 del self._by_user[login.user_id]
-        if self._loop is not None and self._closed_one is not None:
-            self._loop.call_soon_threadsafe(self._closed_one.set)
+            waiters = list(self._waiters)
+        if waiters and self._loop is not None:
+            for waiter in waiters:
+                self._loop.call_soon_threadsafe(waiter.set)
 
     def _holds(self, login: Login) -> bool:
         with self._lock:
@@ -172,27 +174,31 @@ class AccountSessions:
             return True
         loop = asyncio.get_running_loop()
         self._loop = self._loop or loop
-        if self._closed_one is None:
-            self._closed_one = asyncio.Event()
+        closed = asyncio.Event()
+        with self._lock:
+            self._waiters.add(closed)
         deadline = loop.time() + timeout
-        while True:
-            self._closed_one.clear()  # before looking: a close meanwhile sets it again
-            open_ = [login for login in logins if self._holds(login)]
-            if not open_:
-                return True
-            try:
-                async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                    await self._closed_one.wait()
-            except TimeoutError:
-                log.warning("%d session(s) still open %.0f s after they were told to end (%s)",
-                            len(open_), timeout, ", ".join(sorted({l.protocol for l in open_})))
-                return False
+        try:
+            while True:
+                closed.clear()  # before looking: a close meanwhile sets it again
+                open_ = [login for login in logins if self._holds(login)]
+                if not open_:
+                    return True
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        await closed.wait()
+                except TimeoutError:
+                    log.warning("%d session(s) still open %.0f s after they were told to end (%s)",
+                                len(open_), timeout, ", ".join(sorted({x.protocol for x in open_})))
+                    return False
+        finally:
+            with self._lock:
+                self._waiters.discard(closed)
 
     # -- the watcher ---------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._closed_one = self._closed_one or asyncio.Event()
         self._wake = asyncio.Event()
         try:
             await self._beat(utcnow())  # a node is waited for from its start
