@@ -115,8 +115,17 @@ def _running(loop: asyncio.AbstractEventLoop, thread: int) -> str:
     if activity is not None:
         return f"{activity} in {_where(thread)}"
     if task is None:
+        frame = sys._current_frames().get(thread)
+        if frame is not None and frame.f_code.co_name in _LOOP_RUNNERS:
+            # No Python callback at all: the loop waits for the GIL that another thread
+            # holds (work handed to a thread, a garbage collection), or for a CPU.
+            return "no callback (the loop's thread waits for the GIL or a CPU)"
         return f"a callback outside any task in {_where(thread)}"
     return f"task {task.get_name()} in {_where(thread)}"
+
+
+# Where the loop's thread is when it runs no Python callback (uvloop's loop is C code).
+_LOOP_RUNNERS = {"run", "run_forever", "run_until_complete", "_run_once"}
 
 
 class LoopLag(Collector):
