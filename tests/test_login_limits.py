@@ -195,9 +195,9 @@ def test_identity_reserves_each_attempt_before_the_hash(tmp_path):
         runtime = await Runtime.open(_runtime_config(tmp_path))
         try:
             identity = runtime.identity
-            await identity.create_user("ivan", "password-123")
             hasher = CountingHasher()
             identity.hasher = hasher
+            await identity.create_user("ivan", "password-123")
             attacker = ClientInfo("192.0.2.7", "test", secure=True)
             results = await asyncio.gather(*(identity.authenticate("ivan", f"guess-{n}", attacker)
                                              for n in range(GUESSES)), return_exceptions=True)
@@ -205,7 +205,7 @@ def test_identity_reserves_each_attempt_before_the_hash(tmp_path):
             limited = [r for r in results if isinstance(r, RateLimited)]
             assert len(failed) + len(limited) == GUESSES
             free = runtime.config.identity.login_free_failures
-            assert hasher.checks == len(failed) <= free + 1
+            assert hasher.checks == len(failed) <= free + 1 and len(failed) >= 1
             # SCRAM proofs are counted the same way, before the proof is checked.
             proofs = 0
 
@@ -221,7 +221,7 @@ def test_identity_reserves_each_attempt_before_the_hash(tmp_path):
             # A right password is given its reservation back: a user who logs in often
             # from a shared address never adds up to its ceiling.
             elsewhere = ClientInfo("192.0.2.9", "test", secure=True)
-            for _ in range(30):
+            for _ in range(10):
                 await identity.authenticate("ivan", "password-123", elsewhere)
             assert identity.limiter.retry_after("anyone", "192.0.2.9") == 0
             assert identity.limiter._entries[("addr", "192.0.2.9")].failures == 0
