@@ -225,6 +225,13 @@ def test_identity_reserves_each_attempt_before_the_hash(tmp_path):
                 await identity.authenticate("ivan", "password-123", elsewhere)
             assert identity.limiter.retry_after("anyone", "192.0.2.9") == 0
             assert identity.limiter._entries[("addr", "192.0.2.9")].failures == 0
+            # Right passwords sent at once (a mail client opening its connections) all
+            # log in: past the free failures they wait for the earlier ones' outcome
+            # instead of starting a backoff.
+            together = ClientInfo("192.0.2.10", "test", secure=True)
+            logged_in = await asyncio.gather(*(identity.authenticate("ivan", "password-123", together)
+                                               for _ in range(16)))
+            assert [user.name for user in logged_in] == ["ivan"] * 16
         finally:
             await runtime.close()
 

@@ -12,6 +12,7 @@ import logging
 import ipaddress
 import re
 import secrets
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
@@ -40,6 +41,9 @@ TOKEN_PREFIX = "agora_"
 # last_used_at / session expiry are refreshed at most this often, so that reading with
 # a token does not cost a durable write on every request.
 TOUCH_INTERVAL = timedelta(seconds=60)
+# Longest a login waits for the outcome of earlier attempts of the same name and address
+# (limiter.must_wait): a few password hashes' time, with room for a queue of them.
+LOGIN_QUEUE_WAIT = 30.0
 
 # Lowercase letters, digits, '-', '_' and single inner dots; starts with a letter. The
 # name becomes a directory and a mail local part, so nothing else is allowed.
@@ -174,6 +178,8 @@ class Identity:
         # before the account row goes, so that a later account of the same name can
         # never inherit what the old one left behind.
         self.deletion_hooks: list[Callable[[User], Awaitable[None]]] = []
+        # Set (and replaced) whenever a reserved login attempt is decided: wait_turn().
+        self._settled = asyncio.Event()
         # Every protocol session that logged in, so that it ends with its account.
         self.sessions = AccountSessions(db, ident.session_recheck, ident.session_end_timeout)
 
@@ -312,10 +318,33 @@ class Identity:
 
     # -- authentication -------------------------------------------------------------
 
+    async def wait_turn(self, key: str, address: str) -> None:
+        """Wait while earlier attempts of this name and address are still being checked
+        and one more would start a backoff (limiter.must_wait): their outcome decides
+        whether this one may run (a right password gives its reservation back). Bounded
+        by LOGIN_QUEUE_WAIT; then attempt() decides as it stands."""
+        deadline = time.monotonic() + LOGIN_QUEUE_WAIT
+        while self.limiter.must_wait(key, address):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            settled = self._settled
+            try:
+                await asyncio.wait_for(settled.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def decided(self) -> None:
+        """An attempt's outcome is known: wake the attempts waiting their turn."""
+        self._settled.set()
+        self._settled = asyncio.Event()
+
     async def _refuse_if_limited(self, key: str, client: ClientInfo, *, reserve: bool = False) -> None:
         """RateLimited while this name and address are backing off (audited once). With
         ``reserve``, an allowed attempt is counted as a failure from now on, before any
         password is checked, until the outcome settles it (limiter.succeeded/release)."""
+        if reserve:
+            await self.wait_turn(key, client.address)
         wait = self.limiter.attempt(key, client.address) if reserve else self.limiter.retry_after(key, client.address)
         if wait > 0:
             self._observe(client.protocol, "rate_limited")
@@ -349,10 +378,14 @@ class Identity:
             ok = possible and await self.hasher.verify(row.password_hash if row else None, password if valid else "")
         except BaseException:
             self.limiter.release(key, client.address)  # nothing was checked
+            self.decided()
             raise
         ok = ok and valid and row is not None
         if ok:
             self.limiter.succeeded(key, client.address)  # a disabled account's too: the password was right
+        else:
+            self.limiter.wrong(key, client.address)
+        self.decided()
         if not ok or row.disabled:
             self._observe(client.protocol, "failed")
             await self.audit.record_or_log("login", actor=_shown(key), outcome="failed",
@@ -423,9 +456,13 @@ class Identity:
             ok = check()
         except BaseException:
             self.limiter.release(key, client.address)
+            self.decided()
             raise
         if ok:
             self.limiter.succeeded(key, client.address)
+        else:
+            self.limiter.wrong(key, client.address)
+        self.decided()
         user = await self.find_user(name) if ok else None
         if user is None or user.disabled:
             self._observe(client.protocol, "failed")

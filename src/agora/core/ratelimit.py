@@ -7,6 +7,11 @@ blocked attempt is refused before the password is hashed, so a flood costs no ar
 An attempt is counted as a failure when it starts (:meth:`LoginLimiter.attempt`), before
 the password is hashed, and given back if the password was right: counting only after the
 hash let every guess sent in parallel through while the first ones were still hashing.
+Attempts still being checked are *pending*: one that would start a backoff while others
+are pending waits for their outcome (:meth:`LoginLimiter.must_wait`) rather than being
+refused, so a client opening ten connections at once with the right password (a mail
+client, a sync tool) is never locked out by its own logins, and guesses sent at once
+still get no more checks than the free failures plus one.
 
 State is in memory, per process: a restart forgets it, and each node of a scale-out
 counts for itself (an attacker's budget grows with the node count, not without bound).
@@ -30,6 +35,7 @@ class _Entry:
     blocked_until: float = 0.0
     last_failure: float = 0.0
     reported_block: float = 0.0
+    pending: int = 0  # attempts reserved and not yet decided
 
 
 class LoginLimiter:
@@ -57,15 +63,38 @@ class LoginLimiter:
                 wait = max(wait, entry.blocked_until - now)
         return wait
 
+    def must_wait(self, name: str, address: str) -> bool:
+        """True when one more attempt would pass the free failures while earlier ones are
+        still pending: it should wait for their outcome (a right password gives its
+        reservation back) before :meth:`attempt`, instead of starting a backoff."""
+        for key, free in self._keys(name, address):
+            entry = self._entries.get(key)
+            if entry is not None and entry.pending > 0 and entry.failures >= free:
+                return True
+        return False
+
     def attempt(self, name: str, address: str) -> float:
         """Reserve one attempt for ``name`` from ``address``: 0 when allowed, and then it
-        counts as a failure until :meth:`succeeded` gives it back; else the seconds to
-        wait, and nothing is counted. Check and count happen in one step, so attempts
-        made at once cannot all pass before the first of them has failed."""
+        counts as a failure, pending until :meth:`succeeded`, :meth:`wrong` or
+        :meth:`release` decides it; else the seconds to wait, and nothing is counted.
+        Check and count happen in one step, so attempts made at once cannot all pass
+        before the first of them has failed."""
         wait = self.retry_after(name, address)
         if wait <= 0:
             self.failed(name, address)
+            for key, _free in self._keys(name, address):
+                self._entries[key].pending += 1
         return wait
+
+    def wrong(self, name: str, address: str) -> None:
+        """A reserved attempt whose password was wrong: it stays counted as a failure."""
+        for key, _free in self._keys(name, address):
+            self._settle(key)
+
+    def _settle(self, key: tuple[str, ...]) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.pending > 0:
+            entry.pending -= 1
 
     def first_refusal(self, name: str, address: str) -> bool:
         """True once per backoff step while blocked: a flood is recorded (audited) once
@@ -84,7 +113,7 @@ class LoginLimiter:
             entry = self._entries.pop(key, None) or _Entry()
             # A quiet period as long as the longest backoff forgives old failures.
             if now - entry.last_failure > self.maximum:
-                entry = _Entry()
+                entry = _Entry(pending=entry.pending)
             entry.failures += 1
             entry.last_failure = now
             excess = entry.failures - free
@@ -100,13 +129,18 @@ class LoginLimiter:
         gets back the one failure the attempt reserved."""
         # Only the (user, address) pair is forgiven: one good login from a shared
         # address must not wipe the record of a flood against other names from it.
-        self._entries.pop(("user", name, address), None)
+        # Its other pending attempts stay pending (and are decided on their own).
+        pair = self._entries.pop(("user", name, address), None)
+        if pair is not None and pair.pending > 1:
+            self._entries[("user", name, address)] = _Entry(pending=pair.pending - 1)
+        self._settle(("addr", address))
         self._give_back(("addr", address), self.free_failures_per_address)
 
     def release(self, name: str, address: str) -> None:
         """An attempt that checked no password after all (the request was malformed, or
         the server failed before the check): its reserved failure is given back."""
         for key, free in self._keys(name, address):
+            self._settle(key)
             self._give_back(key, free)
 
     def _give_back(self, key: tuple[str, ...], free: int) -> None:

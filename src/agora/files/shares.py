@@ -184,6 +184,7 @@ class ShareLinks:
         limiter = self.identity.limiter
         # Counted as a failure from here, before the hash, so that guesses sent at once
         # cannot all pass before the first has failed; a right one is given back.
+        await self.identity.wait_turn(link.limiter_key, client.address)
         wait = limiter.attempt(link.limiter_key, client.address)
         if wait > 0:
             if limiter.first_refusal(link.limiter_key, client.address):
@@ -196,10 +197,14 @@ class ShareLinks:
             ok = await self.identity.hasher.verify(link.password_hash, password if valid else "")
         except BaseException:
             limiter.release(link.limiter_key, client.address)
+            self.identity.decided()
             raise
         if not (ok and valid):
+            limiter.wrong(link.limiter_key, client.address)
+            self.identity.decided()
             raise AuthenticationFailed("wrong password for this link")
         limiter.succeeded(link.limiter_key, client.address)
+        self.identity.decided()
 
     async def count_download(self, link: ShareLink) -> None:
         try:
