@@ -313,7 +313,9 @@ class PGSession(StreamProtocol):
         except AuthenticationFailed:
             raise Goodbye("28P01", f'password authentication failed for user "{name}"') from None
         except Exception as error:
-            if not unavailable(error):
+            # A client that hangs up mid-login raises ConnectionError too: that is not
+            # the database's doing, and there is no one to answer.
+            if not unavailable(error) or self.transport is None or self.transport.is_closing():
                 raise
             log.warning("sql: login of %r: the database is unavailable: %s", name, type(error).__name__)
             raise Goodbye("57P03", "the server's database is unavailable for a moment; try again") from None
