@@ -19,21 +19,27 @@ over it; a message with MIME nested 10,000 deep (APPEND, FETCH BODYSTRUCTURE and
 sections, SEARCH BODY, the webmail API's view of it); PROPFIND Depth: infinity
 (refused, 403) and Depth: 1 over a folder of 100,000 files made on disk, and the
 files API's listing of it; a message to 10,000 recipients over SMTP submission (with
-a 10,000-address To: field). Agora has no archive (zip) download, so there is none to
-measure. There is no reference server here: the lag is Agora's own.
+a 10,000-address To: field); and the hoarding attacks, from 127.0.0.1 while the
+/healthz bystander asks from 127.0.0.2: 3,000 HTTP connections that send nothing, a
+slowloris of 2,100 (one byte each per second), 3,000 IMAP connects at once, and 60 wrong
+passwords for one user sent at once. Agora has no archive (zip) download, so there is
+none to measure. There is no reference server here: the lag is Agora's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import imaplib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import smtplib
+import socket
 import ssl
 import statistics
 import sys
@@ -52,6 +58,14 @@ BIG_MESSAGE = 50 * 1000 * 1000
 MANY_FILES = 100_000
 RECIPIENTS = 10_000
 MIME_DEPTH = 10_000
+SILENT = 3_000
+SLOWLORIS = 2_100
+CONNECT_BURST = 3_000
+GUESSES = 60
+HOLD_SECONDS = 3.0
+# The bystander's own address: the floods come from 127.0.0.1, and a per-address limit
+# that refused the bystander too would measure the limit, not the loop.
+BYSTANDER_ADDRESS = "127.0.0.2"
 LAG = re.compile(r'^agora_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
 
 
@@ -109,8 +123,13 @@ class Bystanders:
                 self.running.wait()
                 self.idle.clear()
             started = time.monotonic()
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=120) as response:
-                response.read()
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120,
+                                                    source_address=(BYSTANDER_ADDRESS, 0))
+            try:
+                connection.request("GET", "/healthz")
+                connection.getresponse().read()
+            finally:
+                connection.close()
             self.healthz.append(time.monotonic() - started)
             started = time.monotonic()
             self.imap.noop()
@@ -149,6 +168,55 @@ def imap(agora: Agora, user: str, password: str) -> imaplib.IMAP4:
     client = imaplib.IMAP4("127.0.0.1", agora.ports["imap"], timeout=600)
     client.login(user, password)
     return client
+
+
+def hold(port: int, count: int, seconds: float, trickle: bytes = b"") -> None:
+    """``count`` connections from 127.0.0.1 held open ``seconds``; with ``trickle``, each
+    sends its next byte every second (a slowloris)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            sockets.append(sock)
+        deadline = time.monotonic() + seconds
+        sent = 0
+        while time.monotonic() < deadline:
+            if trickle:
+                for sock in sockets:
+                    try:
+                        sock.send(trickle[sent % len(trickle):][:1])
+                    except OSError:
+                        pass  # refused or cut off: what the server is meant to do
+                sent += 1
+            time.sleep(1)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def guesses(agora: Agora, user: str) -> None:
+    """Wrong passwords for ``user`` sent at once, each on its own connection."""
+    def guess(n: int) -> None:
+        api_status(agora, "/api/v1/tokens", {"username": user, "password": f"guess-{n}", "name": "x"})
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(GUESSES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def api_status(agora: Agora, path: str, body: dict) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{agora.ports['http']}{path}", method="POST",
+                                     data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def http(agora: Agora, method: str, path: str, headers: dict[str, str]) -> int:
@@ -203,10 +271,15 @@ def attacks(agora: Agora, user: str, password: str) -> dict[str, Callable[[], No
             client.login(user, password)
             client.sendmail(f"{user}@{DOMAIN}", to, raw)
 
+    web, mail = agora.ports["http"], agora.ports["imap"]
     return {"idle (1 s)": lambda: time.sleep(1), "IMAP APPEND 50 MB": append_big,
             "IMAP SEARCH BODY+TEXT, 50 MB": search_big, "MIME nested 10,000 deep": deep_mime,
             "PROPFIND 100,000 files": propfind, "API list 100,000 files": listing,
-            "SMTP 10,000 recipients": recipients}
+            "SMTP 10,000 recipients": recipients,
+            f"HTTP {SILENT:,} silent connections": lambda: hold(web, SILENT, HOLD_SECONDS),
+            f"HTTP slowloris {SLOWLORIS:,}": lambda: hold(web, SLOWLORIS, HOLD_SECONDS, b"GET / HTTP/1.1\r\nX: "),
+            f"IMAP {CONNECT_BURST:,} connects at once": lambda: hold(mail, CONNECT_BURST, HOLD_SECONDS),
+            f"{GUESSES} wrong passwords at once": lambda: guesses(agora, user)}
 
 
 def worst_bucket(before: dict[float, float], after: dict[float, float]) -> float:
@@ -223,6 +296,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    # Thousands of sockets of our own (the server raises its own limit at start).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     work = Path(tempfile.mkdtemp(prefix="agora-bench-"))
     agora = None
     rows = []

@@ -166,6 +166,10 @@ def test_malformed_requests_get_problems(server: AgoraServer):
         assert_problem(http.put("/api/v1/me"), 405)
         huge = b'{"username": "' + b"a" * (2 * 1024 * 1024) + b'", "password": "x"}'
         assert_problem(http.post("/api/v1/tokens", content=huge, headers={"content-type": "application/json"}), 413)
+        # Any other type, or none, is held to the same limit: a JSON route would read
+        # such a body whole before refusing it.
+        for kind in ("application/octet-stream", "text/plain", ""):
+            assert_problem(http.post("/api/v1/tokens", content=huge, headers={"content-type": kind}), 413)
 
 
 def test_audit_log_records_changes(server: AgoraServer):

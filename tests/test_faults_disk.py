@@ -29,6 +29,10 @@ from agora.files.store import FileStore
 from conftest import AgoraServer, ServerFactory
 from mail_support import DOMAIN, SERVER_ENV, TIMEOUT, message
 
+# The tests build on each other (what the first acknowledges, the later ones find
+# whole), so they run in order on one worker, on one server per backend.
+pytestmark = pytest.mark.xdist_group("faults-disk")
+
 SIZE = 6 * 1024 * 1024  # the whole filesystem; SQLite and the server's own files fit in it
 API = "/api/v1/files"
 CURRENCY = "TDF"
