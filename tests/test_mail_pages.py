@@ -382,7 +382,7 @@ def test_attachments_larger_than_a_form_body(mailers):
     response = alice.send(files=[("two megabytes.bin", data, "application/octet-stream")],
                           to=bob.address, subject="big one", body="x")
     assert response.status_code == 303, (
-        f"{response.status_code} {response.text[:300]}: /mail/send must be in web/app.py's STREAMING_PREFIXES")
+        f"{response.status_code} {response.text[:300]}: /mail/send must be in web/app.py's STREAMING_ROUTES")
     [uid] = bob.uids()
     page = bob.open(uid)
     link = html.unescape(re.search(r'href="(/mail/message/attachment\?[^"]+)"', page).group(1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -17,8 +19,10 @@ from agora.web.middleware import BodyLimitMiddleware, ObserveMiddleware, Securit
 STATIC = Path(__file__).parent / "static"
 # Routes that read big bodies themselves, each against its own limit (files.max_upload,
 # mail.max_message, sql.max_upload), rather than http.max_json_body.
-STREAMING_PREFIXES = ("/dav/", "/api/v1/files/content/", "/files/upload", "/api/v1/mail/send",
-                      "/mail/send", "/sql/import")
+# Routes that read their bodies as streams, each with its own limit (files.max_upload,
+# mail.max_message, sql.max_upload): the JSON body limit does not apply to them.
+STREAMING_ROUTES = re.compile(r"/dav/|/api/v1/files/content/|/files/upload|/api/v1/mail/send|/mail/send"
+                              r"|/sql/import|/api/v1/sql/databases/[^/]+/sqlite$")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -79,7 +83,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     app.add_middleware(BodyLimitMiddleware, limit=runtime.config.http.max_json_body,
-                       streaming_prefixes=STREAMING_PREFIXES)
+                       streaming=STREAMING_ROUTES)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics)
     return app

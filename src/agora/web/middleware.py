@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -15,11 +16,6 @@ from agora.web.problems import MEDIA_TYPE
 
 access_log = logging.getLogger("agora.http")
 
-# Bodies of these types are parsed (or spooled) by the framework, so their size is
-# capped; uploads stream to disk on their own routes (streaming_prefixes), which set
-# their own limits.
-IN_MEMORY_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/merge-patch+json",
-                   "multipart/form-data")
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -84,24 +80,22 @@ class ObserveMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 for in-memory request bodies over the limit, declared or streamed."""
+    """413 for request bodies over the limit, declared or streamed, of whatever type:
+    every route but the streaming ones has its body read whole by the framework (a JSON
+    route reads an octet-stream body too, before refusing it)."""
 
-    def __init__(self, app: ASGIApp, limit: int, streaming_prefixes: tuple[str, ...] = ()):
+    def __init__(self, app: ASGIApp, limit: int, streaming: re.Pattern[str] | None = None):
         self.app = app
         self.limit = limit
-        # Routes that stream bodies of any type to disk (file uploads, WebDAV PUT)
-        # enforce their own limits; a JSON file is still a file there.
-        self.streaming_prefixes = streaming_prefixes
+        # Routes that stream bodies of any type to disk (file uploads, WebDAV PUT,
+        # imports) enforce their own limits; a JSON file is still a file there.
+        self.streaming = streaming
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.streaming_prefixes):
+        if scope["type"] != "http" or (self.streaming is not None and self.streaming.match(scope["path"])):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if content_type not in IN_MEMORY_TYPES:
-            await self.app(scope, receive, send)
-            return
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._too_large(send)
