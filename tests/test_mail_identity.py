@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import AgoraServer
-from mail_support import SERVER_ENV, TIMEOUT, module_server, unverified
+from mail_support import TIMEOUT, module_server, unverified
 from test_mail_cli import agora, logged_in, ok, refused
 from test_mail_pages import Mailer
 
@@ -81,7 +81,7 @@ def test_submission_refuses_what_is_not_yours(people):
     alice, bob, carol = people.alice, people.bob, people.carol
     to = f"{carol}@{DOMAIN}"
     with submission(people) as client:
-        for envelope in (f"{bob}@{DOMAIN}", "ceo@example.org", f"x@sub.partner.example"):
+        for envelope in (f"{bob}@{DOMAIN}", "ceo@example.org", "x@sub.partner.example"):
             code, text = client.mail(envelope)
             assert (code, text[:5]) == (553, b"5.7.1"), envelope
             client.rset()
@@ -100,7 +100,7 @@ def test_submission_refuses_what_is_not_yours(people):
         # Own (with a name and a +tag), an alias, and what the admin allowed pass.
         for envelope, sender in ((f"{alice}@{DOMAIN}", f'"Alice A." <{alice}+news@localhost>'),
                                  (f"sales@{DOMAIN}", f"Sales <sales@{DOMAIN}>"),
-                                 ("team@partner.example", f'"team@partner.example" <team@partner.example>')):
+                                 ("team@partner.example", '"team@partner.example" <team@partner.example>')):
             raw = raw_message(sender, to, f"mine {envelope}", "Reply-To: anyone@example.org")
             assert client.sendmail(envelope, [to], raw) == {}
     got = [m for m in people.inbox(carol) if b"Subject: mine" in m]

@@ -73,18 +73,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_synced(path: Path, data: bytes, mode: int, *, exclusive: bool = False) -> None:
+    """``data``, whole, into the file ``path`` (made, or with ``exclusive`` refused if it
+    exists), fsynced; on any failure nothing is left at ``path``. The caller renames
+    it into place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write a whole file or nothing: temporary file, fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with full_disk_refused():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_synced(tmp, data, mode)
         os.replace(tmp, path)
         fsync_dir(path.parent)

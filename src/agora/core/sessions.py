@@ -28,9 +28,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import delete, insert, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agora.core import notices
 from agora.core.tables import session_watchers, tokens, users, utcnow
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agora.sessions")
 
 CHANNEL = "agora_accounts"
-RECONNECT_DELAY = 2.0  # after the listening connection drops
 BATCH = 500            # ids per query: well under every backend's limit on parameters
 MIN_RECHECK = 0.1      # a recheck of 0 would spin
 OTHERS_POLL = 0.05     # how often a deletion looks whether the other nodes have rechecked (a read)
@@ -309,30 +308,10 @@ class AccountSessions:
                 log.exception("ending a %s session failed", login.protocol)
 
     async def _listen(self, listening: asyncio.Event) -> None:
-        import asyncpg
-
-        dsn = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        while True:
-            try:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    lost = asyncio.Event()
-                    conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                    await conn.add_listener(CHANNEL, self._heard)
-                    listening.set()
-                    self.changed()  # what changed while nobody listened
-                    await lost.wait()
-                finally:
-                    await conn.close(timeout=2)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the database restarts, the network drops...
-                listening.set()
-                log.warning("account notices: %s; reconnecting in %.0f s", error, RECONNECT_DELAY)
-            await asyncio.sleep(RECONNECT_DELAY)
-
-    def _heard(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
-        self.changed()
+        # Every notice rechecks all open sessions, so that a node's recorded recheck
+        # covers every account; so does each reconnection (what changed meanwhile).
+        await notices.listen(self.db, CHANNEL, lambda _payload: self.changed(), listening, log,
+                             on_connect=self.changed)
 
 
 def _grace(every_seconds: float) -> timedelta:

@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from agora.core.fsutil import fsync_dir, full_disk_refused, write_all
+from agora.core.fsutil import fsync_dir, full_disk_refused, write_synced
 
 SUBDIRS = ("tmp", "new", "cur")
 # Maildir flag letters (must be in ASCII order in a file name) and their IMAP flags.
@@ -57,15 +57,7 @@ def write(folder: Path, raw: bytes, name: str, target: str, *, sync_dir: bool = 
     (a leftover in ``tmp`` is swept later). No room on the disk: StorageFull."""
     tmp = folder / "tmp" / name
     with full_disk_refused():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            write_all(fd, raw)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_synced(tmp, raw, 0o600, exclusive=True)
         os.rename(tmp, folder / target)
         if sync_dir:  # else the caller fsyncs the directory (once for many files) before it tells anyone
             fsync_dir((folder / target).parent)

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agora.core import notices
 from agora.core.database import Database
 
 log = logging.getLogger("agora.mail")
 
 CHANNEL = "agora_mail"
-RECONNECT_DELAY = 2.0  # after the listening connection drops
 
 
 async def publish(conn: AsyncConnection, folder_id: int) -> None:
@@ -50,31 +49,11 @@ class Listener:
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
 
-    def _received(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _received(self, payload: str) -> None:
         try:
             self.on_change(int(payload))
         except ValueError:
             log.warning("ignoring a malformed folder notice %r", payload)
 
     async def _run(self, connected: asyncio.Event) -> None:
-        import asyncpg
-
-        url = make_url(self.db.url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        while True:
-            try:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    lost = asyncio.Event()
-                    conn.add_termination_listener(lambda _c: lost.set())
-                    await conn.add_listener(CHANNEL, self._received)
-                    connected.set()
-                    await lost.wait()
-                finally:
-                    await conn.close(timeout=2)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the database restarts, the network drops...
-                connected.set()
-                log.warning("folder notices: %s; reconnecting in %.0f s", error, RECONNECT_DELAY)
-            await asyncio.sleep(RECONNECT_DELAY)
+        await notices.listen(self.db, CHANNEL, self._received, connected, log)
