@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import imaplib
 import json
 import os
@@ -48,6 +47,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Callable
 
@@ -123,7 +123,7 @@ class Bystanders:
                 self.running.wait()
                 self.idle.clear()
             started = time.monotonic()
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120,
+            connection = HTTPConnection("127.0.0.1", self.port, timeout=120,
                                                     source_address=(BYSTANDER_ADDRESS, 0))
             try:
                 connection.request("GET", "/healthz")
@@ -143,6 +143,8 @@ class Bystanders:
         work()
         took = time.monotonic() - started
         while not self.noop:  # at least one answer of each, however quick the work
+            if not self.thread.is_alive():
+                raise RuntimeError("the bystanders stopped; see the traceback above")
             time.sleep(0.01)
         self.running.clear()
         self.idle.wait()  # the answers in flight land in this round's lists
