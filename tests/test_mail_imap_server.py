@@ -76,7 +76,8 @@ def mime(subject: str, content_type: str, encoding: str, body: bytes) -> bytes:
 ENCODED_BODIES = [
     # a soft line break inside the word
     mime("qp", "text/plain; charset=utf-8", "quoted-printable", b"The zephy=\r\nrine is here, Gr=C3=BC=C3=9Fe.\r\n"),
-    mime("b64", "text/plain; charset=utf-8", "base64", base64.encodebytes("A quokka says grüß dich".encode())),
+    # (a subject no hex digits can spell: the Message-IDs are random hex)
+    mime("wombat", "text/plain; charset=utf-8", "base64", base64.encodebytes("A quokka says grüß dich".encode())),
     mime("latin1", "text/plain; charset=iso-8859-1", "8bit", "Straße in Köln\r\n".encode("latin-1")),
     mime("koi8", "text/plain; charset=koi8-r", "base64", base64.encodebytes("Привет из Москвы".encode("koi8-r"))),
     message("html", b"") [:-2] + (b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="b"\r\n\r\n'
@@ -105,7 +106,7 @@ def test_search_body_decodes_transfer_encodings_and_charsets(imap_server, user):
         assert search("BODY", "straße in köln") == [3] and search("BODY", "STRASSE") == [3]
         assert search("BODY", "привет из москвы") == [4] and search("BODY", "ПРИВЕТ") == [4]
         assert search("BODY", "CAFÉ") == [5] and search("BODY", "& wine") == [5] and search("BODY", "<b>") == []
-        assert search("BODY", "b64") == [] and search("TEXT", "b64") == [2]  # a header word: TEXT only
+        assert search("BODY", "wombat") == [] and search("TEXT", "wombat") == [2]  # a header word: TEXT only
         assert search("TEXT", "köln") == [3] and search("TEXT", "subject: koi8") == [4]
     client.store("2", "+FLAGS", "\\Deleted")
     client.expunge()
