@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agora.core.database import Database
 from agora.core.errors import Conflict, InvalidInput, NotFound
@@ -199,9 +200,7 @@ class Addresses:
         if _UNSTORABLE.search(user_name):
             raise NotFound(f"no user {user_name!r}")
         async with self.db.write() as conn:
-            user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
-            if user_id is None:
-                raise NotFound(f"no user {user_name!r}")
+            user_id = await _user_id(conn, user_name)
             if (await conn.execute(select(mail_senders.c.pattern).where(
                     mail_senders.c.user_id == user_id, mail_senders.c.pattern == key))).first():
                 raise Conflict(f"{user_name} may already send as {key}")
@@ -214,9 +213,7 @@ class Addresses:
         if _UNSTORABLE.search(user_name + key):
             raise NotFound(f"{user_name!r} has no allowed sender {key!r}")
         async with self.db.write() as conn:
-            user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
-            if user_id is None:
-                raise NotFound(f"no user {user_name!r}")
+            user_id = await _user_id(conn, user_name)
             if (await conn.execute(delete(mail_senders).where(
                     mail_senders.c.user_id == user_id, mail_senders.c.pattern == key))).rowcount == 0:
                 raise NotFound(f"{user_name} has no allowed sender {key}")
@@ -240,9 +237,7 @@ class Addresses:
         if not self.is_local_domain(domain):
             raise InvalidInput(f"{domain!r} is not a local mail domain ({', '.join(self.domains)})")
         async with self.db.write() as conn:
-            user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
-            if user_id is None:
-                raise NotFound(f"no user {user_name!r}")
+            user_id = await _user_id(conn, user_name)
             if (await conn.execute(select(mail_aliases.c.address).where(
                     mail_aliases.c.address == key))).first():
                 raise Conflict(f"alias {key} exists")
@@ -257,3 +252,11 @@ class Addresses:
             if (await conn.execute(delete(mail_aliases).where(mail_aliases.c.address == key))).rowcount == 0:
                 raise NotFound(f"no alias {key}")
         self._resolved.clear()
+
+
+async def _user_id(conn: AsyncConnection, user_name: str) -> int:
+    """The id of the account ``user_name``; NotFound where there is none."""
+    user_id = (await conn.execute(select(users.c.id).where(users.c.name == user_name))).scalar()
+    if user_id is None:
+        raise NotFound(f"no user {user_name!r}")
+    return int(user_id)
