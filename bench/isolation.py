@@ -201,7 +201,7 @@ def hold(port: int, count: int, seconds: float, trickle: bytes = b"") -> None:
 def guesses(agora: Agora, user: str) -> None:
     """Wrong passwords for ``user`` sent at once, each on its own connection."""
     def guess(n: int) -> None:
-        api_status(agora, "/api/v1/tokens", {"username": user, "password": f"guess-{n}", "name": "x"})
+        http(agora, "POST", "/api/v1/tokens", {}, {"username": user, "password": f"guess-{n}", "name": "x"})
 
     threads = [threading.Thread(target=guess, args=(n,)) for n in range(GUESSES)]
     for thread in threads:
@@ -210,19 +210,13 @@ def guesses(agora: Agora, user: str) -> None:
         thread.join()
 
 
-def api_status(agora: Agora, path: str, body: dict) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{agora.ports['http']}{path}", method="POST",
-                                     data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def http(agora: Agora, method: str, path: str, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{agora.ports['http']}{path}", method=method, headers=headers)
+def http(agora: Agora, method: str, path: str, headers: dict[str, str], body: dict | None = None) -> int:
+    """The status of one request (``body``, if any, sent as JSON)."""
+    data = None
+    if body is not None:
+        data, headers = json.dumps(body).encode(), {**headers, "content-type": "application/json"}
+    request = urllib.request.Request(f"http://127.0.0.1:{agora.ports['http']}{path}", method=method,
+                                     headers=headers, data=data)
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             response.read()
